@@ -1,0 +1,1 @@
+"""How work is described (spec), planned (plan), run on Ray (execute) and stored (tables)."""

@@ -1,0 +1,175 @@
+"""``unlearn-audit``: run | show | datasets (and tune, from the search module)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> int:
+    print(f"unlearn-audit: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.execute import execute, start_ray, stop_ray
+    from orchestrator.plan import plan_run
+    from orchestrator.report import describe
+    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.tables import Results
+    from orchestrator.units import TaskContext
+    from tasks.data import MissingDataError, resolve_data_root
+    from tasks.registry import UnknownComponentError
+
+    try:
+        variants = load_spec(args.spec, args.set)
+    except SpecError as err:
+        return _fail(f"spec error: {err}")
+    data_root = resolve_data_root(args.data_root)
+    data_root = str(data_root) if data_root else None
+    try:
+        plans = [plan_run(v, data_root) for v in variants]
+    except MissingDataError as err:
+        return _fail(str(err))
+    except (ValueError, UnknownComponentError) as err:
+        return _fail(f"spec error: {err}")
+    experiment = variants[0].experiment
+    units = [u for _, us in plans for u in us]
+    results = Results(args.results, experiment)
+    artifacts = args.artifacts or os.path.join(str(args.results), "_artifacts")
+    print(f"{experiment}: {len(variants)} variant(s), {len(units)} units -> "
+          f"{results.location.uri}/{experiment}")
+    if args.dry_run:
+        from collections import Counter
+
+        from orchestrator.execute import dedupe, pending_units
+
+        units = dedupe(units)
+        todo = pending_units(units, results)
+        for fn, n in sorted(Counter(u.fn for u in units).items()):
+            left = sum(1 for u in todo if u.fn == fn)
+            print(f"  {fn:<20} {n:>5} units, {left:>5} to run")
+        return 0
+    resources = variants[0].resources
+    start = time.perf_counter()
+    from orchestrator.execute import dedupe, pending_units
+
+    if not pending_units(dedupe(units), results):
+        # Everything is already in the tables: no need to start Ray at all.
+        print(describe(str(args.results), experiment))
+        print(f"\nall {len(dedupe(units))} units already done "
+              f"({time.perf_counter() - start:.1f}s); nothing to run")
+        return 0
+    info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
+    ctx = TaskContext(experiment, results.location.uri, artifacts, data_root,
+                      variants[0].runtime.device)
+    try:
+        report = execute(units, results, ctx, resources, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished units are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        stop_ray()
+    wall = time.perf_counter() - start
+    print(describe(str(args.results), experiment))
+    print(f"\n{report.succeeded} units ran, {report.skipped} already done, "
+          f"{report.failed} failed, in {wall:.1f}s (Ray: {info['mode']})")
+    if report.failed:
+        print(f"see the errors table: unlearn-audit show {args.results}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.report import describe
+
+    root = Path(args.results)
+    if "://" not in str(args.results) and not root.exists():
+        return _fail(f"no results at {root}")
+    # Accept RESULTS/ as well as RESULTS/<experiment>/.
+    if "://" not in str(args.results) and not any(p.is_dir() and any(p.glob("*/*.parquet"))
+                                                    for p in root.iterdir()):
+        print(describe(str(root.parent), root.name))
+    else:
+        print(describe(str(root)))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from tasks.data import DATA_ROOT_ENV, dataset_status, resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    print(f"data root: {root or '(none: set --data-root or ' + DATA_ROOT_ENV + ')'}")
+    for row in dataset_status(args.data_root):
+        mark = "yes" if row["available"] else "NO "
+        print(f"  {row['name']:<14} {row['kind']:<8} {mark}  {row['where']}\n"
+              f"  {'':<14} {row['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlearn-audit",
+        description="Measure how much machine unlearning leaks about forgotten data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment spec",
+                         description="Plan a spec into Ray tasks, run what is not done yet, "
+                                     "and write Parquet tables under RESULTS/<experiment>/.")
+    run.add_argument("spec", help="YAML spec, e.g. search_spaces/quickstart.yaml")
+    run.add_argument("--results", default="RESULTS",
+                     help="results directory or URI (default: RESULTS)")
+    run.add_argument("--artifacts", default=None,
+                     help="artifact store (default: <results>/_artifacts)")
+    run.add_argument("--data-root", default=None,
+                     help="folder holding the datasets (default: $UNLEARN_AUDIT_DATA, "
+                          "then ../shared/data)")
+    run.add_argument("--address", default=None,
+                     help="join this Ray cluster (default: $RAY_ADDRESS, else a local "
+                          "loopback-only Ray)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec value, e.g. --set training.epochs=5 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    run.add_argument("--num-cpus", type=int, default=None,
+                     help="CPUs for the local Ray (default: all)")
+    run.add_argument("--no-auth", action="store_true",
+                     help="start the local Ray without token authentication (not advised)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="summarise result tables",
+                          description="Print a readable summary of every table.")
+    show.add_argument("results", help="RESULTS or RESULTS/<experiment>")
+    show.set_defaults(func=cmd_show)
+
+    datasets = sub.add_parser("datasets", help="list datasets and where they are read from",
+                              description="List every registered dataset, whether its files "
+                                          "are present, and where.")
+    datasets.add_argument("--data-root", default=None, help="folder holding the datasets")
+    datasets.set_defaults(func=cmd_datasets)
+
+    try:
+        from orchestrator.search import add_tune_parser
+    except ImportError:  # the search module arrives with its issue
+        pass
+    else:
+        add_tune_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A polite stop (SIGTERM) behaves like Ctrl-C: finished units are flushed first.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

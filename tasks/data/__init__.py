@@ -1,0 +1,31 @@
+"""Dataset registry: every dataset is loaded into one :class:`Dataset` shape.
+
+Images are float32 in [0, 1], shaped (n, C, H, W); the model's first layer normalises them with
+``Dataset.mean``/``std``. Tabular features are label-encoded and standardised with statistics of
+the training split. Files are read from a data root (``--data-root`` or ``UNLEARN_AUDIT_DATA``).
+"""
+
+from __future__ import annotations
+
+from tasks.data.base import (
+    DATA_ROOT_ENV,
+    DATASETS,
+    Dataset,
+    DatasetInfo,
+    MissingDataError,
+    dataset_status,
+    load_dataset,
+    resolve_data_root,
+)
+from tasks.data import loaders as _loaders  # noqa: F401  (fills the registry)
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "DATASETS",
+    "Dataset",
+    "DatasetInfo",
+    "MissingDataError",
+    "dataset_status",
+    "load_dataset",
+    "resolve_data_root",
+]

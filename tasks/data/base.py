@@ -1,0 +1,138 @@
+"""The Dataset type, the registry, and how the data root is found."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from tasks.registry import Registry
+
+DATA_ROOT_ENV = "UNLEARN_AUDIT_DATA"
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset's files are not under the data root."""
+
+    def __init__(self, dataset: str, path: Path, expected: list[str]) -> None:
+        self.dataset, self.path, self.expected = dataset, path, expected
+        super().__init__(
+            f"dataset {dataset!r}: no data at {path}; expected "
+            + " or ".join(expected)
+            + f" (set --data-root or {DATA_ROOT_ENV})"
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset with its official (or seeded) train/test split.
+
+    x_*: float32, images (n, C, H, W) in [0, 1] or tabular (n, d) standardised.
+    y_*: int64 class ids in [0, num_classes).
+    """
+
+    name: str
+    kind: Literal["image", "tabular"]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...] | None = None  # per-channel normalisation (images)
+    std: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if len(x) != len(y):
+                raise ValueError(f"{self.name}: {split} has {len(x)} inputs and {len(y)} labels")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: Literal["image", "tabular"]
+    description: str
+    # Paths relative to the data root; None for datasets shipped inside a package.
+    folder: str | None
+    expected: tuple[str, ...]
+    loader: Callable[[Path | None], Dataset]
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path | None:
+    """The explicit root, else $UNLEARN_AUDIT_DATA, else ../shared/data beside the checkout."""
+    if data_root:
+        return Path(data_root).expanduser().resolve()
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data"
+    return beside if beside.is_dir() else None
+
+
+def dataset_folder(info: DatasetInfo, data_root: Path | None) -> Path:
+    if data_root is None:
+        raise MissingDataError(
+            info.name, Path(f"<no data root>/{info.folder}"), list(info.expected)
+        )
+    return data_root / info.folder
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, root: str | None) -> Dataset:
+    info = DATASETS.get(name)
+    return info.loader(Path(root) if root else None)
+
+
+def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> Dataset:
+    """Load a registered dataset (cached per process: workers reuse it across tasks)."""
+    info = DATASETS.get(name)
+    root = resolve_data_root(data_root) if info.folder else None
+    return _load_cached(name, str(root) if root else None)
+
+
+def dataset_status(data_root: str | os.PathLike | None = None) -> list[dict]:
+    """One row per dataset: name, kind, whether its files are present, and where."""
+    root = resolve_data_root(data_root)
+    rows = []
+    for name in DATASETS:
+        info = DATASETS.get(name)
+        if info.folder is None:
+            rows.append(dict(name=name, kind=info.kind, available=True,
+                             where="bundled with scikit-learn", description=info.description))
+            continue
+        folder = root / info.folder if root else None
+        present = folder is not None and any(
+            all((folder / f).exists() for f in alt.split(" + ")) for alt in info.expected
+        )
+        rows.append(dict(name=name, kind=info.kind, available=present,
+                         where=str(folder) if folder else "(no data root)",
+                         description=info.description))
+    return rows
+
+
+def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic train/test split of range(n) for datasets without an official one."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale features with training statistics only (the test split must stay unseen)."""
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0
+    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)

@@ -1,0 +1,50 @@
+"""A restricted unpickler for data files: plain containers, strings, numbers and numpy arrays.
+
+``pickle.load`` runs whatever callables a file names; a data file from the internet must never
+get that power. This unpickler resolves only the handful of globals numpy needs to rebuild an
+array and refuses every other one before it is imported.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any, BinaryIO
+
+# (module, name) pairs an ndarray pickle needs, across numpy 1.x and 2.x module layouts.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        # Protocol-2 pickles of bytes objects go through _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
+    }
+)
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The file asked to load a global outside the allow-list."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refusing to load {module}.{name} from a data file: only plain containers, "
+            "strings, numbers and numpy arrays are allowed"
+        )
+
+
+def safe_load(file: BinaryIO, *, encoding: str = "ASCII") -> Any:
+    """Load a pickle holding only data; ``encoding="bytes"`` reads Python 2 pickles (CIFAR)."""
+    return RestrictedUnpickler(file, encoding=encoding).load()
+
+
+def safe_loads(data: bytes, *, encoding: str = "ASCII") -> Any:
+    return safe_load(io.BytesIO(data), encoding=encoding)

@@ -1,0 +1,276 @@
+"""Model registry: plain-torch networks (MLP, ConvNet, ResNet-18) and scikit-learn estimators.
+
+Torch models take inputs in the dataset's raw space ([0, 1] images) and begin with a
+:class:`Normalize` layer, so attacks optimise in image space and metrics compare like with like.
+Scikit-learn models (tabular targets) expose the same ``logits`` view through
+:class:`SklearnModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.params import build
+from tasks.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    family: Literal["torch", "sklearn"]
+    params: type
+    builder: Callable[..., Any]
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def _register(name: str, family: str, params: type):
+    def decorate(builder):
+        MODELS.register(name)(ModelEntry(family, params, builder))
+        return builder
+
+    return decorate
+
+
+class Normalize(nn.Module):
+    """(x - mean_c) / std_c, as the first layer of every image model."""
+
+    def __init__(self, mean, std, channels: int) -> None:
+        super().__init__()
+        shape = (1, channels, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _input_layer(input_shape, mean, std) -> nn.Module:
+    if mean is None or len(input_shape) != 3:
+        return nn.Identity()
+    return Normalize(mean, std, input_shape[0])
+
+
+# --- MLP -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MLPParams:
+    hidden: tuple[int, ...] = (128,)
+    activation: Literal["relu", "tanh", "sigmoid"] = "relu"
+
+
+@_register("mlp", "torch", MLPParams)
+def mlp(input_shape, num_classes, params: MLPParams, mean=None, std=None) -> nn.Module:
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[params.activation]
+    layers: list[nn.Module] = [_input_layer(input_shape, mean, std), nn.Flatten()]
+    width = int(np.prod(input_shape))
+    for h in params.hidden:
+        layers += [nn.Linear(width, h), act()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+# --- ConvNet of the gradient-inversion literature ---------------------------------------------
+
+@dataclass(frozen=True)
+class ConvNetParams:
+    width: int = 64
+    # Parity with the reference definition, whose repeated conv6 name leaves 8 effective layers.
+    batchnorm: bool = True
+
+
+def _conv_block(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out) if bn else nn.Identity(),
+            nn.ReLU()]
+
+
+@_register("convnet", "torch", ConvNetParams)
+def convnet(input_shape, num_classes, params: ConvNetParams, mean=None, std=None) -> nn.Module:
+    """conv0-conv5 (3 -> w -> 2w -> 2w -> 4w -> 4w -> 4w), MaxPool(3), conv6, conv7, MaxPool(3),
+    Linear. On 32x32 inputs the flattened size is 4w*3*3 (2304 at w = 64). Inputs smaller than
+    about 9x9 vanish under the pools; use the MLP for 8x8 digits."""
+    w, bn = params.width, params.batchnorm
+    c = input_shape[0]
+    chans = [c, w, 2 * w, 2 * w, 4 * w, 4 * w, 4 * w]
+    body: list[nn.Module] = []
+    for c_in, c_out in zip(chans[:-1], chans[1:]):
+        body += _conv_block(c_in, c_out, bn)
+    body.append(nn.MaxPool2d(3))
+    body += _conv_block(4 * w, 4 * w, bn) + _conv_block(4 * w, 4 * w, bn)
+    body.append(nn.MaxPool2d(3))
+    features = nn.Sequential(*body)
+    with torch.no_grad():
+        flat = features(torch.zeros(1, *input_shape)).numel()
+    if flat == 0:
+        raise ValueError(f"convnet needs inputs of at least 9x9, got {input_shape}")
+    return nn.Sequential(_input_layer(input_shape, mean, std), features, nn.Flatten(),
+                         nn.Linear(flat, num_classes))
+
+
+# --- CIFAR-style ResNet-18 -------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@dataclass(frozen=True)
+class ResNetParams:
+    width: int = 64
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+
+
+@_register("resnet18", "torch", ResNetParams)
+def resnet18(input_shape, num_classes, params: ResNetParams, mean=None, std=None) -> nn.Module:
+    """BasicBlock [2,2,2,2], 3x3 stem, no max-pool, adaptive average pool (CIFAR style)."""
+    w = params.width
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(w), nn.ReLU()]
+    c_in = w
+    for stage, n_blocks in enumerate(params.blocks):
+        c_out = w * 2**stage
+        for b in range(n_blocks):
+            layers.append(BasicBlock(c_in, c_out, 2 if (b == 0 and stage > 0) else 1))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(_input_layer(input_shape, mean, std), *layers)
+
+
+# --- scikit-learn targets --------------------------------------------------------------------
+
+class SklearnModel:
+    """A fitted scikit-learn classifier with a logits view shaped (n, num_classes).
+
+    Classes absent from a small training set get probability 0 (logit log(1e-12)), so
+    posteriors of different models always line up column by column.
+    """
+
+    def __init__(self, estimator: Any, num_classes: int) -> None:
+        self.estimator = estimator
+        self.num_classes = num_classes
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "SklearnModel":
+        self.estimator.fit(x, y)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        p = np.zeros((len(x), self.num_classes))
+        p[:, self.estimator.classes_] = self.estimator.predict_proba(x)
+        return p
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.log(np.clip(self.proba(x), 1e-12, 1.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DecisionTreeParams:
+    max_depth: int | None = None
+    min_samples_leaf: int = 1
+
+
+@dataclass(frozen=True)
+class RandomForestParams:
+    n_estimators: int = 100
+    min_samples_leaf: int = 1
+    max_depth: int | None = None
+
+
+@dataclass(frozen=True)
+class LogisticParams:
+    C: float = 1.0
+    max_iter: int = 400
+
+
+@dataclass(frozen=True)
+class SkMLPParams:
+    hidden: tuple[int, ...] = (64,)
+    max_iter: int = 200
+    learning_rate_init: float = 1e-3
+
+
+@_register("dt", "sklearn", DecisionTreeParams)
+def decision_tree(params: DecisionTreeParams, seed: int):
+    from sklearn.tree import DecisionTreeClassifier
+
+    return DecisionTreeClassifier(max_depth=params.max_depth,
+                                  min_samples_leaf=params.min_samples_leaf, random_state=seed)
+
+
+@_register("rf", "sklearn", RandomForestParams)
+def random_forest(params: RandomForestParams, seed: int):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=params.n_estimators, max_depth=params.max_depth,
+                                  min_samples_leaf=params.min_samples_leaf, random_state=seed,
+                                  n_jobs=1)
+
+
+@_register("lr", "sklearn", LogisticParams)
+def logistic_regression(params: LogisticParams, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # The scaler is part of the fitted pipeline, so queries reuse the training statistics.
+    return make_pipeline(StandardScaler(),
+                         LogisticRegression(C=params.C, max_iter=params.max_iter,
+                                            random_state=seed))
+
+
+@_register("sk_mlp", "sklearn", SkMLPParams)
+def sklearn_mlp(params: SkMLPParams, seed: int):
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=params.hidden, max_iter=params.max_iter,
+                         learning_rate_init=params.learning_rate_init, random_state=seed)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model choice from the spec: a registry name and that entry's parameters."""
+
+    name: str = "mlp"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return MODELS.get(self.name).family
+
+    def typed_params(self, path: str = "model"):
+        return build(MODELS.get(self.name).params, self.params, path)
+
+
+def build_torch_model(cfg: ModelConfig, input_shape, num_classes, mean=None, std=None,
+                      seed: int | None = None) -> nn.Module:
+    """A freshly initialised torch model; ``seed`` fixes the initial weights."""
+    entry = MODELS.get(cfg.name)
+    if entry.family != "torch":
+        raise ValueError(f"model {cfg.name!r} is a scikit-learn model, not a torch network")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return entry.builder(tuple(input_shape), num_classes, cfg.typed_params(), mean, std)
+
+
+def build_sklearn_model(cfg: ModelConfig, num_classes: int, seed: int) -> SklearnModel:
+    entry = MODELS.get(cfg.name)
+    if entry.family != "sklearn":
+        raise ValueError(f"model {cfg.name!r} is a torch network, not a scikit-learn model")
+    return SklearnModel(entry.builder(cfg.typed_params(), seed), num_classes)

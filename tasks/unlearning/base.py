@@ -1,0 +1,180 @@
+"""Shared types of the unlearning registry: training state, forget requests, the method base."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.data import Dataset
+from tasks.models import ModelConfig, SklearnModel, build_sklearn_model, build_torch_model
+from tasks.registry import Registry
+from tasks.training import TrainConfig, train_model
+
+Model = Any  # nn.Module or SklearnModel (or an ensemble of either)
+
+
+@dataclass(frozen=True)
+class ForgetConfig:
+    """How forget requests are drawn from the training set (deterministic from the seed)."""
+
+    kind: Literal["single", "group", "class_share"] = "single"
+    count: int = 8  # requests of kind single or group
+    size: int = 1  # samples per group request
+    classes: tuple[int, ...] | None = None  # class_share: which classes (None: all)
+    shares: tuple[float, ...] = (1.0,)  # class_share: fraction p of the class forgotten
+    # Online learning: every deleted sample is replaced by a fresh one from a replace pool.
+    replace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.size < 1:
+            raise ValueError("count and size must be at least 1")
+        if any(not 0 < s <= 1 for s in self.shares):
+            raise ValueError("shares must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """A deletion request. ``indices`` point into the dataset's training arrays.
+
+    This is ground truth held by the provider and by analysis; attacks never receive it.
+    """
+
+    request_id: str
+    kind: str
+    indices: tuple[int, ...]
+    replacement: tuple[int, ...] = ()
+    forgotten_class: int | None = None
+    share: float | None = None
+
+
+def make_requests(cfg: ForgetConfig, train_indices: np.ndarray, y: np.ndarray, seed: int,
+                  replace_pool: np.ndarray | None = None) -> list[ForgetRequest]:
+    """Draw forget requests from ``train_indices``.
+
+    single/group: ``count`` requests of ``size`` samples each, disjoint across requests.
+    class_share: for every class c and share p, the first floor(n_c * p) class-c samples
+    of the training set (in its order), as the reference experiment does.
+    """
+    rng = np.random.default_rng([seed, 7])
+    train_indices = np.asarray(train_indices)
+    requests: list[ForgetRequest] = []
+    if cfg.kind in ("single", "group"):
+        size = 1 if cfg.kind == "single" else cfg.size
+        need = cfg.count * size
+        if need > len(train_indices):
+            raise ValueError(f"forget: {cfg.count} requests of {size} need {need} samples, "
+                             f"the training set has {len(train_indices)}")
+        chosen = rng.choice(train_indices, size=need, replace=False)
+        repl = None
+        if cfg.replace:
+            if replace_pool is None or len(replace_pool) < need:
+                raise ValueError("forget.replace needs a replace pool of at least "
+                                 f"{need} samples")
+            repl = np.random.default_rng([seed, 8]).choice(replace_pool, size=need, replace=False)
+        for r in range(cfg.count):
+            part = slice(r * size, (r + 1) * size)
+            requests.append(ForgetRequest(
+                f"{cfg.kind}-{r}", cfg.kind, tuple(int(i) for i in chosen[part]),
+                tuple(int(i) for i in repl[part]) if repl is not None else ()))
+        return requests
+    classes = cfg.classes if cfg.classes is not None else sorted(set(y[train_indices].tolist()))
+    for c in classes:
+        members = train_indices[y[train_indices] == c]
+        for share in cfg.shares:
+            n = int(np.floor(len(members) * share))
+            if n == 0:
+                continue
+            requests.append(ForgetRequest(f"class{c}-p{share:g}", "class_share",
+                                          tuple(int(i) for i in members[:n]),
+                                          forgotten_class=int(c), share=float(share)))
+    return requests
+
+
+@dataclass
+class TrainingState:
+    """What the provider holds after training theta: enough to replay its recipe without U."""
+
+    dataset: Dataset
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    train_indices: np.ndarray  # into dataset.x_train
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    original: Model | None = None
+    pretrained_state: dict[str, torch.Tensor] | None = None  # theta_0, when the recipe has one
+    removed: tuple[int, ...] = ()  # samples already unlearned (successive versions)
+    extras: dict[str, Any] = field(default_factory=dict)  # method-specific (e.g. SISA)
+
+    @property
+    def family(self) -> str:
+        return self.model_cfg.family
+
+    def initial_model(self, seed: int | None = None) -> nn.Module:
+        """theta_0 when pretrained, else the random initialisation drawn from ``seed``."""
+        d = self.dataset
+        model = build_torch_model(self.model_cfg, d.input_shape, d.num_classes, d.mean, d.std,
+                                  seed=self.seed if seed is None else seed)
+        if self.pretrained_state is not None:
+            model.load_state_dict(self.pretrained_state)
+        return model.to(self.device)
+
+
+def fit_standard(state: TrainingState, indices: np.ndarray | None = None,
+                 exclude: tuple[int, ...] = (), extra: tuple[int, ...] = (),
+                 seed: int | None = None) -> Model:
+    """Run the original recipe on ``indices`` (default: the training set) minus ``exclude``."""
+    indices = state.train_indices if indices is None else indices
+    seed = state.seed if seed is None else seed
+    d = state.dataset
+    if state.family == "sklearn":
+        keep = indices[~np.isin(indices, np.asarray(exclude, dtype=np.int64))]
+        if len(extra):
+            keep = np.concatenate([keep, np.asarray(extra, dtype=np.int64)])
+        model = build_sklearn_model(state.model_cfg, d.num_classes, seed)
+        return model.fit(d.x_train[keep], d.y_train[keep])
+    model = state.initial_model(seed)
+    return train_model(model, d.x_train, d.y_train, indices, state.train_cfg, seed,
+                       state.device, exclude=exclude, extra=np.asarray(extra, dtype=np.int64))
+
+
+class UnlearningMethod:
+    """Base class: override :meth:`unlearn`; methods that change how theta itself is trained
+    (SISA) also override :meth:`train_original` and :meth:`original_recipe`."""
+
+    name: ClassVar[str] = ""
+    exact: ClassVar[bool] = True
+    families: ClassVar[tuple[str, ...]] = ("torch", "sklearn")
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def original_recipe(self, params: Any) -> dict[str, Any]:
+        """Settings of this method that change theta (part of the original's cache key)."""
+        return {}
+
+    def train_original(self, state: TrainingState, params: Any) -> Model:
+        return fit_standard(state)
+
+    def unlearn(self, state: TrainingState, request: ForgetRequest, params: Any) -> Model:
+        raise NotImplementedError
+
+    def check_family(self, state: TrainingState) -> None:
+        if state.family not in self.families:
+            raise ValueError(f"unlearning method {self.name!r} needs a "
+                             f"{' or '.join(self.families)} model, got {state.model_cfg.name!r}")
+
+
+UNLEARNING: Registry[type[UnlearningMethod]] = Registry("unlearning method")
+
+
+def copy_model(model: Model) -> Model:
+    return copy.deepcopy(model)
+
+
+__all__ = ["SklearnModel"]
