@@ -138,7 +138,10 @@ def plan_core(spec: Spec, data_root: str | None) -> CorePlan:
 
 def plan_run(spec: Spec, data_root: str | None) -> tuple[CorePlan, list[Unit]]:
     """All units of one variant: the core plan, then every stage the spec enables."""
-    core = plan_core(spec, data_root)
+    if any(STAGES.get(stage).replaces_core for stage in spec.stages):
+        core = CorePlan(spec, load_dataset(spec.dataset.name, data_root))
+    else:
+        core = plan_core(spec, data_root)
     units = list(core.units)
     for stage, params in spec.stages.items():
         units.extend(STAGES.get(stage).planner(spec, core, params))

@@ -102,7 +102,10 @@ class StageEntry:
     """A spec section that adds work to a run: its settings class and its planner."""
 
     params: type
-    planner: Any  # callable(spec, context) -> list[Unit]; see orchestrator.plan
+    planner: Any  # callable(spec, core: CorePlan, params) -> list[Unit]; see orchestrator.plan
+    # A stage that builds all its own models (membership inference's shadow/target sets)
+    # turns off the core plan's originals and per-request unlearning.
+    replaces_core: bool = False
 
 
 STAGES: Registry[StageEntry] = Registry("spec section")

@@ -248,6 +248,8 @@ def unlearn_batch(params: dict, ctx: TaskContext) -> Rows:
 
 def run_unit_inline(fn: str, params: dict, ctx: TaskContext) -> Rows:
     """Run one unit in this process (tests, and the body of every Ray task)."""
+    import orchestrator.stages  # noqa: F401  (stages register their unit functions)
+
     threads = os.environ.get("UNLEARN_AUDIT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
