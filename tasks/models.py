@@ -168,12 +168,12 @@ class SklearnModel:
         self.num_classes = num_classes
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "SklearnModel":
-        self.estimator.fit(x, y)
+        self.estimator.fit(x.reshape(len(x), -1), y)  # images are flattened
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         p = np.zeros((len(x), self.num_classes))
-        p[:, self.estimator.classes_] = self.estimator.predict_proba(x)
+        p[:, self.estimator.classes_] = self.estimator.predict_proba(x.reshape(len(x), -1))
         return p
 
     def logits(self, x: np.ndarray) -> np.ndarray:

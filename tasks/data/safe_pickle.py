@@ -20,6 +20,9 @@ _ALLOWED_GLOBALS = frozenset(
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
+        # Protocol 5 rebuilds arrays from a buffer.
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         # Protocol-2 pickles of bytes objects go through _codecs.encode(str, "latin1").
         ("_codecs", "encode"),
         ("collections", "OrderedDict"),

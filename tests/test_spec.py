@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.spec import SpecError, expand, load_spec
+
+BASE = {"experiment": "t", "dataset": {"name": "digits"}, "model": {"name": "mlp"},
+        "unlearning": [{"method": "retrain"}, {"method": "gradient_ascent", "lr": 1.0}]}
+
+
+def test_quickstart_parses(repo):
+    (spec,) = load_spec(repo / "search_spaces" / "quickstart.yaml")
+    assert spec.experiment == "quickstart" and spec.forget.count >= 8
+    assert {u.method for u in spec.unlearning} >= {"retrain", "gradient_ascent"}
+
+
+@pytest.mark.parametrize("patch,path", [
+    ({"datset": {}}, "datset"),
+    ({"training": {"epochs": 2, "lrr": 0.1}}, "training.lrr"),
+    ({"unlearning": [{"method": "retrain"}, {"method": "gradient_ascent", "lr": "x"}]},
+     "unlearning[1].lr"),
+    ({"unlearning": [{"method": "retrian"}]}, "unlearning[0].method"),
+    ({"model": {"name": "mlp", "hiden": [3]}}, "model.hiden"),
+    ({"forget": {"kind": "some"}}, "forget.kind"),
+])
+def test_errors_name_the_key_path(patch, path):
+    with pytest.raises(SpecError) as info:
+        expand({**BASE, **patch})
+    assert str(info.value).startswith(path + ":")
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(SpecError, match="known: .*gradient_ascent.*retrain"):
+        expand({**BASE, "unlearning": [{"method": "nope"}]})
+
+
+def test_grid_and_overrides_expand_into_variants():
+    data = {**BASE, "grid": {"dataset.train_size": [8, 32], "training.epochs": [1, 2]}}
+    variants = expand(data, ["forget.count=3", "unlearning.1.lr=0.5"])
+    assert len(variants) == 4
+    assert {(v.dataset.train_size, v.training.epochs) for v in variants} == {
+        (8, 1), (8, 2), (32, 1), (32, 2)}
+    assert all(v.forget.count == 3 for v in variants)
+    assert variants[0].unlearning[1].typed_params().lr == 0.5
+    assert len({v.config_hash for v in variants}) == 4
+
+
+def test_cli_exits_2_naming_the_misspelled_key(tmp_path, repo):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("experiment: bad\ndataset: {name: digits}\ntraining: {epohcs: 3}\n")
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
+                          "--results", str(tmp_path / "R")], capture_output=True, text=True,
+                         cwd=repo)
+    assert out.returncode == 2
+    assert "training.epohcs" in out.stderr and "allowed:" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_exits_2_naming_a_missing_dataset_path(tmp_path, repo):
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run",
+                          str(repo / "search_spaces" / "quickstart.yaml"), "--set",
+                          "dataset.name=mnist", "--data-root", str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2
+    assert str(tmp_path / "mnist") in out.stderr and "train-images-idx3-ubyte.gz" in out.stderr
