@@ -26,7 +26,9 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
     grouped = df.groupby(["role", "unlearning_method"], sort=False)
     return grouped.agg(models=("key", "count"), train_acc=("train_acc", "mean"),
                        test_acc=("test_acc", "mean"), forget_acc=("forget_acc", "mean"),
-                       forget_loss=("forget_loss", "mean"), wall_s=("wall_s", "sum")).round(3)
+                       forget_loss=("forget_loss", "mean"),
+                       forget_loss_before=("forget_loss_original", "mean"),
+                       wall_s=("wall_s", "sum")).round(4)
 
 
 @summary("errors")

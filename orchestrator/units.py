@@ -242,8 +242,15 @@ def unlearn_batch(params: dict, ctx: TaskContext) -> Rows:
             wall_s=time.perf_counter() - start, artifact=ctx.store.path(key, suffix),
             method=entry.method, exact=method.exact, request=request,
             parent=params["original_key"],
-            shards_retrained=list(getattr(model, "retrained", ())) or None))
+            shards_retrained=list(getattr(model, "retrained", ())) or None,
+            forget_loss_original=_forget_loss(state.original, state, request)))
     return {"models": rows}
+
+
+def _forget_loss(model: Any, state: TrainingState, request: ForgetRequest) -> float:
+    idx = np.asarray(request.indices)
+    d = state.dataset
+    return mean_loss(model_logits(model, d.x_train[idx], state.device), d.y_train[idx])
 
 
 def run_unit_inline(fn: str, params: dict, ctx: TaskContext) -> Rows:

@@ -148,3 +148,21 @@ def test_local_ray_listens_on_loopback_only_with_token_auth():
         assert not public, f"non-loopback listening sockets: {public}"
     finally:
         proc.communicate("\n", timeout=60)
+
+
+def test_a_failing_unit_becomes_an_error_row_and_the_run_goes_on(tmp_path, repo):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text((TINY % {"epochs": 2, "count": 2, "per_task": 1, "n": 200}).replace(
+        "  - method: gradient_ascent\n", "  - method: refit\n  - method: gradient_ascent\n"))
+    results = tmp_path / "R"
+    proc = _cli("run", str(spec), "--results", str(results), "--quiet", cwd=repo)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert len(_keys(results)) == 1 + 2 + 2  # original, retrain x2, gradient_ascent x2
+    errors = _keys(results, "errors")
+    assert len(errors) == 2
+    import pandas as pd
+
+    df = pd.concat(pq.read_table(p).to_pandas()
+                   for p in (results / "tiny" / "errors").glob("*.parquet"))
+    assert df["error"].str.contains("needs a pretrained theta_0").all()
