@@ -1,0 +1,298 @@
+"""DP-SGD training with opacus (Chen et al.'s fourth defence; ATTACKS.md 8.2).
+
+:func:`train_dp` trains a torch model with per-sample clipping (``max_grad_norm``) and Gaussian
+noise (``noise_multiplier`` x clipping norm) through ``opacus.PrivacyEngine.make_private`` and
+returns the epsilon that opacus' accountant (RDP by default) reports for ``delta``.
+
+Batches (recorded as ``sampling`` in every result):
+
+* ``fixed`` (default; the reference implementation's choice): batches of ``batch_size`` drawn
+  from the same seeded per-epoch order as non-private training (:func:`tasks.training.epoch_order`),
+  so a model retrained without U sees the remaining samples in the same order. Opacus accounts
+  these steps with sample rate 1 / (batches per epoch), an analysis that assumes Poisson
+  subsampling: the epsilon is the usual reported figure, not a proof for shuffled batches.
+* ``poisson``: opacus' Poisson sampler (each sample joins each step with that rate; the
+  accountant's assumption holds). The order is drawn from torch's RNG, seeded here.
+
+:func:`dp_epsilon` replays exactly the accountant history :func:`train_dp` produces (same
+mechanism, sample rate and number of steps), so a stage can record epsilon for models trained
+elsewhere (the membership stage's originals and retrained models) without retraining them;
+``tests/defences`` checks the two agree.
+
+The unlearning method ``retrain_dp`` registered here trains theta and every theta_u with
+DP-SGD (exact unlearning by private retraining), so the membership stage builds DP shadow and
+target models alike without any change to it.
+
+Scikit-learn targets cannot be trained with DP-SGD; models with BatchNorm are rejected by
+opacus (per-sample gradients are undefined under batch statistics): use an MLP or a ConvNet
+with ``batchnorm: false``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.defences.base import DEFENCES, DefenceError, TrainingDefence
+from tasks.training import TrainConfig, epoch_order
+
+
+@dataclass(frozen=True)
+class DPParams:
+    noise_multiplier: float = 1.2
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier >= 0:
+            raise ValueError("noise_multiplier must be >= 0")
+        if not self.max_grad_norm > 0:
+            raise ValueError("max_grad_norm must be > 0")
+        if not 0 < self.delta < 1:
+            raise ValueError("delta must lie in (0, 1)")
+
+
+@dataclass
+class DPResult:
+    model: nn.Module
+    epsilon: float  # from opacus' accountant, for ``delta``; inf when noise_multiplier is 0
+    delta: float
+    steps: int
+    sample_rate: float
+    sampling: str
+    accountant: str
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+class _EpochOrderBatches(torch.utils.data.Sampler):
+    """Fixed-size batches from the seeded per-epoch order of :func:`epoch_order`."""
+
+    def __init__(self, base: np.ndarray, seed: int, batch_size: int,
+                 exclude: tuple[int, ...]) -> None:
+        self.base, self.seed, self.batch_size = base, seed, batch_size
+        self.exclude = tuple(int(i) for i in exclude)
+        self.n = len(epoch_order(base, seed, 0, self.exclude))
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        order = epoch_order(self.base, self.seed, self.epoch, self.exclude)
+        self.epoch += 1
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+
+class _Rows(torch.utils.data.Dataset):
+    """x[i], y[i] by dataset index (the sampler yields indices into the full arrays)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise DefenceError("DP-SGD applies to torch models only; scikit-learn targets (dt, rf, "
+                           "lr, sk_mlp) are not trained by gradient descent here: use a torch "
+                           "model (e.g. mlp) for the DP-SGD defence")
+    from opacus.validators import ModuleValidator
+
+    was_training = model.training
+    model.train()  # the validator also rejects eval mode, which is not the problem here
+    errors = ModuleValidator.validate(model, strict=False)
+    model.train(was_training)
+    if errors:
+        raise DefenceError("opacus cannot train this model with DP-SGD: "
+                           + "; ".join(str(e) for e in errors[:3])
+                           + " (use an MLP, or a ConvNet with batchnorm: false)")
+
+
+def _accountant(kind: str):
+    from opacus.accountants import create_accountant
+
+    return create_accountant(mechanism=kind)
+
+
+def train_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+             cfg: TrainConfig, params: DPParams, seed: int, device: torch.device | str = "cpu",
+             exclude: tuple[int, ...] = (), extra: np.ndarray | None = None) -> DPResult:
+    """Train ``model`` in place with DP-SGD on x[indices] minus ``exclude`` (plus ``extra``).
+
+    Args:
+        model: a torch module without BatchNorm; trained in place and returned unwrapped.
+        x, y: the full training arrays (n, ...) and (n,); ``indices`` select the training set.
+        cfg: the non-private recipe (epochs, lr, batch_size, optimizer, momentum, weight decay,
+            lr milestones); ``bn_mode`` is irrelevant (no BatchNorm).
+        params: noise multiplier, clipping norm, delta, batch sampling, accountant.
+        seed: fixes the batch order (fixed) or the Poisson draws, and the noise.
+
+    Returns:
+        :class:`DPResult` with epsilon read from the privacy engine's accountant.
+    """
+    from opacus import PrivacyEngine
+
+    _check_model(model)
+    device = torch.device(device)
+    model.to(device).train()
+    base = np.asarray(indices, dtype=np.int64)
+    if extra is not None and len(extra):
+        base = np.concatenate([base, np.asarray(extra, dtype=np.int64)])
+    xs = torch.as_tensor(x, device=device)
+    ys = torch.as_tensor(y, device=device)
+    dataset = _Rows(xs, ys)
+    sampler = _EpochOrderBatches(base, seed, cfg.batch_size, exclude)
+    if sampler.n == 0:
+        raise DefenceError("DP-SGD: the training set is empty")
+    if params.sampling == "fixed":
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+    else:
+        # Poisson sampling draws from the kept samples only, so build a dataset of them.
+        kept = epoch_order(base, seed, 0, sampler.exclude)
+        kept = np.sort(kept)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(xs[kept], ys[kept]),
+            batch_size=cfg.batch_size, shuffle=False)
+    params_list = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params_list, lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params_list, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.manual_seed(seed)  # Poisson draws use torch's global generator
+    noise = torch.Generator(device=device).manual_seed(int(seed) + 104_729)
+    with warnings.catch_warnings():
+        # "Secure RNG turned off": a seeded generator is the point (repeatable experiments).
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=params.accountant)
+        dp_model, dp_opt, dp_loader = engine.make_private(
+            module=model, optimizer=opt, data_loader=loader,
+            noise_multiplier=params.noise_multiplier, max_grad_norm=params.max_grad_norm,
+            poisson_sampling=params.sampling == "poisson", noise_generator=noise)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.lr_milestones), cfg.lr_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    steps = 0
+    # opacus' full backward hooks fire without input gradients; torch warns, harmlessly.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    for _epoch in range(cfg.epochs):
+        dp_model.train()
+        for xb, yb in dp_loader:
+            dp_opt.zero_grad(set_to_none=True)
+            if len(xb) == 0:
+                # An empty Poisson draw still counts as a step for the accountant.
+                dp_opt.step()
+                steps += 1
+                continue
+            loss = loss_fn(dp_model(xb), yb)
+            loss.backward()
+            dp_opt.step()
+            steps += 1
+        sched.step()
+    sample_rate = 1.0 / len(loader)
+    if params.noise_multiplier == 0:
+        epsilon = math.inf if steps else 0.0
+    else:
+        epsilon = float(engine.get_epsilon(params.delta)) if steps else 0.0
+    trained = dp_model.to_standard_module()
+    for p in trained.parameters():
+        p.grad = None
+    trained.eval()
+    return DPResult(trained, epsilon, params.delta, steps, sample_rate, params.sampling,
+                    params.accountant, params.noise_multiplier, params.max_grad_norm)
+
+
+def dp_epsilon(n_train: int, cfg: TrainConfig, params: DPParams) -> dict[str, float]:
+    """The (epsilon, steps, sample rate) :func:`train_dp` reports for ``n_train`` samples,
+    from a fresh opacus accountant stepped exactly as training steps it."""
+    batches = math.ceil(n_train / cfg.batch_size)
+    sample_rate = 1.0 / batches
+    steps = batches * cfg.epochs
+    if params.noise_multiplier == 0:
+        eps = math.inf if steps else 0.0
+    elif steps == 0:
+        eps = 0.0
+    else:
+        acc = _accountant(params.accountant)
+        acc.history = [(params.noise_multiplier, sample_rate, steps)]
+        eps = float(acc.get_epsilon(delta=params.delta))
+    return {"epsilon": eps, "steps": steps, "sample_rate": sample_rate}
+
+
+@DEFENCES.register("dp_sgd")
+class DPSGD(TrainingDefence):
+    """DP-SGD training of every model (shadow and target alike), epsilon recorded."""
+
+    name = "dp_sgd"
+    strength_field = "noise_multiplier"
+    example_strength = 1.0
+    Params = DPParams
+
+    def train(self, model, x, y, indices, cfg, params: DPParams, *, seed: int,
+              device="cpu", exclude=()) -> DPResult:
+        return train_dp(model, x, y, indices, cfg, params, seed, device, exclude)
+
+
+# --- DP-SGD as a training recipe of the unlearning registry -----------------------------------
+
+from tasks.unlearning.base import (  # noqa: E402  (after DPParams, which it reuses)
+    UNLEARNING,
+    ForgetRequest,
+    TrainingState,
+    UnlearningMethod,
+)
+
+
+@UNLEARNING.register("retrain_dp")
+class RetrainDP(UnlearningMethod):
+    """Exact unlearning of a DP-SGD model: theta = train_dp(S), theta_u = train_dp(S minus U)
+    with the same seed, order and privacy settings. Torch models only."""
+
+    name = "retrain_dp"
+    exact = True
+    families = ("torch",)
+    Params = DPParams
+
+    def original_recipe(self, params: DPParams) -> dict[str, Any]:
+        from tasks.params import to_dict
+
+        return {"dp_sgd": to_dict(params)}
+
+    def _fit(self, state: TrainingState, params: DPParams, exclude: tuple[int, ...],
+             extra: tuple[int, ...] = ()) -> nn.Module:
+        if state.family != "torch":
+            raise DefenceError(f"retrain_dp: DP-SGD needs a torch model, got the scikit-learn "
+                               f"model {state.model_cfg.name!r}")
+        d = state.dataset
+        model = state.initial_model()
+        result = train_dp(model, d.x_train, d.y_train, state.train_indices, state.train_cfg,
+                          params, state.seed, state.device, exclude=exclude,
+                          extra=np.asarray(extra, dtype=np.int64))
+        result.model.dp_epsilon = result.epsilon  # plain attribute: not saved with weights
+        return result.model
+
+    def train_original(self, state: TrainingState, params: DPParams) -> nn.Module:
+        return self._fit(state, params, tuple(state.removed))
+
+    def unlearn(self, state: TrainingState, request: ForgetRequest,
+                params: DPParams) -> nn.Module:
+        self.check_family(state)
+        return self._fit(state, params, tuple(state.removed) + request.indices,
+                         request.replacement)
+
+
+__all__ = ["DPParams", "DPResult", "DPSGD", "RetrainDP", "dp_epsilon", "train_dp"]
