@@ -90,8 +90,10 @@ def unlearned_key(spec: Spec, seed: int, method_index: int, request: ForgetReque
                         removed=list(removed))
 
 
-def plan_core(spec: Spec, data_root: str | None) -> CorePlan:
-    dataset = load_dataset(spec.dataset.name, data_root)
+def plan_core(spec: Spec, data_root: str | None, dataset: Dataset | None = None) -> CorePlan:
+    # ``dataset``: an already loaded dataset (the defences stage, which replaces the core plan
+    # for membership attacks, rebuilds it for recovery attacks from its CorePlan.dataset).
+    dataset = dataset if dataset is not None else load_dataset(spec.dataset.name, data_root)
     core = CorePlan(spec, dataset)
     res_batch = max(1, spec.runtime.requests_per_task)
     for seed in spec.seeds:

@@ -1,0 +1,108 @@
+"""The ``defences`` stage: validation, the adaptive attacker's defended features, and a tiny
+end-to-end recovery sweep run inline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.execute import execute_inline
+from orchestrator.plan import plan_run
+from orchestrator.spec import SpecError, expand
+from orchestrator.tables import Results
+from orchestrator.units import TaskContext
+from tasks.attacks.membership import OUTPUT_TRANSFORMS, PairRows, run_attacks
+from tasks.metrics_membership import auc
+
+import orchestrator.stages.defences  # noqa: F401  (registers the stage and the transforms)
+
+TINY = {
+    "experiment": "defences_tiny", "seed": 0,
+    "dataset": {"name": "digits", "pool_size": 600, "train_size": 16},
+    "model": {"name": "mlp", "hidden": [16]},
+    "pretraining": {"epochs": 3, "lr": 0.05, "batch_size": 64},
+    "training": {"epochs": 1, "lr": 0.001, "batch_size": 128, "momentum": 0.0},
+    "forget": {"kind": "single", "count": 2},
+    "unlearning": [{"method": "gradient_ascent", "lr": 0.001}],
+    "defences": {"attack": "recovery", "max_requests": 2,
+                 "recovery": {"iterations": 3, "restarts": 1},
+                 "sweeps": [{"defence": "obfuscation", "strengths": [0.0, 1.0e-2]},
+                            {"defence": "pruning", "strengths": [0.5]}]},
+}
+
+
+def _with(**section):
+    data = {**TINY, "defences": {**TINY["defences"], **section}}
+    return expand(data)
+
+
+def test_output_defences_reach_the_membership_seam():
+    for name in ("label_only", "top_k", "temperature"):
+        assert name in OUTPUT_TRANSFORMS
+
+
+def test_defence_attack_mismatch_and_unknown_names_are_spec_errors():
+    with pytest.raises(SpecError, match="measured against membership"):
+        _with(sweeps=[{"defence": "label_only", "strengths": [None]}])
+    with pytest.raises(SpecError, match="known: .*pruning"):
+        _with(sweeps=[{"defence": "prunning", "strengths": [0.1]}])
+    with pytest.raises(SpecError, match="ratio"):
+        _with(sweeps=[{"defence": "pruning", "strengths": [1.5]}])
+    with pytest.raises(SpecError, match="unknown key"):
+        _with(sweeps=[{"defence": "pruning", "strengths": [0.1], "params": {"rate": 1}}])
+
+
+def test_every_feature_reads_defended_posteriors():
+    # Members and non-members differ only in confidence, never in the predicted label: under
+    # label-only output nothing is left to learn, for every feature, classical MIA included.
+    rng = np.random.default_rng(0)
+
+    def side(n):
+        label = np.repeat([1, 0], n)
+        p = rng.uniform(-1.0, 1.0, size=(2 * n, 3))
+        p[:, 0] = rng.uniform(6.0, 7.0, size=2 * n)  # class 0 wins by >= 5 logits
+        q = p.copy()
+        q[label == 1, 0] -= 3.0  # deleted records lose confidence, keep their label
+        return PairRows(p, q, label, {})
+
+    shadow, target = side(100), side(100)
+    feats = ("direct_diff", "sorted_diff", "direct_concat", "sorted_concat", "l2_distance",
+             "basic_mia")
+    open_ = {r.feature: auc(target.label, r.test_scores)
+             for r in run_attacks(shadow, target, feats, ("dt",))}
+    assert open_["direct_diff"] > 0.9  # the signal is there without the defence
+    shut = {r.feature: auc(target.label, r.test_scores)
+            for r in run_attacks(shadow, target, feats, ("dt",), "label_only", {})}
+    assert shut == {f: 0.5 for f in feats}
+
+
+def test_tiny_recovery_sweep_end_to_end(tmp_path):
+    (spec,) = expand(TINY)
+    _, units = plan_run(spec, None)
+    results = Results(tmp_path / "R", spec.experiment)
+    ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
+    report = execute_inline(units, results, ctx)
+    assert report.failed == 0, report.errors
+    df = results.read("defenses").set_index(["defence", "strength"], drop=False)
+    assert len(df) == 4  # none + obfuscation x2 + pruning x1
+    none = df[df.defence == "none"].iloc[0]
+    zero = df[(df.defence == "obfuscation") & (df.strength == 0.0)].iloc[0]
+    # sigma = 0 publishes theta_u itself and the restarts are seeded alike: identical attack.
+    assert zero.attack_metric == none.attack_metric
+    assert zero.test_acc_unlearned == none.test_acc_unlearned
+    noisy = df[(df.defence == "obfuscation") & (df.strength == 1e-2)].iloc[0]
+    assert noisy.attack_metric != none.attack_metric
+    assert set(df.attack) == {"recovery"} and df.epsilon.isna().all()
+    figs = results.read("figures")
+    assert figs.path.notna().all() and (tmp_path / "R" / spec.experiment / "figures").is_dir()
+
+
+def test_top_k_at_or_above_the_class_count_fails_at_planning():
+    data = {**TINY, "experiment": "defences_tiny_mia", "dataset": {"name": "digits"},
+            "unlearning": [{"method": "retrain"}],
+            "defences": {"attack": "membership",
+                         "membership": {"set_num": 1, "set_size": 50, "unlearning_size": 2},
+                         "sweeps": [{"defence": "top_k", "strengths": [10]}]}}
+    (spec,) = expand(data)
+    with pytest.raises(ValueError, match="below the number of classes C = 10"):
+        plan_run(spec, None)
