@@ -1,0 +1,20 @@
+"""Attacks on unlearning, behind one registry (:data:`ATTACKS`).
+
+Every attack consumes :class:`tasks.cases.Case` objects only. Registered attacks:
+``inversion`` (feature recovery, :mod:`tasks.attacks.inversion`) and ``probing`` (label
+inference, :mod:`tasks.attacks.probing`).
+"""
+
+from __future__ import annotations
+
+from tasks.attacks import inversion as _inversion  # noqa: F401  (registers "inversion")
+from tasks.attacks import probing as _probing  # noqa: F401  (registers "probing")
+from tasks.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackConfigError,
+    AttackResult,
+    NonFiniteLossError,
+)
+
+__all__ = ["ATTACKS", "Attack", "AttackConfigError", "AttackResult", "NonFiniteLossError"]

@@ -1,0 +1,418 @@
+"""Feature recovery of forgotten samples from a model pair (Hu et al., S&P 2024).
+
+The attacker turns (theta, theta_u) into a target gradient g* and searches for inputs whose
+training gradient points the same way (ATTACKS.md sections 3.2-3.3):
+
+    loss(x) = 1 - <grad_theta L(f(x), y), g*> / (|grad| |g*|) + tv_weight * TV_mean(x)
+
+one global cosine over all parameters, x kept in [0, 1] (the model starts with ``Normalize``),
+signed AdamW with step decay, several restarts, the best restart picked by the same cosine
+without TV. Target gradients, always a positive multiple of grad L(U):
+
+* ``paper``                 g* = theta_u - theta, trial gradient at theta (Eq. 2 with the sign
+                            fixed so that gradient ascent gives +grad L);
+* ``reference``, approximate g* = (theta_u - theta) / eta at theta;
+* ``reference``, exact       g* = -(N (theta - theta0) - (N - k)(theta_u - theta0)) at theta0.
+
+Vectorised: every restart of every target that shares an evaluation model is optimised in one
+program, ``vmap`` over targets and restarts of ``grad`` of the per-trial loss (double backprop
+through per-sample gradients). BatchNorm runs on its running statistics (eval mode).
+
+Entry point for the search: :func:`recover` (cases, config, callback) -> :class:`RecoveryResult`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from tasks.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackConfigError,
+    AttackResult,
+    NonFiniteLossError,
+    target_seeds,
+)
+from tasks.cases import Case
+
+__all__ = [
+    "GradientInversion",
+    "InversionConfig",
+    "RecoveryProgress",
+    "RecoveryResult",
+    "infer_labels_from_gradient",
+    "matching_loss",
+    "recover",
+    "target_gradient",
+    "tv_mean",
+]
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings of one feature-recovery attack; the defaults are the reference configuration."""
+
+    name: str = "reference"
+    knowledge: Literal["paper", "reference"] = "reference"
+    label_mode: Literal["known", "optimised", "inferred"] = "known"
+    lr: float = 0.04
+    tv_weight: float = 1e-2  # weight of TV_mean (mean, not sum: never reuse 1e-2 with sum-TV)
+    restarts: int = 5
+    iterations: int = 10_000
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    signed: bool = True
+    init: Literal["randn", "rand", "zeros"] = "randn"
+    # lr x lr_decay at T // d for each divisor d (reference: 3749, 6249, 8756 at T = 10,000).
+    lr_decay_divisors: tuple[float, ...] = (2.667, 1.6, 1.142)
+    lr_decay: float = 0.5
+    k: int = 1  # samples per request assumed under paper knowledge (reference: metadata.k)
+    dry_run: bool = False  # one iteration only
+    callback_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.restarts < 1 or self.iterations < 1 or self.k < 1:
+            raise ValueError("restarts, iterations and k must be at least 1")
+        if self.lr <= 0 or self.tv_weight < 0:
+            raise ValueError("lr must be > 0 and tv_weight >= 0")
+        if self.callback_every < 1:
+            raise ValueError("callback_every must be at least 1")
+
+    @property
+    def steps(self) -> int:
+        return 1 if self.dry_run else self.iterations
+
+    def milestones(self) -> list[int]:
+        t = self.steps
+        return sorted({int(t // d) for d in self.lr_decay_divisors if 0 < int(t // d) < t})
+
+
+@dataclass(frozen=True)
+class RecoveryProgress:
+    """What a callback sees after an iteration (for ASHA and progress logs)."""
+
+    iteration: int  # 1-based
+    target_indices: tuple[int, ...]  # which input cases this group holds
+    matching_loss: np.ndarray  # (n,) best-restart 1 - cos (no TV) for those targets
+    wall_s: float
+
+
+@dataclass
+class RecoveryResult(AttackResult):
+    """Per target (input order): images (k, C, H, W) in [0, 1], labels used (k,), the
+    best restart's 1 - cos and cos, every restart's final 1 - cos."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    matching_loss: np.ndarray  # (T,)
+    cosine: np.ndarray  # (T,)
+    restart_losses: list[np.ndarray]  # (R,) each
+    best_restart: np.ndarray  # (T,)
+    iterations: int
+    wall_s: float
+    stopped_early: bool = False
+    knowledge: str = "reference"
+    label_mode: str = "known"
+    eval_model: list[str] = field(default_factory=list)  # "theta" or "theta0" per target
+
+    def per_target(self) -> dict[str, list]:
+        return {"images": self.images, "labels": self.labels,
+                "matching_loss": list(self.matching_loss), "cosine": list(self.cosine),
+                "restart_losses": self.restart_losses}
+
+
+# --- target gradient ---------------------------------------------------------------------------
+
+def _params(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    return OrderedDict((n, p.detach()) for n, p in model.named_parameters())
+
+
+def target_gradient(case: Case, knowledge: str = "reference"
+                    ) -> tuple[OrderedDict[str, torch.Tensor], nn.Module, str]:
+    """g* (a positive multiple of grad L(U)) and the model the trial gradient is taken at.
+
+    Returns (g* by parameter name, evaluation model, "theta" | "theta0").
+    """
+    meta = case.metadata
+    if case.theta is None or case.theta_u is None:
+        raise AttackConfigError("feature recovery needs white-box theta and theta_u")
+    if knowledge == "reference" and meta.knowledge != "reference":
+        raise AttackConfigError("knowledge 'reference' needs a case built with reference "
+                                "knowledge (theta0, N, k, eta, labels)")
+    theta, theta_u = _params(case.theta), _params(case.theta_u)
+    if knowledge == "paper" or not meta.exact:
+        scale = 1.0
+        if knowledge == "reference" and meta.unlearn_lr:
+            scale = 1.0 / meta.unlearn_lr
+        g = OrderedDict((n, ((theta_u[n].double() - theta[n].double()) * scale).float())
+                        for n in theta)
+        return g, case.theta, "theta"
+    if case.theta0 is None or meta.n_finetune is None or meta.k is None:
+        raise AttackConfigError("the exact reference target needs theta0, N and k in the case")
+    n, k = float(meta.n_finetune), float(meta.k)
+    theta0 = _params(case.theta0)
+    g = OrderedDict()
+    for name in theta:
+        t0 = theta0[name].double()
+        g[name] = (-(n * (theta[name].double() - t0) - (n - k) * (theta_u[name].double() - t0))
+                   ).float()
+    return g, case.theta0, "theta0"
+
+
+def _last_layer(model: nn.Module, num_classes: int) -> tuple[str | None, str | None]:
+    weight = bias = None
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and p.shape[0] == num_classes:
+            weight, bias = name, None
+        elif p.dim() == 1 and p.shape[0] == num_classes and weight is not None:
+            bias = name
+    return weight, bias
+
+
+def infer_labels_from_gradient(gstar: OrderedDict[str, torch.Tensor], model: nn.Module,
+                               num_classes: int, k: int) -> np.ndarray:
+    """iDLG-style labels: with softmax cross-entropy the last layer's bias gradient is
+    sum_i (p_i - onehot(y_i)), negative exactly at the true labels (for nonnegative features the
+    weight rows' sums carry the same sign). Returns the k most negative classes (k > number of
+    negative entries repeats the most negative)."""
+    weight, bias = _last_layer(model, num_classes)
+    if weight is None:
+        raise AttackConfigError("label_mode 'inferred' needs a final linear layer")
+    signal = gstar[bias] if bias is not None else gstar[weight].sum(1)
+    order = torch.argsort(signal)
+    negative = int((signal < 0).sum())
+    labels = [int(order[i]) if i < max(negative, 1) else int(order[0]) for i in range(k)]
+    return np.asarray(labels, dtype=np.int64)
+
+
+# --- objective ---------------------------------------------------------------------------------
+
+def tv_mean(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic mean total variation of (..., H, W) images (the reference TV)."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+            + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
+
+
+def _make_trial_loss(model: nn.Module, tv_weight: float):
+    """(x (k,C,H,W), soft labels (k,C), g* dict, |g*|) -> (1 - cos + tv, 1 - cos)."""
+    params = _params(model)
+    buffers = OrderedDict((n, b.detach()) for n, b in model.named_buffers())
+    names = list(params)
+
+    def trial_loss(x, ysoft, gstar, gnorm):
+        def ce(p):
+            out = functional_call(model, (p, buffers), (x,))
+            return -(ysoft * F.log_softmax(out, dim=-1)).sum(-1).mean()
+
+        g = grad(ce)(params)
+        dot = sum((g[n] * gstar[n]).sum() for n in names)
+        sq = sum((g[n] * g[n]).sum() for n in names)
+        cos = dot / (torch.sqrt(sq) * gnorm + 1e-12)
+        cost = 1.0 - cos
+        return cost + tv_weight * tv_mean(x), cost
+
+    return trial_loss
+
+
+def matching_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  gstar: OrderedDict[str, torch.Tensor]) -> torch.Tensor:
+    """1 - cos(grad L(f(x), y), g*) for one trial (x (k,C,H,W), y (k,) ints): the selection
+    score, exactly the optimised forward path without TV."""
+    ysoft = F.one_hot(y.long(), num_classes=_num_outputs(model, x)).float()
+    gnorm = torch.sqrt(sum((g * g).sum() for g in gstar.values()))
+    with torch.enable_grad():
+        return _make_trial_loss(model, 0.0)(x, ysoft, gstar, gnorm)[1].detach()
+
+
+def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[-1])
+
+
+# --- the batched optimisation ------------------------------------------------------------------
+
+def _init_images(gen: torch.Generator, cfg: InversionConfig, shape: tuple[int, ...]):
+    if cfg.init == "randn":
+        x = torch.randn(shape, generator=gen)
+    elif cfg.init == "rand":
+        x = torch.rand(shape, generator=gen)
+    else:
+        x = torch.zeros(shape)
+    return x.clamp_(0.0, 1.0)
+
+
+def _same_model(a: nn.Module, b: nn.Module) -> bool:
+    if a is b:
+        return True
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: list[int],
+               cfg: InversionConfig, input_shape: tuple[int, ...], num_classes: int,
+               device: torch.device, callback, indices: tuple[int, ...], start: float):
+    """Optimise R restarts of T targets (same model, same k) together."""
+    model = model.eval()
+    t_count, k, r_count = len(gstars), len(labels[0]), cfg.restarts
+    names = list(gstars[0])
+    gstack = OrderedDict((n, torch.stack([g[n] for g in gstars]).to(device)) for n in names)
+    gnorm = torch.sqrt(sum((gstack[n] ** 2).flatten(1).sum(1) for n in names))  # (T,)
+    inits, label_inits = [], []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(int(s))
+        inits.append(_init_images(gen, cfg, (r_count, k, *input_shape)))
+        label_inits.append(torch.randn((r_count, k, num_classes), generator=gen))
+    x = torch.stack(inits).to(device).requires_grad_(True)  # (T, R, k, C, H, W)
+    opt_params = [x]
+    if cfg.label_mode == "optimised":
+        ylogit = torch.stack(label_inits).to(device).requires_grad_(True)  # (T, R, k, C)
+        opt_params.append(ylogit)
+    else:
+        y = torch.as_tensor(np.stack(labels), device=device)
+        yfixed = F.one_hot(y, num_classes).float()[:, None].expand(t_count, r_count, k,
+                                                                    num_classes)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(opt_params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones(), gamma=cfg.lr_decay)
+    trial = _make_trial_loss(model, cfg.tv_weight)
+    batched = vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
+
+    def soft_labels():
+        return torch.softmax(ylogit, -1) if cfg.label_mode == "optimised" else yfixed
+
+    stopped, done = False, 0
+    for it in range(1, cfg.steps + 1):
+        opt.zero_grad(set_to_none=True)
+        total, cost = batched(x, soft_labels(), gstack, gnorm)  # (T, R) each
+        if not torch.isfinite(total).all():
+            bad = [indices[i] for i in torch.nonzero(~torch.isfinite(total).all(1)).flatten()]
+            raise NonFiniteLossError(f"iteration {it}: non-finite matching loss for targets "
+                                     f"{bad}; aborting the recovery")
+        total.sum().backward()
+        if cfg.signed:
+            x.grad.sign_()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            x.clamp_(0.0, 1.0)  # box constraint: every forward sees x in [0, 1]
+        done = it
+        if callback is not None and (it % cfg.callback_every == 0 or it == cfg.steps):
+            best = cost.detach().min(1).values.cpu().numpy()
+            verdict = callback(RecoveryProgress(it, indices, best, time.perf_counter() - start))
+            if verdict is True:
+                stopped = True
+                break
+    # Score the final iterates by the same forward path, without TV.
+    final = vmap(vmap(_make_trial_loss(model, 0.0), in_dims=(0, 0, None, None)),
+                 in_dims=(0, 0, 0, 0))
+    with torch.no_grad():
+        ys = soft_labels().detach()
+    xd = x.detach()
+    _, cost = final(xd, ys, gstack, gnorm)
+    cost = cost.detach()
+    if not torch.isfinite(cost).all():
+        raise NonFiniteLossError("non-finite matching loss at the final iterate")
+    best = cost.argmin(1)
+    tidx = torch.arange(t_count, device=device)
+    images = xd[tidx, best].cpu().numpy()  # (T, k, C, H, W)
+    used = ys[tidx, best].argmax(-1).cpu().numpy()  # (T, k)
+    return images, used, cost.cpu().numpy(), best.cpu().numpy(), done, stopped
+
+
+def recover(cases: Sequence[Case], config: InversionConfig, *,
+            seeds: Sequence[int] | None = None,
+            callback: Callable[[RecoveryProgress], bool | None] | None = None
+            ) -> RecoveryResult:
+    """Recover the forgotten samples of every case.
+
+    Args:
+        cases: one per forget request; only ``Case`` objects, never ground truth.
+        config: an :class:`InversionConfig`.
+        seeds: ``seeds[i]`` fixes case i's initialisations (default i), so a target recovers
+            the same way alone or in a batch.
+        callback: called every ``config.callback_every`` iterations with a
+            :class:`RecoveryProgress`; returning ``True`` stops early (ASHA). Cases sharing an
+            evaluation model and k form one group; groups run one after another.
+
+    Returns:
+        :class:`RecoveryResult`, one entry per case in input order.
+    """
+    if not cases:
+        raise ValueError("recover() needs at least one case")
+    seeds = target_seeds(cases, seeds)
+    start = time.perf_counter()
+    meta0 = cases[0].metadata
+    if meta0.kind != "image":
+        raise AttackConfigError(f"feature recovery needs image data, got {meta0.kind!r}")
+    prepared = []
+    for case in cases:
+        meta = case.metadata
+        if config.knowledge == "reference" and meta.knowledge != "reference":
+            raise AttackConfigError("config.knowledge 'reference' needs a reference case")
+        k = meta.k if config.knowledge == "reference" else config.k
+        gstar, model, where = target_gradient(case, config.knowledge)
+        if config.label_mode == "known":
+            if config.knowledge != "reference" or meta.labels is None:
+                raise AttackConfigError("label_mode 'known' needs knowledge 'reference' "
+                                        "(the paper's attacker does not know y_U)")
+            labels = np.asarray(meta.labels, dtype=np.int64)
+        elif config.label_mode == "inferred":
+            labels = infer_labels_from_gradient(gstar, model, meta.num_classes, k)
+        else:
+            labels = np.zeros(k, dtype=np.int64)  # replaced by the optimised dummy labels
+        prepared.append((gstar, model, where, labels))
+    # Group targets that share an evaluation model and a request size.
+    groups: list[tuple[nn.Module, int, list[int]]] = []
+    for i, (_, model, _, labels) in enumerate(prepared):
+        for gmodel, gk, members in groups:
+            if gk == len(labels) and _same_model(gmodel, model):
+                members.append(i)
+                break
+        else:
+            groups.append((model, len(labels), [i]))
+    n = len(cases)
+    images: list = [None] * n
+    used: list = [None] * n
+    restart_losses: list = [None] * n
+    cost_best = np.zeros(n)
+    best_restart = np.zeros(n, dtype=np.int64)
+    iterations, stopped = 0, False
+    for model, _, members in groups:
+        out = _run_group(model, [prepared[i][0] for i in members],
+                         [prepared[i][3] for i in members], [seeds[i] for i in members],
+                         config, tuple(meta0.input_shape), meta0.num_classes,
+                         cases[members[0]].device, callback, tuple(members), start)
+        imgs, labs, costs, best, done, stop = out
+        iterations, stopped = max(iterations, done), stopped or stop
+        for j, i in enumerate(members):
+            images[i], used[i] = imgs[j], labs[j]
+            restart_losses[i] = costs[j]
+            cost_best[i] = costs[j, best[j]]
+            best_restart[i] = best[j]
+    return RecoveryResult(images=images, labels=used, matching_loss=cost_best,
+                          cosine=1.0 - cost_best, restart_losses=restart_losses,
+                          best_restart=best_restart, iterations=iterations,
+                          wall_s=time.perf_counter() - start, stopped_early=stopped,
+                          knowledge=config.knowledge, label_mode=config.label_mode,
+                          eval_model=[p[2] for p in prepared])
+
+
+@ATTACKS.register("inversion")
+class GradientInversion(Attack):
+    """Feature recovery (Hu et al.): gradient inversion on the parameter difference."""
+
+    name = "inversion"
+    Config = InversionConfig
+
+    def run(self, cases: Sequence[Case], config: InversionConfig, *,
+            seeds: Sequence[int] | None = None, callback=None) -> RecoveryResult:
+        return recover(cases, config, seeds=seeds, callback=callback)

@@ -1,0 +1,381 @@
+"""Label inference by probing samples (Hu et al., S&P 2024, section 4 of ATTACKS.md).
+
+1. For every class t, craft probes x' that the original model M labels t with high confidence:
+   minimise -log f(x')[t] (reference; ``loss: ce``) or the margin max_{i != t} log f_i - log f_t
+   (paper Eq. 8 on log-probabilities; ``loss: margin``) over x' in [0, 1]^d, with
+   * ``box: white`` — autograd gradients of M, or
+   * ``box: black`` — ZOO: symmetric finite differences over a batch of coordinates, every
+     query of an iteration (all probes x (2c + 1) points) in one batched forward through
+     :class:`tasks.cases.QueryAccess`, which counts them;
+   both with coordinate-wise Adam, early abort, the best iterate kept, and at most
+   ``max_calls`` calls of ``iterations_per_call`` iterations per probe (capped attempts).
+2. Decision rule (reference): per probe j, l_j = argmax M(x_j) and
+   d_j = M_u(x_j)[l_j] - M(x_j)[l_j]; average d_j per class over the first m probes labelled
+   that class; predict the class whose own-class confidence drops most (top-K: the K smallest).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackConfigError,
+    AttackResult,
+    NonFiniteLossError,
+    target_seeds,
+)
+from tasks.cases import Case, PublicMetadata, QueryAccess
+
+__all__ = [
+    "LabelInferenceResult",
+    "ProbeConfig",
+    "Probes",
+    "ProbingLabelInference",
+    "craft_probes",
+    "infer_label",
+    "original_case",
+    "score_probes",
+    "zoo_gradient",
+]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    box: Literal["white", "black"] = "black"
+    probes_per_class: int = 10  # m
+    loss: Literal["ce", "margin"] = "ce"  # on log-probabilities (what a black box returns)
+    lr: float = 0.1
+    lr_low: float = 0.02  # used once confidence > 0.9 but below ``accept``
+    iterations_per_call: int = 20
+    max_calls: int = 10  # attempt cap per probe
+    coordinates: int = 1024  # per iteration (black box); min(coordinates, d) are used
+    h: float = 1e-4
+    accept: float = 0.9995
+    early_abort_every: int = 2
+    top_k: int = 1
+    # Own-class change measured on probabilities (reference) or on log-odds.
+    score: Literal["prob", "logodds"] = "prob"
+    dry_run: bool = False  # one iteration of one call
+
+    def __post_init__(self) -> None:
+        if min(self.probes_per_class, self.iterations_per_call, self.max_calls,
+               self.coordinates, self.top_k) < 1:
+            raise ValueError("probes_per_class, iterations_per_call, max_calls, coordinates "
+                             "and top_k must be at least 1")
+        if not 0 < self.accept <= 1 or self.h <= 0 or self.lr <= 0:
+            raise ValueError("accept in (0, 1], h > 0 and lr > 0 are required")
+
+
+@dataclass
+class Probes:
+    """C * m crafted probes against one original model (class-major order)."""
+
+    x: np.ndarray  # (C*m, *input_shape) in [0, 1]
+    target: np.ndarray  # (C*m,) the class each probe was crafted for
+    confidence: np.ndarray  # (C*m,) M(x)[target] at the kept iterate
+    accepted: np.ndarray  # (C*m,) bool: confidence >= accept
+    queries: np.ndarray  # (C*m,) queries (black) or forward passes (white) spent per probe
+    calls: np.ndarray  # (C*m,) calls used per probe
+    box: str = "black"
+    loss: str = "ce"
+    wall_s: float = 0.0
+
+    @property
+    def total_queries(self) -> int:
+        return int(self.queries.sum())
+
+    def failures_by_class(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.target[~self.accepted], minlength=num_classes)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("x", "target", "confidence", "accepted",
+                                              "queries", "calls")}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], box: str, loss: str) -> Probes:
+        return cls(**{k: arrays[k] for k in ("x", "target", "confidence", "accepted",
+                                             "queries", "calls")}, box=box, loss=loss)
+
+
+@dataclass
+class LabelInferenceResult(AttackResult):
+    predicted: list[np.ndarray]  # (top_k,) per target, most-dropped class first
+    delta_by_class: list[np.ndarray]  # (C,) mean own-class confidence change (NaN: no probe)
+    queries: np.ndarray  # (T,) crafting + scoring queries per target
+    probes_failed: np.ndarray  # (T,)
+
+    def per_target(self) -> dict[str, list]:
+        return {"predicted": self.predicted, "delta_by_class": self.delta_by_class,
+                "queries": list(self.queries), "probes_failed": list(self.probes_failed)}
+
+
+def original_case(metadata: PublicMetadata, theta: torch.nn.Module | None,
+                  query: QueryAccess, device: torch.device | str = "cpu") -> Case:
+    """A case holding only the original model (probes are crafted before any unlearning)."""
+    return Case(metadata, theta=theta, query_original=query, device=torch.device(device))
+
+
+# --- losses and gradients ----------------------------------------------------------------------
+
+def _probe_loss(probs: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss from probability vectors (n, C); -log p_t computed as -log1p(-sum_{i!=t} p_i) so it
+    keeps its precision when p_t is within float32 rounding of 1."""
+    probs = probs.double()
+    mask = F.one_hot(target, probs.shape[-1]).bool()
+    rest = probs.masked_fill(mask, 0.0)
+    pt = probs.gather(-1, target[:, None]).squeeze(-1)
+    precise = torch.log1p(-rest.sum(-1).clamp(max=0.5))
+    log_pt = torch.where(pt > 0.5, precise, torch.log(pt.clamp_min(1e-300)))
+    if kind == "ce":
+        return -log_pt
+    return torch.log(rest.max(-1).values.clamp_min(1e-300)) - log_pt
+
+
+def zoo_gradient(loss_fn, x: torch.Tensor, coords: torch.Tensor, h: float) -> torch.Tensor:
+    """Symmetric finite differences (f(x + h e_i) - f(x - h e_i)) / 2h at ``coords``.
+
+    Args:
+        loss_fn: (n, d) -> (n,) losses; called ONCE on all 2c points of all probes.
+        x: (B, d) points; coords: (B, c) coordinate indices per point.
+    Returns:
+        (B, c) gradient estimates.
+    """
+    b, c = coords.shape
+    pts = x[:, None, :].repeat(1, 2 * c, 1)  # (B, 2c, d)
+    rows = torch.arange(b)[:, None]
+    steps = torch.arange(c)
+    pts[rows, steps[None], coords] += h
+    pts[rows, c + steps[None], coords] -= h
+    values = loss_fn(pts.reshape(b * 2 * c, -1)).reshape(b, 2 * c)
+    return (values[:, :c] - values[:, c:]) / (2 * h)
+
+
+class _CoordAdam:
+    """ZOO-ADAM: Adam with a step counter per coordinate."""
+
+    def __init__(self, shape, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.m = torch.zeros(shape, dtype=torch.float64)
+        self.v = torch.zeros(shape, dtype=torch.float64)
+        self.t = torch.zeros(shape, dtype=torch.float64)
+        self.b1, self.b2, self.eps = beta1, beta2, eps
+
+    def step(self, rows, coords, g, lr):
+        """rows (B,), coords (B, c), g (B, c), lr (B,) -> update (B, c) to add to x."""
+        r = rows[:, None]
+        self.t[r, coords] += 1
+        t = self.t[r, coords]
+        self.m[r, coords] = self.b1 * self.m[r, coords] + (1 - self.b1) * g
+        self.v[r, coords] = self.b2 * self.v[r, coords] + (1 - self.b2) * g * g
+        mhat = self.m[r, coords] / (1 - self.b1**t)
+        vhat = self.v[r, coords] / (1 - self.b2**t)
+        return -lr[:, None] * mhat / (vhat.sqrt() + self.eps)
+
+
+# --- crafting ----------------------------------------------------------------------------------
+
+def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
+    """Craft ``probes_per_class`` probes per class against the case's original model.
+
+    All probes are optimised together; a black-box iteration is one batched query.
+    """
+    meta = case.metadata
+    start = time.perf_counter()
+    if config.box == "white":
+        if case.theta is None:
+            raise AttackConfigError("box 'white' needs theta in the case")
+        model = case.theta.eval()
+    elif case.query_original is None:
+        raise AttackConfigError("box 'black' needs query access to the original model")
+    shape = tuple(meta.input_shape)
+    d = int(np.prod(shape))
+    m, n_cls = config.probes_per_class, meta.num_classes
+    target = torch.arange(n_cls).repeat_interleave(m)
+    inits = []
+    for t in range(n_cls):
+        for j in range(m):
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + t * 1009 + j)
+            inits.append(torch.randn(d, generator=gen, dtype=torch.float64).clamp(0, 1))
+    x = torch.stack(inits)  # (P, d) float64 master copy
+    n_probes = len(x)
+    queries = np.zeros(n_probes, dtype=np.int64)
+    calls = np.zeros(n_probes, dtype=np.int64)
+    device = case.device
+
+    def probs_of(points: torch.Tensor) -> torch.Tensor:
+        inp = points.reshape(-1, *shape).float().to(device)
+        if config.box == "black":
+            p = case.query_original(inp)
+        else:
+            with torch.no_grad():
+                p = torch.softmax(model(inp), dim=-1)
+        return p.cpu()
+
+    def loss_at(points: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        p = probs_of(points)
+        if not torch.isfinite(p).all():
+            raise NonFiniteLossError("the model returned non-finite probabilities while "
+                                     "crafting probes; aborting")
+        return _probe_loss(p, tgt, config.loss)
+
+    best_loss = loss_at(x, target)
+    queries += 1
+    best_x = x.clone()
+    opt = _CoordAdam(x.shape)
+    accepted = torch.exp(-_probe_loss(probs_of(best_x), target, "ce")) >= config.accept
+    queries += 1
+    n_coords = min(config.coordinates, d)
+    gen = torch.Generator().manual_seed(int(seed) + 17)
+    max_calls = 1 if config.dry_run else config.max_calls
+    iters = 1 if config.dry_run else config.iterations_per_call
+    for _call in range(max_calls):
+        active = torch.nonzero(~accepted).flatten()
+        if len(active) == 0:
+            break
+        calls[active.numpy()] += 1
+        conf = torch.exp(-best_loss) if config.loss == "ce" else None
+        if conf is None:
+            conf = torch.exp(-_probe_loss(probs_of(best_x[active]), target[active], "ce"))
+            queries[active.numpy()] += 1
+            lr_all = torch.full((n_probes,), config.lr, dtype=torch.float64)
+            lr_all[active] = torch.where(conf > 0.9, config.lr_low, config.lr)
+        else:
+            lr_all = torch.where(conf > 0.9, config.lr_low, config.lr).double()
+        x[active] = best_x[active]  # each call continues from the last kept result
+        running = active.clone()
+        checkpoint = best_loss[running].clone()
+        for it in range(1, iters + 1):
+            if len(running) == 0:
+                break
+            xs, tg = x[running], target[running]
+            if config.box == "black":
+                if n_coords == d:
+                    coords = torch.arange(d).expand(len(running), d)
+                else:
+                    coords = torch.stack([torch.randperm(d, generator=gen)[:n_coords]
+                                          for _ in range(len(running))])
+                tg_rep = tg.repeat_interleave(2 * n_coords)
+                g = zoo_gradient(lambda pts: loss_at(pts, tg_rep), xs, coords, config.h)  # noqa: B023  (called at once)
+                queries[running.numpy()] += 2 * n_coords
+            else:
+                xin = xs.float().reshape(-1, *shape).to(device).requires_grad_(True)
+                logp = F.log_softmax(model(xin), dim=-1)
+                if config.loss == "ce":
+                    lval = -logp.gather(1, tg[:, None].to(device)).squeeze(1)
+                else:
+                    other = logp.masked_fill(F.one_hot(tg.to(device), n_cls).bool(), -1e30)
+                    lval = other.max(-1).values - logp.gather(1, tg[:, None].to(device))[:, 0]
+                gx = torch.autograd.grad(lval.sum(), xin)[0]
+                coords = torch.arange(d).expand(len(running), d)
+                g = gx.reshape(len(running), d).double().cpu()
+                queries[running.numpy()] += 1
+            if not torch.isfinite(g).all():
+                raise NonFiniteLossError("non-finite probe gradient; aborting")
+            upd = opt.step(running, coords, g, lr_all[running])
+            rows = running[:, None]
+            x[rows, coords] = (x[rows, coords] + upd).clamp(0.0, 1.0)
+            cur = loss_at(x[running], tg)
+            queries[running.numpy()] += 1
+            better = cur < best_loss[running]
+            best_loss[running[better]] = cur[better]
+            best_x[running[better]] = x[running[better]]
+            if it % config.early_abort_every == 0:
+                stalled = cur > 0.9999 * checkpoint
+                checkpoint = cur[~stalled]
+                running = running[~stalled]
+        conf_now = torch.exp(-_probe_loss(probs_of(best_x), target, "ce"))
+        queries += 1
+        accepted = conf_now >= config.accept
+    final = probs_of(best_x)
+    queries += 1
+    confidence = final[torch.arange(n_probes), target].double().numpy()
+    return Probes(x=best_x.float().reshape(n_probes, *shape).numpy(), target=target.numpy(),
+                  confidence=confidence, accepted=accepted.numpy(), queries=queries,
+                  calls=calls, box=config.box, loss=config.loss,
+                  wall_s=time.perf_counter() - start)
+
+
+# --- decision rule -----------------------------------------------------------------------------
+
+def _own_logodds(p: np.ndarray, label: np.ndarray) -> np.ndarray:
+    rows = np.arange(len(label))
+    own = p[rows, label]
+    rest = p.sum(1) - own  # 1 - p_own, precise even when p_own rounds to 1
+    rest = np.where(rest > 0, rest, np.finfo(np.float32).tiny)
+    return np.log(np.maximum(own, 1e-300)) - np.log(rest)
+
+
+def infer_label(p_original: np.ndarray, p_unlearned: np.ndarray, num_classes: int, m: int,
+                top_k: int = 1, score: str = "prob") -> tuple[np.ndarray, np.ndarray]:
+    """Reference decision rule on probe posteriors (P, C) before and after unlearning.
+
+    ``score: prob`` (reference) measures the own-class change in probability; ``logodds``
+    measures it in log(p / (1 - p)), which does not shrink for probes whose confidence is
+    saturated near 1. Returns (predicted classes (top_k,), mean own-class change per class
+    (C,), NaN where no probe is labelled that class)."""
+    p_original = np.asarray(p_original, dtype=np.float64)
+    p_unlearned = np.asarray(p_unlearned, dtype=np.float64)
+    label = p_original.argmax(1)
+    rows = np.arange(len(label))
+    if score == "prob":
+        change = p_unlearned[rows, label] - p_original[rows, label]
+    else:
+        change = _own_logodds(p_unlearned, label) - _own_logodds(p_original, label)
+    delta = np.full(num_classes, np.nan)
+    for t in range(num_classes):
+        sel = np.nonzero(label == t)[0][:m]
+        if len(sel):
+            delta[t] = change[sel].mean()
+    order = np.argsort(np.where(np.isnan(delta), np.inf, delta), kind="stable")
+    return order[:top_k], delta
+
+
+def score_probes(case: Case, probes: Probes, config: ProbeConfig
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Query M and M_u on the probes; returns (predicted, delta by class, queries spent)."""
+    if case.query_original is None or case.query_unlearned is None:
+        raise AttackConfigError("label inference needs query access to both models")
+    x = torch.as_tensor(probes.x)
+    before = case.query_original.queries + case.query_unlearned.queries
+    p0 = case.query_original(x).cpu().double().numpy()
+    p1 = case.query_unlearned(x).cpu().double().numpy()
+    if not (np.isfinite(p0).all() and np.isfinite(p1).all()):
+        raise NonFiniteLossError("non-finite probabilities while scoring probes")
+    spent = case.query_original.queries + case.query_unlearned.queries - before
+    pred, delta = infer_label(p0, p1, case.metadata.num_classes, config.probes_per_class,
+                              config.top_k, config.score)
+    return pred, delta, spent
+
+
+@ATTACKS.register("probing")
+class ProbingLabelInference(Attack):
+    """Label inference (Hu et al.): probes crafted against theta, confidence drop after."""
+
+    name = "probing"
+    Config = ProbeConfig
+
+    def run(self, cases: Sequence[Case], config: ProbeConfig, *,
+            seeds: Sequence[int] | None = None, callback=None,
+            probes: Probes | None = None) -> LabelInferenceResult:
+        """Craft probes per case (or use ``probes``, crafted once per original) and score."""
+        seeds = target_seeds(cases, seeds)
+        preds, deltas, queries, failed = [], [], [], []
+        for case, seed in zip(cases, seeds):
+            pr = probes if probes is not None else craft_probes(case, config, seed)
+            pred, delta, spent = score_probes(case, pr, config)
+            preds.append(pred)
+            deltas.append(delta)
+            queries.append(pr.total_queries + spent)
+            failed.append(int((~pr.accepted).sum()))
+            if callback is not None:
+                callback(len(preds))
+        return LabelInferenceResult(preds, deltas, np.asarray(queries, dtype=np.int64),
+                                    np.asarray(failed, dtype=np.int64))

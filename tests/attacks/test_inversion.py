@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tasks.attacks import AttackConfigError
+from tasks.attacks.inversion import (
+    InversionConfig,
+    infer_labels_from_gradient,
+    matching_loss,
+    recover,
+    target_gradient,
+)
+from tasks.cases import build_case
+from tasks.metrics import psnr
+from tasks.models import ModelConfig, build_torch_model
+from tasks.training import TrainConfig
+from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
+
+
+def _ascent_cases(state, indices, lr=1.0, knowledge="reference"):
+    ga = UNLEARNING.get("gradient_ascent")()
+    cases, truths = [], []
+    for i in indices:
+        req = ForgetRequest(f"r{i}", "single", (int(i),))
+        theta_u = ga.unlearn(state, req, ga.Params(lr=lr, steps=1))
+        case, truth = build_case(dataset=state.dataset, theta=state.original, theta_u=theta_u,
+                                 request=req, knowledge=knowledge, unlearn_lr=lr, exact=False)
+        cases.append(case)
+        truths.append(truth)
+    return cases, truths
+
+
+@pytest.mark.parametrize("knowledge", ["paper", "reference"])
+def test_matching_cosine_is_plus_one_at_the_true_input(digits_state, knowledge):
+    """Sign check (ATTACKS.md 3.2): g* is a positive multiple of grad L(U)."""
+    cases, truths = _ascent_cases(digits_state, [3], lr=1e-3, knowledge=knowledge)
+    gstar, model, where = target_gradient(cases[0], knowledge)
+    assert where == "theta"
+    x, y = torch.as_tensor(truths[0].x), torch.as_tensor(truths[0].y)
+    assert 1 - float(matching_loss(model, x, y, gstar)) == pytest.approx(1.0, abs=1e-3)
+    # Eq. 2 read literally (theta - theta_u) is anti-aligned: cos = -1.
+    flipped = type(gstar)((n, -g) for n, g in gstar.items())
+    assert 1 - float(matching_loss(model, x, y, flipped)) == pytest.approx(-1.0, abs=1e-3)
+
+
+def test_exact_reference_target_is_the_gradient_at_theta0(digits):
+    """Refit after a one-step fine-tune: -(N (theta - theta0) - (N - k)(theta_u - theta0)) is
+    eta * sum_U grad L(theta0), so the true sample has cos = +1 at theta0."""
+    cfg = ModelConfig("mlp", {"hidden": [16]})
+    theta0 = build_torch_model(cfg, digits.input_shape, 10, digits.mean, digits.std, seed=1)
+    idx = np.arange(8)
+    tc = TrainConfig(epochs=1, lr=1e-3, batch_size=128, momentum=0.0)
+    state = TrainingState(digits, cfg, tc, idx, 0, pretrained_state=theta0.state_dict())
+    refit = UNLEARNING.get("refit")()
+    from tasks.unlearning import fit_standard
+
+    state.original = fit_standard(state)
+    req = ForgetRequest("r", "single", (5,))
+    theta_u = refit.unlearn(state, req, refit.Params())
+    case, truth = build_case(dataset=digits, theta=state.original, theta_u=theta_u, request=req,
+                             knowledge="reference", theta0=theta0, n_finetune=8, exact=True)
+    gstar, model, where = target_gradient(case, "reference")
+    assert where == "theta0"
+    cos = 1 - float(matching_loss(model, torch.as_tensor(truth.x), torch.as_tensor(truth.y),
+                                  gstar))
+    assert cos == pytest.approx(1.0, abs=1e-3)
+
+
+def test_batched_and_one_at_a_time_recovery_agree(digits_state):
+    cases, _ = _ascent_cases(digits_state, [0, 7, 11])
+    cfg = InversionConfig(iterations=15, restarts=2)
+    seeds = [101, 202, 303]
+    batched = recover(cases, cfg, seeds=seeds)
+    for i, case in enumerate(cases):
+        alone = recover([case], cfg, seeds=[seeds[i]])
+        np.testing.assert_allclose(alone.images[0], batched.images[i], atol=1e-4)
+        np.testing.assert_allclose(alone.restart_losses[0], batched.restart_losses[i],
+                                   atol=1e-5)
+        assert alone.best_restart[0] == batched.best_restart[i]
+
+
+def test_recovery_beats_the_mean_image_and_picks_the_best_restart(digits_state):
+    cases, truths = _ascent_cases(digits_state, [1, 2, 4, 9])
+    res = recover(cases, InversionConfig(iterations=150, restarts=3), seeds=[0, 1, 2, 3])
+    mean_img = digits_state.dataset.x_test.mean(0, keepdims=True)
+    gains = [psnr(res.images[i], t.x)[0] - psnr(mean_img, t.x)[0] for i, t in enumerate(truths)]
+    assert np.mean(gains) > 6.0
+    for losses, best, loss in zip(res.restart_losses, res.best_restart, res.matching_loss):
+        assert losses[best] == pytest.approx(losses.min()) and loss == pytest.approx(losses.min())
+
+
+def test_labels_inferred_from_the_last_layer_gradient(digits_state):
+    cases, truths = _ascent_cases(digits_state, [0, 5, 6, 20], knowledge="paper")
+    for case, truth in zip(cases, truths):
+        gstar, model, _ = target_gradient(case, "paper")
+        assert infer_labels_from_gradient(gstar, model, 10, 1)[0] == truth.y[0]
+
+
+def test_optimised_labels_run_and_report_the_label_used(digits_state):
+    cases, _ = _ascent_cases(digits_state, [0], knowledge="paper")
+    res = recover(cases, InversionConfig(knowledge="paper", label_mode="optimised",
+                                         iterations=5, restarts=2))
+    assert res.labels[0].shape == (1,) and 0 <= res.labels[0][0] < 10
+
+
+def test_group_request_is_recovered_jointly(digits_state):
+    ga = UNLEARNING.get("gradient_ascent")()
+    req = ForgetRequest("g", "group", (3, 40))
+    theta_u = ga.unlearn(digits_state, req, ga.Params(lr=1.0))
+    case, _ = build_case(dataset=digits_state.dataset, theta=digits_state.original,
+                         theta_u=theta_u, request=req, knowledge="reference", unlearn_lr=1.0,
+                         exact=False)
+    res = recover([case], InversionConfig(iterations=3, restarts=2))
+    assert res.images[0].shape == (2, 1, 8, 8) and res.labels[0].shape == (2,)
+
+
+def test_reference_settings_and_knowledge_checks(digits_state):
+    assert InversionConfig().milestones() == [3749, 6249, 8756]
+    cfg = InversionConfig()
+    assert (cfg.lr, cfg.tv_weight, cfg.restarts, cfg.iterations) == (0.04, 1e-2, 5, 10_000)
+    cases, _ = _ascent_cases(digits_state, [0], knowledge="paper")
+    assert cases[0].metadata.labels is None
+    with pytest.raises(AttackConfigError):  # the paper's attacker does not know y_U
+        recover(cases, InversionConfig(knowledge="paper", label_mode="known", iterations=1))
+    with pytest.raises(AttackConfigError):  # reference attack on a paper case
+        recover(cases, InversionConfig(knowledge="reference", iterations=1))
+
+
+def test_callback_sees_every_iteration_and_can_stop(digits_state):
+    cases, _ = _ascent_cases(digits_state, [0, 1])
+    seen = []
+
+    def cb(progress):
+        seen.append(progress)
+        return progress.iteration >= 4
+
+    res = recover(cases, InversionConfig(iterations=50, restarts=2), callback=cb)
+    assert [p.iteration for p in seen] == [1, 2, 3, 4] and res.stopped_early
+    assert res.iterations == 4 and seen[-1].matching_loss.shape == (2,)
+
+
+def test_tv_is_the_mean_anisotropic_total_variation():
+    from tasks.attacks.inversion import tv_mean
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[..., 2:] = 1.0  # one vertical edge: 4 of 12 horizontal differences are 1
+    assert float(tv_mean(x)) == pytest.approx(4 / 12)
+    assert F.mse_loss(x, x) == 0

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.attacks.probing import (
+    ProbeConfig,
+    craft_probes,
+    infer_label,
+    original_case,
+    score_probes,
+    zoo_gradient,
+)
+from tasks.cases import PublicMetadata, QueryAccess, build_case
+from tasks.unlearning import UNLEARNING, ForgetConfig, make_requests
+
+
+def test_zoo_estimate_agrees_with_autograd_on_a_smooth_function():
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+
+    def f(x):  # smooth, nonlinear, (n, d) -> (n,)
+        return torch.log1p(torch.exp(x @ a.T + b)).sum(-1) + (x**2).sum(-1) * 0.3
+
+    x = torch.rand(3, 6, dtype=torch.float64)
+    coords = torch.tensor([[0, 2, 5], [1, 3, 4], [5, 4, 0]])
+    calls = []
+    est = zoo_gradient(lambda p: calls.append(len(p)) or f(p), x, coords, h=1e-4)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(xg).sum(), xg)
+    expect = torch.gather(grad, 1, coords)
+    torch.testing.assert_close(est, expect, atol=1e-6, rtol=1e-6)
+    assert calls == [3 * 2 * 3]  # every query of the iteration in one batched call
+
+
+def test_decision_rule_picks_the_largest_own_class_drop():
+    rng = np.random.default_rng(0)
+    m, c = 4, 5
+    p0 = np.full((c * m, c), 0.001)
+    for t in range(c):
+        p0[t * m:(t + 1) * m, t] = 0.996
+    p1 = p0.copy()
+    p1[:, :] += rng.normal(0, 1e-5, p1.shape)
+    p1[3 * m:4 * m, 3] -= 0.2  # class 3 forgotten
+    p1[1 * m:2 * m, 1] -= 0.05  # class 1 a little
+    for score in ("prob", "logodds"):
+        pred, delta = infer_label(p0, p1, c, m, top_k=2, score=score)
+        assert list(pred) == [3, 1]
+        assert delta[3] < delta[1] < 0
+
+
+@pytest.fixture(scope="module")
+def probe_setup(digits_state):
+    d = digits_state.dataset
+    meta = PublicMetadata(d.name, d.kind, d.input_shape, d.num_classes, d.mean, d.std)
+    theta = digits_state.original.eval()
+    return meta, theta
+
+
+def test_black_box_probes_count_every_query(probe_setup):
+    meta, theta = probe_setup
+    query = QueryAccess(theta)
+    calls = []
+    original_forward = theta.forward
+    theta.forward = lambda x: calls.append(len(x)) or original_forward(x)
+    try:
+        cfg = ProbeConfig(box="black", probes_per_class=2, iterations_per_call=4, max_calls=2)
+        probes = craft_probes(original_case(meta, None, query), cfg, seed=0)
+    finally:
+        del theta.forward
+    assert probes.total_queries == query.queries == sum(calls)
+    # One batched forward per iteration (2 * 64 + 1 points per active probe), never one image.
+    assert len(calls) <= 2 * (4 * 2 + 2) + 3 and max(calls) >= 20 * 128
+    assert probes.x.shape == (20, 1, 8, 8) and probes.x.min() >= 0 and probes.x.max() <= 1
+
+
+def test_attempts_are_capped_when_the_threshold_is_unreachable(probe_setup):
+    meta, theta = probe_setup
+    cfg = ProbeConfig(box="white", probes_per_class=1, iterations_per_call=3, max_calls=2,
+                      accept=1.0)
+    probes = craft_probes(original_case(meta, theta, QueryAccess(theta)), cfg, seed=0)
+    assert probes.calls.max() <= 2 and not probes.accepted.all()
+
+
+def test_white_box_probes_reach_high_confidence_and_find_a_forgotten_class(digits_state):
+    d = digits_state.dataset
+    cfg = ProbeConfig(box="white", probes_per_class=5, score="logodds")
+    reqs = make_requests(ForgetConfig(kind="class_share", classes=(2, 7), shares=(1.0,)),
+                         digits_state.train_indices, d.y_train, 0)
+    ga = UNLEARNING.get("gradient_ascent")()
+    probes = None
+    for req in reqs:
+        theta_u = ga.unlearn(digits_state, req, ga.Params(lr=1e-3))
+        case, _ = build_case(dataset=d, theta=digits_state.original, theta_u=theta_u,
+                             request=req, knowledge="paper")
+        if probes is None:
+            probes = craft_probes(case, cfg, seed=0)
+            assert probes.accepted.mean() >= 0.8
+        pred, _delta, spent = score_probes(case, probes, cfg)
+        assert pred[0] == req.forgotten_class and spent == 2 * len(probes.x)
