@@ -4,7 +4,8 @@ attack it targets, with the utility it costs (table ``defenses``, figure leakage
 Spec section::
 
     defences:
-      attack: recovery            # default attack of every sweep: recovery | membership
+      attack: recovery            # default attack of every sweep:
+                                  #   recovery | label_inference | membership
       sweeps:
         - defence: pruning        # a name of tasks.defences.DEFENCES
           strengths: [0.3, 0.6, 0.8, 0.9]
@@ -33,11 +34,16 @@ Where each defence acts (``acts_on``) decides how it is measured:
 Every sweep is preceded by one undefended row per attack (``defence = "none"``) unless
 ``baseline: false``. One ``defenses`` row per (defence, strength, attack, seed, unlearning
 method): the attack metric (mean PSNR in dB for recovery, target AUC of ``primary_feature`` for
-membership), utility, epsilon where it applies. The figure plots leakage against utility, one
-curve per defence, under ``RESULTS/<experiment>/figures/``.
+membership, label accuracy for label inference), utility, epsilon where it applies. The figure
+plots leakage against utility, one curve per defence, under ``RESULTS/<experiment>/figures/``.
 
-Recovery under output or training defences, membership under update defences, and label
-inference are not implemented: such a sweep is rejected at validation with that message.
+- ``update`` or ``outputs`` defences against **label_inference**: the label-inference stage's
+  class-share requests and probes (crafted once against the undefended theta) are planned
+  once; per (defence, strength) one unit scores the probes on the published theta_u (update)
+  or on defended posteriors of both models (outputs). Metric: label accuracy over requests.
+
+Recovery under output or training defences, membership under update defences and DP-SGD
+against label inference are not implemented: such a sweep is rejected at validation.
 """
 
 from __future__ import annotations
@@ -89,12 +95,15 @@ from tasks.splits import select_training_set
 from tasks.training import accuracy, predict_logits, seed_everything
 from tasks.unlearning import UNLEARNING
 
+from orchestrator.stages.label_inference import LabelInferenceStage, plan_label_inference
 from orchestrator.stages.membership import MembershipParams, plan_membership
+from tasks.attacks.probing import ProbeConfig, Probes, infer_label
 
 TABLE = "defenses"
-ATTACKS = ("recovery", "membership")
+ATTACKS = ("recovery", "label_inference", "membership")
 # Which attack each kind of defence is measured against (see the module docstring).
-SUPPORTED = {"update": ("recovery",), "outputs": ("membership",), "training": ("membership",)}
+SUPPORTED = {"update": ("recovery", "label_inference"), "outputs": ("membership", "label_inference"),
+             "training": ("membership",)}
 
 # The membership attack's posterior seam learns every output defence by name.
 register_output_transforms(OUTPUT_TRANSFORMS)
@@ -138,6 +147,10 @@ class DefencesStage:
         set_num=3, set_size=500, unlearning_size=20, scenarios=("single",),
         attack_models=("dt",), shuffled_control=(), membership_rows=False, figures=False)
     primary_feature: str = "sorted_diff"
+    # --- label inference (probes crafted once per theta, white box by default) ---
+    label_inference: LabelInferenceStage = LabelInferenceStage(
+        shares=(1.0,), boxes=("white",), scores=("prob",), probes=ProbeConfig(box="white"),
+        figure=False)
     figure: bool = True
 
     def __post_init__(self) -> None:
@@ -150,7 +163,7 @@ class DefencesStage:
                 raise ValueError(
                     f"sweeps[{i}]: defence {sw.defence!r} acts on {kind}; it is measured "
                     f"against {' or '.join(SUPPORTED[kind])} here, not {attack!r} "
-                    "(label inference under defences is not implemented)")
+                    "(DP-SGD against the Hu et al. attacks is not implemented)")
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError("max_requests must be at least 1")
         if self.membership.output_defence != "none":
@@ -185,6 +198,8 @@ def plan_defences(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[Unit
     for attack in stage.attacks():
         if attack == "recovery":
             new = _plan_recovery(spec, core, stage)
+        elif attack == "label_inference":
+            new = _plan_label_inference(spec, core, stage)
         else:
             new = _plan_membership(spec, core, stage)
         units += new
@@ -232,6 +247,35 @@ def _plan_recovery(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[Uni
                               TABLE, (key,), deps=deps,
                               label=f"defence {defence} {strength} recovery "
                                     f"{spec.unlearning[m].method}"))
+    return units
+
+
+def _plan_label_inference(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[Unit]:
+    """The label-inference stage's originals, class-share unlearning and probes; our own
+    scoring unit per (defence, strength) in place of its ``score_probes``."""
+    rebuilt = plan_core(spec, None, dataset=core.dataset)
+    li = dataclasses.replace(stage.label_inference, figure=False)
+    planned = plan_label_inference(spec, rebuilt, li)
+    units = [u for u in planned if u.fn not in ("score_probes", "label_inference_figure")]
+    for su in (u for u in planned if u.fn == "score_probes"):
+        p = su.params
+        for score in p["scores"]:
+            for defence, strength, dparams in _points(spec, stage, "label_inference"):
+                tparams: dict[str, Any] = {}
+                if defence != "none" and DEFENCES.get(defence).acts_on == "outputs":
+                    tparams = to_dict(DEFENCES.get(defence)().params(strength, dparams,
+                                                                     defence))
+                    defend_outputs(np.zeros((1, core.dataset.num_classes)), defence, tparams)
+                key = "defence-" + stable_hash(
+                    [spec.config_hash, "label_inference", su.key, score, defence, strength,
+                     dparams, stage.finetune_source], 24)
+                units.append(Unit(key, "attack", "defence_label_inference",
+                                  {**p, "base_spec": spec, "score": score, "defence": defence,
+                                   "strength": strength, "defence_params": dparams,
+                                   "transform_params": tparams,
+                                   "finetune_source": stage.finetune_source, "key": key},
+                                  TABLE, (key,), deps=su.deps,
+                                  label=f"defence {defence} {strength} label inference"))
     return units
 
 
@@ -406,6 +450,78 @@ def defence_recovery(params: dict, ctx: TaskContext) -> Rows:
     return {TABLE: [row]}
 
 
+def _update_context(spec: Spec, state, seed: int, source: str) -> UpdateContext:
+    d = state.dataset
+    if source == "public":
+        sel = select_training_set(len(d.y_train), spec.dataset.pool_size,
+                                  spec.dataset.train_size, seed)
+        return UpdateContext(d.x_train, d.y_train, sel.public, spec.training, state.device,
+                             "public")
+    return UpdateContext(d.x_test, d.y_test, np.arange(len(d.y_test)), spec.training,
+                         state.device, "test")
+
+
+@UNIT_FUNCTIONS.register("defence_label_inference")
+def defence_label_inference(params: dict, ctx: TaskContext) -> Rows:
+    """Label inference (probing) on every class-share request under one defence.
+
+    Probes were crafted once against the undefended theta (the label-inference stage's
+    ``craft_probes``); the defence acts on what the attacker scores them with: the published
+    (defended) theta_u for update defences, the posteriors of both models for output defences.
+    """
+    spec: Spec = params["spec"]
+    base: Spec = params["base_spec"]
+    seed, m, cfg = params["seed"], params["method_index"], params["config"]
+    entry = spec.unlearning[m]
+    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
+    d = state.dataset
+    seed_everything(seed)
+    start = time.perf_counter()
+    theta = load_original(spec, seed, m, params["original_key"], ctx, state)
+    probes = Probes.from_arrays(ctx.store.load_arrays(params["probe_key"]), cfg.box, cfg.loss)
+    defence = params["defence"]
+    dobj = None if defence == "none" else DEFENCES.get(defence)()
+    update = dobj is not None and dobj.acts_on == "update"
+    dparams = dobj.params(params["strength"], params["defence_params"], defence) if update \
+        else None
+    uctx = _update_context(spec, state, seed, params["finetune_source"]) if update else None
+
+    def posterior(logits: np.ndarray) -> np.ndarray:
+        if dobj is not None and dobj.acts_on == "outputs":
+            return defend_outputs(logits, defence, params["transform_params"])
+        return defend_outputs(logits)
+
+    p0 = posterior(predict_logits(theta, probes.x, state.device))
+    hits, own, acc_u, acc_ud = [], [], [], []
+    for request, ukey in zip(params["requests"], params["model_keys"]):
+        theta_u = load_torch_model(ctx, ukey, state)
+        published = dobj.apply(theta, theta_u, dparams, seed=_seed_of(
+            seed, request.request_id, defence), context=uctx) if update else theta_u
+        acc_ud.append(_test_acc(theta_u, d, state.device))
+        acc_u.append(_test_acc(published, d, state.device))
+        p1 = posterior(predict_logits(published, probes.x, state.device))
+        pred, delta = infer_label(p0, p1, d.num_classes, cfg.probes_per_class, cfg.top_k,
+                                  params["score"])
+        hits.append(float(int(request.forgotten_class) in pred[: cfg.top_k]))
+        own.append(float(delta[int(request.forgotten_class)]))
+    row = _common(base, params, "label_inference")
+    row.update({
+        "unlearning_method": entry.method, "exact": UNLEARNING.get(entry.method).exact,
+        "attack_metric_name": "label_acc", "attack_metric": float(np.mean(hits)),
+        "n_requests": len(hits), "shares": sorted({float(r.share) for r in params["requests"]}),
+        "delta_own_mean": float(np.nanmean(own)), "box": cfg.box, "score": params["score"],
+        "top_k": cfg.top_k, "probes_failed": int((~probes.accepted).sum()),
+        "test_acc_original": _test_acc(theta, d, state.device),
+        "test_acc_unlearned": float(np.mean(acc_u)),
+        "test_acc_unlearned_undefended": float(np.mean(acc_ud)),
+        "finetune_source": uctx.source if defence == "fine_tuning" else None,
+        "epsilon": None, "delta": None, "wall_s": time.perf_counter() - start,
+        "node_id": ctx.node_id})
+    row.update(base.flat_config())
+    _write_point(ctx, base, row, utility="test_acc_unlearned")
+    return {TABLE: [row]}
+
+
 # --- worker side: membership ------------------------------------------------------------------
 
 class _StoredLogits:
@@ -544,7 +660,8 @@ def draw_figure(points: list[dict], title: str):
         name = pts[0]["attack_metric_name"]
         ax.set_xlabel("utility: test accuracy of the (defended) unlearned model")
         ax.set_ylabel({"auc": "leakage: membership AUC (target)",
-                       "psnr_db": "leakage: recovery PSNR (dB)"}.get(name, name))
+                       "psnr_db": "leakage: recovery PSNR (dB)",
+                       "label_acc": "leakage: label-inference accuracy"}.get(name, name))
         if name == "auc":
             ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
         ax.set_title(f"{title}: {attack}", fontsize=9)
@@ -590,34 +707,3 @@ def _summary(df):
         agg["epsilon"] = ("epsilon", "mean")
     return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
 
-
-def markdown(df) -> str:
-    """The ``defenses`` table as Markdown, one row per (attack, method, defence, strength)."""
-    cols = ["attack", "unlearning_method", "defence", "strength", "attack_metric"]
-    extra = [c for c in ("psnr_max", "gain_db", "cos_final", "classical_auc",
-                         "auc_max_unlearning_feature", "deg_rate", "test_acc_original",
-                         "test_acc_unlearned", "epsilon") if c in df and df[c].notna().any()]
-    df = df.sort_values(["attack", "unlearning_method", "defence", "strength"],
-                        na_position="first")
-    lines = ["| " + " | ".join(cols + extra) + " |", "|" + "---|" * len(cols + extra)]
-    for _, r in df[cols + extra].iterrows():
-        cells = []
-        for c in cols + extra:
-            v = r[c]
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("-")
-            elif isinstance(v, float):
-                cells.append(f"{v:.4g}" if c == "strength" else f"{v:.3f}")
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m orchestrator.stages.defences RESULTS EXPERIMENT
-    import sys
-
-    from orchestrator.tables import Results
-
-    frame = Results(sys.argv[1], sys.argv[2]).read(TABLE)
-    print(markdown(frame) if len(frame) else f"no {TABLE} rows")

@@ -26,8 +26,16 @@ TINY = {
     "unlearning": [{"method": "gradient_ascent", "lr": 0.001}],
     "defences": {"attack": "recovery", "max_requests": 2,
                  "recovery": {"iterations": 3, "restarts": 1},
+                 "label_inference": {"shares": [1.0], "classes": [0, 1, 2], "boxes": ["white"],
+                                     "scores": ["prob"],
+                                     "probes": {"box": "white", "probes_per_class": 2,
+                                                "max_calls": 2, "iterations_per_call": 5}},
                  "sweeps": [{"defence": "obfuscation", "strengths": [0.0, 1.0e-2]},
-                            {"defence": "pruning", "strengths": [0.5]}]},
+                            {"defence": "pruning", "strengths": [0.5]},
+                            {"defence": "pruning", "strengths": [0.0, 0.9],
+                             "attack": "label_inference"},
+                            {"defence": "label_only", "strengths": [None],
+                             "attack": "label_inference"}]},
 }
 
 
@@ -83,7 +91,15 @@ def test_tiny_recovery_sweep_end_to_end(tmp_path):
     ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
     report = execute_inline(units, results, ctx)
     assert report.failed == 0, report.errors
-    df = results.read("defenses").set_index(["defence", "strength"], drop=False)
+    every = results.read("defenses")
+    li = every[every.attack == "label_inference"]
+    assert len(li) == 4  # none + pruning x2 + label_only
+    li_none = li[li.defence == "none"].iloc[0]
+    li_zero = li[(li.defence == "pruning") & (li.strength == 0.0)].iloc[0]
+    assert li_zero.attack_metric == li_none.attack_metric and li_none.n_requests >= 2
+    assert li[(li.defence == "pruning") & (li.strength == 0.9)].iloc[0].test_acc_unlearned < \
+        li_none.test_acc_unlearned
+    df = every[every.attack == "recovery"]
     assert len(df) == 4  # none + obfuscation x2 + pruning x1
     none = df[df.defence == "none"].iloc[0]
     zero = df[(df.defence == "obfuscation") & (df.strength == 0.0)].iloc[0]
