@@ -1,0 +1,163 @@
+"""Figures of the membership stage, under ``RESULTS/<experiment>/figures/`` (matplotlib Agg).
+
+- ``roc_<dataset>_<model>_<method>_<scenario>_<key>.png``: target ROC curves on a log FPR axis,
+  one panel per attack model, one curve per feature, classical MIA dashed.
+- ``gain_vs_gap.png``: AUC gain of each unlearning feature over classical MIA (same attack
+  model) against the target originals' generalisation gap, one point per (variant, attack
+  model). Each attack unit adds its points (``figures/points/<key>.json``) and redraws it.
+
+Redraw everything from the tables with ``python -m orchestrator.membership_figures RESULTS
+EXPERIMENT`` (e.g. after a run interrupted between an attack and its figure).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from orchestrator.storage import Location
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, location: Location, *parts: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return location.write_bytes(buf.getvalue(), *parts)
+
+
+def roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], title: str):
+    """curves: (feature, attack_model) -> (fpr, tpr)."""
+    plt = _plt()
+    models = list(dict.fromkeys(m for _, m in curves))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        floor = 1.0
+        for (feature, m), (fpr, tpr) in curves.items():
+            if m != model:
+                continue
+            positive = fpr[fpr > 0]
+            if positive.size:
+                floor = min(floor, positive.min())
+            style = "--" if feature == "basic_mia" else "-"
+            ax.step(np.maximum(fpr, 1e-4), tpr, where="post", linestyle=style,
+                    label="classical MIA" if feature == "basic_mia" else feature)
+        ax.plot([1e-4, 1], [1e-4, 1], color="grey", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.set_xlim(max(1e-4, floor / 2), 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("false positive rate (log)")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"attack model {model}")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    return fig
+
+
+def gain_figure(points: list[dict[str, Any]], title: str = ""):
+    """points: dicts with feature, attack_model, label, gap, gain."""
+    plt = _plt()
+    features = sorted({p["feature"] for p in points})
+    fig, axes = plt.subplots(1, max(1, len(features)), figsize=(3.8 * max(1, len(features)),
+                                                                 3.6), squeeze=False,
+                             sharey=True)
+    markers = {"dt": "o", "rf": "s", "lr": "^", "mlp": "D"}
+    for ax, feature in zip(axes[0], features):
+        for p in points:
+            if p["feature"] != feature:
+                continue
+            ax.scatter(p["gap"], p["gain"], marker=markers.get(p["attack_model"], "x"),
+                       label=p["attack_model"])
+            ax.annotate(p["label"], (p["gap"], p["gain"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xlabel("generalisation gap of the original")
+        ax.set_title(feature)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    axes[0][0].set_ylabel("AUC gain over classical MIA")
+    fig.suptitle(title or "unlearning attack gain vs generalisation gap")
+    return fig
+
+
+def _points_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"feature": r["feature"], "attack_model": r["attack_model"],
+             "label": f"{r['dataset']}/{r['model']}/{r['unlearning_method']}/{r['scenario']}",
+             "gap": float(r["generalisation_gap"]), "gain": float(r["auc"] - r["classical_auc"]),
+             "scenario": r["scenario"]}
+            for r in rows if r["feature"] != "basic_mia" and r.get("control", "none") == "none"]
+
+
+def write_scenario_figures(ctx, spec, scenario: str, method: str, attack_key: str,
+                           curves, mia_rows: list[dict[str, Any]]) -> list[str]:
+    """Called by the attack unit: its ROC figure, its gain points, the redrawn gain figure."""
+    loc = Location(ctx.results_uri)
+    exp = ctx.experiment
+    short = attack_key.rsplit("-", 1)[-1][:8]
+    name = f"roc_{spec.dataset.name}_{spec.model.name}_{method}_{scenario}_{short}.png"
+    title = f"{spec.dataset.name} / {spec.model.name} / {method} / {scenario}"
+    written = [_save(roc_figure(curves, title), loc, exp, "figures", name)]
+    points = _points_from_rows(mia_rows)
+    loc.write_bytes(json.dumps(points).encode(), exp, "figures", "points", f"{short}.json")
+    written.append(redraw_gain(loc, exp))
+    return written
+
+
+def redraw_gain(loc: Location, experiment: str) -> str:
+    points = []
+    for path in loc.list_files(experiment, "figures", "points", suffix=".json"):
+        with loc.fs.open_input_file(path) as fh:
+            points.extend(json.loads(fh.read()))
+    return _save(gain_figure(points), loc, experiment, "figures", "gain_vs_gap.png")
+
+
+def redraw_from_tables(results_root: str, experiment: str) -> list[str]:
+    """Every figure again, from the ``mia`` and ``membership`` tables."""
+    from orchestrator.tables import Results
+    from tasks.metrics_membership import roc
+
+    results = Results(results_root, experiment)
+    mia = results.read("mia")
+    members = results.read("membership")
+    loc = Location(results_root)
+    written = []
+    if mia.empty:
+        return written
+    mia = mia[mia["control"] == "none"]
+    for key, group in members.groupby(mia_attack_key(members["mia_key"])):
+        first = group.iloc[0]
+        curves = {}
+        for (feature, model), g in group.groupby(["feature", "attack_model"], sort=False):
+            curves[(feature, model)] = roc(g["label"].to_numpy(), g["score"].to_numpy())
+        name = (f"roc_{first['dataset']}_{first['model']}_{first['unlearning_method']}_"
+                f"{first['scenario']}_{key.rsplit('-', 1)[-1][:8]}.png")
+        title = (f"{first['dataset']} / {first['model']} / {first['unlearning_method']} / "
+                 f"{first['scenario']}")
+        written.append(_save(roc_figure(curves, title), loc, experiment, "figures", name))
+    points = _points_from_rows(mia.to_dict("records"))
+    written.append(_save(gain_figure(points), loc, experiment, "figures", "gain_vs_gap.png"))
+    return written
+
+
+def mia_attack_key(mia_keys):
+    return mia_keys.str.split(":").str[0]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m orchestrator.membership_figures RESULTS EXPERIMENT")
+    for p in redraw_from_tables(sys.argv[1], sys.argv[2]):
+        print(p)
