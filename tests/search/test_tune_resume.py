@@ -1,0 +1,118 @@
+"""End to end on a local Ray: the real inversion objective, a kill, and --resume.
+
+A small search (digits, 4 trials of a 40-iteration inversion on 2 targets) is killed with
+SIGKILL once a trial has finished; ``--resume`` must end with exactly the requested number of
+finished trials, without redoing the ones that finished, and write ``trials`` and ``best``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SPEC = {
+    "experiment": "tiny-search",
+    "seed": 0,
+    "dataset": {"name": "digits"},
+    "model": {"name": "mlp", "hidden": [16]},
+    "training": {"epochs": 3, "lr": 0.05, "batch_size": 64, "optimizer": "sgd",
+                 "momentum": 0.9},
+    "forget": {"kind": "single", "count": 3},
+    "unlearning": [{"method": "gradient_ascent", "lr": 1.0e-3, "steps": 1}],
+    "resources": {"trial": {"cpus": 1}},
+    "search": {
+        "objective": "inversion",
+        "attack": {"iterations": 40, "restarts": 1, "callback_every": 10},
+        "targets": 2, "heldout": 1,
+        "space": {"attack.lr": {"loguniform": [1.0e-3, 0.3]},
+                  "attack.tv_weight": {"loguniform": [1.0e-4, 1.0e-1]}},
+        "sampler": {"name": "random", "seed": 3},
+        "scheduler": {"name": "asha", "metric": "matching_loss", "grace_period": 10,
+                      "max_t": 40, "reduction_factor": 2},
+        "budget": {"trials": 4},
+        "concurrency": 1,
+    },
+}
+
+
+def _tune(spec: Path, results: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "UNLEARN_AUDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "tune", str(spec), "--results",
+         str(results), "--num-cpus", "2", "--quiet", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def _complete_trials(results: Path) -> int:
+    journal = results / "tiny-search" / "_search" / "study.journal"
+    if not journal.exists():
+        return 0
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from orchestrator.search import finished
+
+    study = optuna.load_study(study_name="tiny-search",
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    return sum(finished(t) for t in study.trials)
+
+
+@pytest.mark.slow  # two local Ray starts: about 2-3 minutes on 2 busy CPUs
+def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    results = tmp_path / "R"
+    proc = _tune(spec, results)
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if _complete_trials(results) >= 1:  # finished: complete or pruned
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        assert _complete_trials(results) >= 1, "no trial finished in time"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _complete_trials(results)
+    assert before < 4, "the search finished before it could be killed"
+
+    # Without --resume the existing study is refused (exit 2), untouched.
+    refused = _tune(spec, results)
+    out, _ = refused.communicate(timeout=60)
+    assert refused.returncode == 2, out
+    assert "--resume" in out
+
+    resumed = _tune(spec, results, "--resume")
+    out, _ = resumed.communicate(timeout=200)
+    assert resumed.returncode == 0, out
+    assert f"{before} finished trial(s) in the study, {4 - before} to run" in out
+
+    from orchestrator.tables import Results
+
+    tables = Results(results, "tiny-search")
+    trials = tables.read("trials")
+    assert int(trials["finished"].sum()) == 4
+    assert set(trials["state"]) <= {"complete", "pruned", "interrupted"}
+    done = trials[trials["finished"]]
+    assert done["wall_s"].notna().all()
+    assert done["param.attack.lr"].between(1e-3, 0.3).all()
+    best = tables.read("best")
+    assert set(best["role"]) == {"best", "baseline"}
+    assert best["heldout.psnr"].notna().all() and (best["heldout.psnr"] > 5).all()
+    assert (best["heldout.targets"] == 1).all()
+    figure = results / "tiny-search" / "figures" / "search_best_so_far.png"
+    assert figure.exists() and figure.stat().st_size > 1000
+    assert not (Path.home() / "ray_results" / "run-000").exists()
