@@ -252,3 +252,41 @@ def test_dp_rejects_sklearn_and_batchnorm_models():
     bn = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
     with pytest.raises(DefenceError, match="BatchNorm|batchnorm"):
         train_dp(bn, x, y, np.arange(64), cfg, DPParams(), seed=0)
+
+
+def test_retrain_dp_draws_fresh_noise_for_theta_u_unless_shared():
+    from tasks.data import load_dataset
+    from tasks.models import ModelConfig
+    from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
+
+    digits = load_dataset("digits")
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=32, momentum=0.0)
+    state = TrainingState(digits, ModelConfig("mlp", {"hidden": [8]}), cfg, np.arange(96), 0)
+    method = UNLEARNING.get("retrain_dp")()
+    request = ForgetRequest("r", "single", (5,))
+    fresh, shared = DPParams(noise="fresh"), DPParams(noise="shared")
+    assert method.original_recipe(fresh) == method.original_recipe(shared)
+    state.original = method.train_original(state, fresh)
+    u_fresh = method.unlearn(state, request, fresh)
+    u_shared = method.unlearn(state, request, shared)
+    u_fresh2 = method.unlearn(state, request, fresh)
+    assert torch.equal(_flat(u_fresh), _flat(u_fresh2))  # still seeded
+    # Shared noise: theta and theta_u differ only through the one record's clipped gradient;
+    # fresh noise moves theta_u by a whole noise draw.
+    d_shared = (_flat(u_shared) - _flat(state.original)).norm()
+    d_fresh = (_flat(u_fresh) - _flat(state.original)).norm()
+    assert d_fresh > 3 * d_shared > 0
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_dp_steps_do_not_depend_on_rows_outside_the_training_set(sampling):
+    # opacus averages over len(dataset) * sample_rate: the loader must hold the training rows
+    # only, or every step shrinks by |x| / |training set| (a 64x smaller lr on Adult).
+    x, y = _tiny_data(n=256)
+    big_x = np.concatenate([x[:64], np.zeros((1000, 12), np.float32)])
+    big_y = np.concatenate([y[:64], np.zeros(1000, np.int64)])
+    cfg = TrainConfig(epochs=2, lr=0.1, batch_size=16, momentum=0.0)
+    params = DPParams(noise_multiplier=0.8, sampling=sampling)
+    a = train_dp(_mlp(), x[:64], y[:64], np.arange(64), cfg, params, seed=1).model
+    b = train_dp(_mlp(), big_x, big_y, np.arange(64), cfg, params, seed=1).model
+    torch.testing.assert_close(_flat(a), _flat(b), rtol=0, atol=1e-6)
