@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+
 def markdown(df) -> str:
     """The ``defenses`` table as Markdown, one row per (attack, method, defence, strength)."""
     cols = ["attack", "unlearning_method", "defence", "strength", "attack_metric"]

@@ -61,6 +61,8 @@ import numpy as np
 from orchestrator.plan import CorePlan, Unit, plan_core
 from orchestrator.report import summary
 from orchestrator.spec import STAGES, Spec, StageEntry, UnlearningSpec, stable_hash
+from orchestrator.stages.label_inference import LabelInferenceStage, plan_label_inference
+from orchestrator.stages.membership import MembershipParams, plan_membership
 from orchestrator.storage import Location
 from orchestrator.units import (
     UNIT_FUNCTIONS,
@@ -78,6 +80,7 @@ from tasks.attacks.membership import (
     PairRows,
     run_attacks,
 )
+from tasks.attacks.probing import ProbeConfig, Probes, infer_label
 from tasks.cases import build_case
 from tasks.defences import (
     DEFENCES,
@@ -94,10 +97,6 @@ from tasks.registry import UnknownComponentError
 from tasks.splits import select_training_set
 from tasks.training import accuracy, predict_logits, seed_everything
 from tasks.unlearning import UNLEARNING
-
-from orchestrator.stages.label_inference import LabelInferenceStage, plan_label_inference
-from orchestrator.stages.membership import MembershipParams, plan_membership
-from tasks.attacks.probing import ProbeConfig, Probes, infer_label
 
 TABLE = "defenses"
 ATTACKS = ("recovery", "label_inference", "membership")
@@ -138,19 +137,20 @@ class DefencesStage:
     sweeps: tuple[Sweep, ...] = ()
     baseline: bool = True  # an undefended row per attack
     # --- recovery ---
-    recovery: InversionConfig = InversionConfig(name="defended", iterations=300, restarts=4)
+    recovery: InversionConfig = field(default_factory=lambda: InversionConfig(
+        name="defended", iterations=300, restarts=4))
     methods: tuple[str, ...] | None = None  # unlearning methods attacked (default: all)
     max_requests: int | None = 8  # forget requests attacked per method and seed
     finetune_source: Literal["public", "test"] = "public"
     # --- membership ---
-    membership: MembershipParams = MembershipParams(
+    membership: MembershipParams = field(default_factory=lambda: MembershipParams(
         set_num=3, set_size=500, unlearning_size=20, scenarios=("single",),
-        attack_models=("dt",), shuffled_control=(), membership_rows=False, figures=False)
+        attack_models=("dt",), shuffled_control=(), membership_rows=False, figures=False))
     primary_feature: str = "sorted_diff"
     # --- label inference (probes crafted once per theta, white box by default) ---
-    label_inference: LabelInferenceStage = LabelInferenceStage(
+    label_inference: LabelInferenceStage = field(default_factory=lambda: LabelInferenceStage(
         shares=(1.0,), boxes=("white",), scores=("prob",), probes=ProbeConfig(box="white"),
-        figure=False)
+        figure=False))
     figure: bool = True
 
     def __post_init__(self) -> None:

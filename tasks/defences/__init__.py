@@ -19,6 +19,9 @@ models.
 
 from __future__ import annotations
 
+from tasks.defences import dp as _dp  # noqa: F401  (registers dp_sgd and retrain_dp)
+from tasks.defences import outputs as _outputs  # noqa: F401  (registers output defences)
+from tasks.defences import update as _update  # noqa: F401  (registers update defences)
 from tasks.defences.base import (
     DEFENCES,
     Defence,
@@ -28,9 +31,6 @@ from tasks.defences.base import (
     UpdateContext,
     UpdateDefence,
 )
-from tasks.defences import update as _update  # noqa: F401  (registers update defences)
-from tasks.defences import outputs as _outputs  # noqa: F401  (registers output defences)
-from tasks.defences import dp as _dp  # noqa: F401  (registers dp_sgd and retrain_dp)
 from tasks.defences.dp import DPParams, DPResult, dp_epsilon, train_dp
 from tasks.defences.outputs import defend_outputs, register_output_transforms
 from tasks.defences.update import prunable, prune_count

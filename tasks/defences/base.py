@@ -27,8 +27,9 @@ alone changes training). Adding a defence: subclass one of :class:`UpdateDefence
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from torch import nn
@@ -84,7 +85,7 @@ class UpdateDefence(Defence):
 
     @abc.abstractmethod
     def apply(self, theta: nn.Module, theta_u: nn.Module, params: Any, *, seed: int = 0,
-              context: "UpdateContext | None" = None) -> nn.Module:
+              context: UpdateContext | None = None) -> nn.Module:
         """A new, defended copy of ``theta_u`` (inputs are never modified). ``seed`` fixes any
         randomness; ``context`` carries data for defences that train (fine-tuning)."""
 

@@ -252,7 +252,7 @@ class DPSGD(TrainingDefence):
 
 # --- DP-SGD as a training recipe of the unlearning registry -----------------------------------
 
-from tasks.unlearning.base import (  # noqa: E402  (after DPParams, which it reuses)
+from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
     TrainingState,
@@ -305,4 +305,4 @@ class RetrainDP(UnlearningMethod):
         return self._fit(state, params, removed, request.replacement, noise_seed)
 
 
-__all__ = ["DPParams", "DPResult", "DPSGD", "RetrainDP", "dp_epsilon", "train_dp"]
+__all__ = ["DPSGD", "DPParams", "DPResult", "RetrainDP", "dp_epsilon", "train_dp"]

@@ -54,7 +54,7 @@ def test_pruning_removes_exactly_the_requested_share(ratio):
     weights = torch.cat([p.detach().flatten() for _, p in prunable(out)])
     n = weights.numel()  # 12*16 + 16*5 = 272 weights; the 21 biases are not prunable
     assert n == 272
-    assert int((weights == 0).sum()) == prune_count(n, ratio) == int(math.floor(ratio * n + .5))
+    assert int((weights == 0).sum()) == prune_count(n, ratio) == math.floor(ratio * n + .5)
     # Biases are untouched and the surviving weights are exactly theta_u's.
     before = dict(theta_u.named_parameters())
     for name, p in out.named_parameters():
@@ -156,7 +156,7 @@ def test_temperature_keeps_the_argmax(temperature):
 
 def test_temperature_flattens_and_sharpens():
     z = _logits()
-    top = lambda t: defend_outputs(z, "temperature", {"temperature": t}).max(1).mean()  # noqa
+    top = lambda t: defend_outputs(z, "temperature", {"temperature": t}).max(1).mean()
     assert top(0.1) > top(1.0) > top(10.0) > 0.1
     np.testing.assert_allclose(defend_outputs(z, "temperature", {"temperature": 1.0}),
                                defend_outputs(z), atol=0)

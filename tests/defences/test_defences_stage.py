@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import orchestrator.stages.defences  # noqa: F401  (registers the stage and the transforms)
 from orchestrator.execute import execute_inline
 from orchestrator.plan import plan_run
 from orchestrator.spec import SpecError, expand
@@ -13,8 +14,6 @@ from orchestrator.tables import Results
 from orchestrator.units import TaskContext
 from tasks.attacks.membership import OUTPUT_TRANSFORMS, PairRows, run_attacks
 from tasks.metrics_membership import auc
-
-import orchestrator.stages.defences  # noqa: F401  (registers the stage and the transforms)
 
 TINY = {
     "experiment": "defences_tiny", "seed": 0,
