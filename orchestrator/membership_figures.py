@@ -67,29 +67,36 @@ def roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], tit
 
 
 def gain_figure(points: list[dict[str, Any]], title: str = ""):
-    """points: dicts with feature, attack_model, label, gap, gain."""
+    """points: dicts with feature, attack_model, label (the target), gap, gain.
+
+    One panel per feature; colour = target (dataset/model/method/scenario), marker = attack
+    model.
+    """
     plt = _plt()
-    features = sorted({p["feature"] for p in points})
-    fig, axes = plt.subplots(1, max(1, len(features)), figsize=(3.8 * max(1, len(features)),
-                                                                 3.6), squeeze=False,
-                             sharey=True)
+    from matplotlib.lines import Line2D
+
+    features = sorted({p["feature"] for p in points}) or ["(none)"]
+    labels = sorted({p["label"] for p in points})
+    colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
     markers = {"dt": "o", "rf": "s", "lr": "^", "mlp": "D"}
+    fig, axes = plt.subplots(1, len(features), figsize=(3.6 * len(features), 3.6),
+                             squeeze=False, sharey=True)
     for ax, feature in zip(axes[0], features):
         for p in points:
-            if p["feature"] != feature:
-                continue
-            ax.scatter(p["gap"], p["gain"], marker=markers.get(p["attack_model"], "x"),
-                       label=p["attack_model"])
-            ax.annotate(p["label"], (p["gap"], p["gain"]), fontsize=6,
-                        textcoords="offset points", xytext=(3, 3))
+            if p["feature"] == feature:
+                ax.scatter(p["gap"], p["gain"], marker=markers.get(p["attack_model"], "x"),
+                           color=colours[p["label"]], s=28)
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.set_xlabel("generalisation gap of the original")
         ax.set_title(feature)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     axes[0][0].set_ylabel("AUC gain over classical MIA")
-    fig.suptitle(title or "unlearning attack gain vs generalisation gap")
+    handles = [Line2D([], [], color=colours[lab], marker="o", linestyle="", label=lab)
+               for lab in labels]
+    handles += [Line2D([], [], color="black", marker=m, linestyle="", label=f"attack {a}")
+                for a, m in markers.items()]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    fig.suptitle(title or "unlearning attack gain over classical MIA vs generalisation gap")
+    fig.tight_layout()
     return fig
 
 
