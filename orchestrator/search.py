@@ -179,7 +179,11 @@ def journal_searcher_class():
             return True  # the study carries its own objectives and directions
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            trial = self.study.ask(self.distributions)
+            if self.plan.search.conditional:
+                trial = self.study.ask()
+                suggest_params(trial, self.plan.search.dimensions)
+            else:
+                trial = self.study.ask(self.distributions)
             trial.set_user_attr("ray_trial_id", trial_id)
             trial.set_user_attr("run", self.run_index)
             self.live[trial_id] = {"trial": trial, "start": time.time(), "curve": []}
@@ -266,6 +270,24 @@ def journal_searcher_class():
     return JournalSearcher
 
 
+def suggest_params(trial, dimensions) -> dict[str, Any]:
+    """Define-by-run sampling of a space with ``when:`` conditions: every dimension whose
+    conditions hold on the values sampled before it, in declaration order."""
+    params: dict[str, Any] = {}
+    for dim in dimensions:
+        if not dim.active(params):
+            continue
+        if dim.kind == "choice":
+            params[dim.key] = trial.suggest_categorical(dim.key, list(dim.choices))
+        elif dim.kind == "int":
+            params[dim.key] = trial.suggest_int(dim.key, int(dim.low), int(dim.high),
+                                                step=int(dim.step or 1), log=dim.log)
+        else:
+            params[dim.key] = trial.suggest_float(dim.key, float(dim.low), float(dim.high),
+                                                  step=dim.step, log=dim.kind == "loguniform")
+    return params
+
+
 def _asha_class():
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -336,6 +358,10 @@ def evaluate_config(plan: SearchPlan, params: dict[str, Any], ctx: TaskContext,
     spec = plan.trial_spec(params)
     objective = OBJECTIVES.get(search.objective)()
     config = objective.config(plan.attack_settings(params))
+    if objective.own_models:
+        # The objective builds its own models and splits (membership: shadow vs target side).
+        split = objective.evaluate_split(spec, config, ctx, data_root, heldout=heldout)
+        return {k: float(np.mean(v)) for k, v in split.items()}
     core = ensure_models(spec, ctx, data_root)
     if heldout:
         targets = prepare_targets(core, search.targets, search.heldout, HELDOUT_SEED_OFFSET)
@@ -404,7 +430,12 @@ def _prepare_core(plan: SearchPlan, results: Results, ctx: TaskContext, progress
     """Train the base experiment's models on Ray before the trials need them."""
     from orchestrator.execute import dedupe, execute, pending_units
     from orchestrator.plan import plan_core
+    from orchestrator.search_objectives import OBJECTIVES
 
+    objective = OBJECTIVES.get(plan.search.objective)()
+    if objective.own_models:
+        objective.prepare(plan.base, results, ctx, progress)
+        return
     core = plan_core(plan.base, ctx.data_root)
     todo = pending_units(dedupe(core.units), results)
     if todo:
@@ -590,6 +621,10 @@ def write_best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log=
     heldout_id = stable_hash({"fp": search.fingerprint(), "heldout": search.heldout,
                               "spec": plan.base.config_hash})
     jobs: list[tuple[str, dict, Any]] = [(role, dict(t.params), t) for t, role in chosen]
+    from orchestrator.search_objectives import OBJECTIVES
+
+    # Objectives with their own models (membership) have no forget-request targets.
+    own_models = OBJECTIVES.get(search.objective).own_models
     if search.baseline and table == "best":
         jobs.append(("baseline", {}, None))
     existing = results.read(table)
@@ -605,7 +640,8 @@ def write_best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log=
             "heldout_key": hkey, "experiment": plan.base.experiment, "role": role,
             "trial": trial.number if trial is not None else None,
             "objective": search.objective, "sampler": search.sampler.name,
-            "search_targets": search.targets, "heldout_targets": search.heldout,
+            "search_targets": None if own_models else search.targets,
+            "heldout_targets": None if own_models else search.heldout,
             "params": json.dumps(params, sort_keys=True, default=str)}
         for dim in search.dimensions:
             row[f"param.{dim.key}"] = params.get(dim.key)
@@ -618,7 +654,9 @@ def write_best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log=
         elif search.heldout > 0:
             pending.append((row, params))
     if pending:
-        log(f"re-scoring {len(pending)} configuration(s) on {search.heldout} held-out targets")
+        where = ("the held-out side" if own_models
+                 else f"{search.heldout} held-out targets")
+        log(f"re-scoring {len(pending)} configuration(s) on {where}")
         scores = _run_heldout(plan, [p for _, p in pending], ctx)
         for (row, _), score in zip(pending, scores):
             row.update({f"heldout.{k}": v for k, v in score.items()})

@@ -14,6 +14,9 @@ Registered objectives (:data:`OBJECTIVES`):
 * ``defence``   -- an update defence (``tasks.defences``) at a strength, attacked by feature
   recovery: leakage (PSNR of the recovery on the defended theta_u) and utility (test accuracy
   of the defended theta_u); a two-objective search gives the Pareto front.
+* ``membership`` -- membership inference against unlearning (Chen et al.): attack model, its
+  hyperparameters and the feature; validation AUC on the shadow side, held-out AUC on the
+  target side (:mod:`orchestrator.search_membership`, an ``own_models`` objective).
 
 Adding an objective: subclass :class:`Objective`, declare ``Config``, ``metrics`` (name ->
 natural direction) and ``evaluate``, and decorate with ``@OBJECTIVES.register("name")``.
@@ -127,6 +130,21 @@ class Objective:
     metrics: ClassVar[dict[str, str]]  # metric -> "maximize" | "minimize"
     default_metric: ClassVar[str]
     intermediate: ClassVar[tuple[str, ...]] = ()
+    # True: the objective builds its own models instead of the core plan's forget requests
+    # (search.targets / search.heldout / search.fanout do not apply). search.py then calls
+    # check_spec when loading the spec, prepare before the trials (on Ray) and evaluate_split
+    # for a trial (heldout=False) or the held-out re-score (heldout=True).
+    own_models: ClassVar[bool] = False
+
+    def check_spec(self, spec: Spec) -> None:
+        """Raise ValueError when the experiment cannot feed this objective."""
+
+    def prepare(self, spec: Spec, results, ctx: TaskContext, progress: bool) -> None:
+        raise NotImplementedError
+
+    def evaluate_split(self, spec: Spec, config: Any, ctx: TaskContext, data_root: str | None,
+                       *, heldout: bool) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def config(self, settings: dict[str, Any], path: str = "search.attack") -> Any:
         from tasks.params import build
@@ -320,3 +338,7 @@ def _update_context(state, targets: TargetSet):
     d = state.dataset
     return UpdateContext(x=d.x_train, y=d.y_train, heldout=np.asarray(heldout),
                          train_cfg=state.train_cfg, device=state.device, source="public")
+
+
+# Objectives defined in their own modules register on import.
+from orchestrator import search_membership as _search_membership  # noqa: F401

@@ -23,6 +23,17 @@ plus a ``search:`` section::
 Space keys starting with ``attack.`` set a field of the objective's configuration; every other
 key path sets a value of the experiment spec itself (models are then trained per trial, through
 the artifact store, so equal settings are trained once). Every error names its key path.
+
+Conditional dimensions: ``when: {KEY: value}`` (or ``{KEY: [v1, v2]}``) makes a dimension exist
+only in trials whose choice dimension KEY (another key of ``space``) took one of those values;
+otherwise the trial does not sample it and the objective uses its base setting::
+
+    attack.model: {choice: [dt, rf]}
+    attack.dt_max_leaf_nodes: {int: [5, 100], when: {attack.model: dt}}
+    attack.rf_n_estimators: {int: [50, 500], when: {attack.model: rf}}
+
+Such a space is sampled define-by-run (``study.ask()`` then ``suggest_*``, every condition's
+choice before the dimensions it gates); TPE models each parameter on the trials that sampled it.
 """
 
 from __future__ import annotations
@@ -52,6 +63,12 @@ class Dimension:
     step: float | None = None
     log: bool = False
     choices: tuple[Any, ...] = ()
+    # Conditions (choice key, allowed values): the dimension exists only when all hold.
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, params: Mapping[str, Any]) -> bool:
+        """Whether a trial with these (already sampled) parameters samples this dimension."""
+        return all(key in params and params[key] in values for key, values in self.when)
 
     def distribution(self):
         import optuna.distributions as od
@@ -160,10 +177,15 @@ class SearchSpec:
     def directions(self) -> list[str]:
         return [m.direction for m in self.metrics]
 
+    @property
+    def conditional(self) -> bool:
+        """Some dimension exists only for some values of another (``when:``)."""
+        return any(d.when for d in self.dimensions)
+
     def fingerprint(self) -> str:
         """What must not change between a search and its --resume (space and objective)."""
         return stable_hash({"objective": self.objective, "metrics": to_dict(self.metrics),
-                            "space": [to_dict(d) for d in self.dimensions],
+                            "space": [_dimension_dict(d) for d in self.dimensions],
                             "attack": self.attack, "targets": self.targets})
 
 
@@ -200,6 +222,55 @@ def attack_settings(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[
     return out
 
 
+def _dimension_dict(dim: Dimension) -> dict[str, Any]:
+    # Unconditional dimensions hash as before ``when:`` existed (older studies still resume).
+    out = to_dict(dim)
+    if not dim.when:
+        out.pop("when")
+    return out
+
+
+def _parse_when(data: Any, path: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(data, Mapping) or not data:
+        raise ParamError(path, f"expected a mapping {{choice key: value or [values]}}, "
+                               f"got {data!r}")
+    out = []
+    for key, values in data.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ParamError(f"{path}.{key}", "expected a value or a non-empty list of values")
+        out.append((str(key), tuple(values)))
+    return tuple(out)
+
+
+def _order_conditions(dims: list[Dimension], path: str) -> list[Dimension]:
+    """Check every ``when:`` and order the dimensions so that each comes after the choices it
+    depends on (declaration order otherwise; YAML writers may sort the keys)."""
+    by_key = {d.key: d for d in dims}
+    for dim in dims:
+        for cond, values in dim.when:
+            parent = by_key.get(cond)
+            where = f"{path}.{dim.key}.when.{cond}"
+            if parent is None or parent.kind != "choice" or parent is dim:
+                raise ParamError(where, "must name another choice dimension of the space")
+            bad = [v for v in values if v not in parent.choices]
+            if bad:
+                raise ParamError(where, f"{bad[0]!r} is not one of its choices "
+                                        f"{list(parent.choices)}")
+    ordered: list[Dimension] = []
+    placed: set[str] = set()
+    while len(ordered) < len(dims):
+        ready = [d for d in dims if d.key not in placed
+                 and all(c in placed for c, _ in d.when)]
+        if not ready:
+            cycle = ", ".join(d.key for d in dims if d.key not in placed)
+            raise ParamError(path, f"when: conditions form a cycle among {cycle}")
+        for d in ready:
+            ordered.append(d)
+            placed.add(d.key)
+    return ordered
+
+
 def _number(value: Any, path: str) -> float:
     return convert(float, value, path)
 
@@ -213,6 +284,7 @@ def parse_dimension(key: str, data: Any, path: str) -> Dimension:
         raise ParamError(path, f"expected a distribution such as {{loguniform: [1e-3, 0.3]}} "
                                f"or {{choice: [a, b]}}, got {data!r}")
     data = dict(data)
+    when = _parse_when(data.pop("when"), f"{path}.when") if "when" in data else ()
     kinds = [k for k in KINDS if k in data]
     if "type" in data:
         kind = data.pop("type")
@@ -244,7 +316,7 @@ def parse_dimension(key: str, data: Any, path: str) -> Dimension:
                                                   f"true/false, null), got {c!r}")
         if len(set(map(repr, choices))) != len(choices):
             raise ParamError(where, "choices must be distinct")
-        return Dimension(key, "choice", choices=tuple(choices))
+        return Dimension(key, "choice", choices=tuple(choices), when=when)
     if bounds is not None:
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ParamError(f"{path}.{kind}", f"expected [low, high], got {bounds!r}")
@@ -274,7 +346,7 @@ def parse_dimension(key: str, data: Any, path: str) -> Dimension:
         raise ParamError(f"{path}.step", "a log-uniform dimension takes no step")
     if log and step not in (None, 1):
         raise ParamError(f"{path}.step", "an integer log dimension takes no step")
-    return Dimension(key, kind, low=low, high=high, step=step, log=log)
+    return Dimension(key, kind, low=low, high=high, step=step, log=log, when=when)
 
 
 def parse_search(data: Any, path: str = "search") -> SearchSpec:
@@ -307,6 +379,7 @@ def parse_search(data: Any, path: str = "search") -> SearchSpec:
                     raise ParamError(dpath, f"{v!r} is not a valid value: "
                                             f"{err.message}") from None
         dims.append(dim)
+    dims = _order_conditions(dims, f"{path}.space")
     metrics = tuple(raw.metrics) or (Metric(objective.default_metric,
                                             objective.metrics[objective.default_metric]),)
     for i, m in enumerate(metrics):
@@ -370,6 +443,15 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
                 raise SpecError(f"search.space.{dim.key}: {value!r} gives an invalid spec "
                                 f"({err})") from None
     plan = SearchPlan(base, data, search)
+    from orchestrator.search_objectives import OBJECTIVES
+
+    objective = OBJECTIVES.get(search.objective)
+    if objective.own_models:  # no forget requests: the objective checks the spec itself
+        try:
+            objective().check_spec(base)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        return plan
     needed = search.targets + search.heldout
     if base.forget.kind != "class_share" and base.forget.count < needed:
         raise SpecError(f"forget.count: the search needs targets + heldout = {needed} forget "
