@@ -67,7 +67,8 @@ class Results:
         return self.location.list_files(self.experiment, table, suffix=".parquet")
 
     def tables(self) -> list[str]:
-        return self.location.list_dirs(self.experiment)
+        """Folders holding Parquet parts (figures and images live beside them)."""
+        return [t for t in self.location.list_dirs(self.experiment) if self.parts(t)]
 
     def read(self, table: str) -> pd.DataFrame:
         frames = []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import tasks.defences  # noqa: F401  (registers retrain_dp, so every method runs here)
 from tasks.data import load_dataset
 from tasks.models import ModelConfig
 from tasks.params import ParamError, build
