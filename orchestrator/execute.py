@@ -12,8 +12,9 @@ import secrets
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from orchestrator.plan import Unit
 from orchestrator.spec import ResourcesSpec

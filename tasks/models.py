@@ -8,8 +8,9 @@ Scikit-learn models (tabular targets) expose the same ``logits`` view through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -167,7 +168,7 @@ class SklearnModel:
         self.estimator = estimator
         self.num_classes = num_classes
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "SklearnModel":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> SklearnModel:
         self.estimator.fit(x.reshape(len(x), -1), y)  # images are flattened
         return self
 

@@ -8,8 +8,9 @@ as the original did (ATTACKS.md section 2: same hyperparameters, data order and 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import torch

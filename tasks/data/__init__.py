@@ -7,6 +7,7 @@ the training split. Files are read from a data root (``--data-root`` or ``UNLEAR
 
 from __future__ import annotations
 
+from tasks.data import loaders as _loaders  # noqa: F401  (fills the registry)
 from tasks.data.base import (
     DATA_ROOT_ENV,
     DATASETS,
@@ -17,7 +18,6 @@ from tasks.data.base import (
     load_dataset,
     resolve_data_root,
 )
-from tasks.data import loaders as _loaders  # noqa: F401  (fills the registry)
 
 __all__ = [
     "DATA_ROOT_ENV",

@@ -7,6 +7,9 @@ and decorating it with ``@UNLEARNING.register("name")``; see docs/components.md.
 
 from __future__ import annotations
 
+from tasks.unlearning import approximate as _approximate  # noqa: F401  (registers methods)
+from tasks.unlearning import exact as _exact  # noqa: F401
+from tasks.unlearning import sisa as _sisa  # noqa: F401
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetConfig,
@@ -16,9 +19,6 @@ from tasks.unlearning.base import (
     fit_standard,
     make_requests,
 )
-from tasks.unlearning import approximate as _approximate  # noqa: F401  (registers methods)
-from tasks.unlearning import exact as _exact  # noqa: F401
-from tasks.unlearning import sisa as _sisa  # noqa: F401
 from tasks.unlearning.sisa import SisaEnsemble
 
 __all__ = [

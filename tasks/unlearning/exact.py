@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
