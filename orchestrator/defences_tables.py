@@ -1,4 +1,4 @@
-"""The ``defenses`` table as Markdown (docs/results/defences.md is made from it)::
+"""The ``defenses`` table as Markdown (docs/RESULTS.md is made from it)::
 
     python -m orchestrator.defences_tables RESULTS defences_inversion
 """
