@@ -45,7 +45,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orchestrator.spec import Spec, SpecError, _set_path, expand, parse_override, stable_hash
+from orchestrator.spec import (
+    Spec,
+    SpecError,
+    _set_path,
+    expand,
+    parse_override,
+    read_spec_file,
+    stable_hash,
+)
 from tasks.params import ParamError, build, convert, to_dict
 
 ATTACK_PREFIX = "attack."
@@ -460,17 +468,4 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
 
 
 def load_search_file(path, overrides: list[str] = ()) -> SearchPlan:
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: spec file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{path}: a spec is a mapping of sections")
-    return load_search(data, overrides)
+    return load_search(read_spec_file(path), overrides)

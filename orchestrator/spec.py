@@ -262,7 +262,8 @@ def expand(data: Mapping[str, Any], overrides: list[str] = ()) -> list[Spec]:
     return variants
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> list[Spec]:
+def read_spec_file(path: str | Path) -> Mapping[str, Any]:
+    """The YAML mapping of a spec file, or a SpecError saying why it is not one."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: spec file not found")
@@ -272,7 +273,11 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> list[Spec]:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, Mapping):
         raise SpecError(f"{path}: a spec is a mapping of sections")
-    return expand(data, list(overrides))
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> list[Spec]:
+    return expand(read_spec_file(path), list(overrides))
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
