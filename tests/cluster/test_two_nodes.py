@@ -105,7 +105,10 @@ def test_both_nodes_work_token_is_required_and_an_interrupted_driver_resumes(hos
     assert "InvalidAuthToken" in refused.stdout + refused.stderr
 
     # Training may only run on the head, unlearning only on the worker.
-    sets = ("resources.train.custom.head_node=0.01", "resources.unlearn.custom.worker_node=0.01")
+    # 150 epochs make each retraining task take seconds, so the interrupt below always lands
+    # while unlearning tasks are still queued (at 30 epochs all six could finish first).
+    sets = ("resources.train.custom.head_node=0.01", "resources.unlearn.custom.worker_node=0.01",
+            "training.epochs=150")
     expected = expected_model_keys(*sets)
     assert len(expected) == 25
     results, log = tmp_path / "results", tmp_path / "run1.log"
