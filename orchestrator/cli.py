@@ -165,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A polite stop (SIGTERM) behaves like Ctrl-C: finished units are flushed first.
+    # A polite stop (SIGTERM) behaves like Ctrl-C: finished units are flushed first. SIGINT is
+    # set explicitly too: a process started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     return args.func(args)
 
