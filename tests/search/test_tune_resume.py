@@ -1,6 +1,6 @@
 """End to end on a local Ray: the real inversion objective, a kill, and --resume.
 
-A small search (digits, 4 trials of a 40-iteration inversion on 2 targets) is killed with
+A small search (digits, 8 trials of a 200-iteration inversion on 2 targets) is killed with
 SIGKILL once a trial has finished; ``--resume`` must end with exactly the requested number of
 finished trials, without redoing the ones that finished, and write ``trials`` and ``best``.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+N_TRIALS = 8
 SPEC = {
     "experiment": "tiny-search",
     "seed": 0,
@@ -29,14 +30,16 @@ SPEC = {
     "resources": {"trial": {"cpus": 1}},
     "search": {
         "objective": "inversion",
-        "attack": {"iterations": 40, "restarts": 1, "callback_every": 10},
+        # Long enough that the kill below lands before the last trial finishes on an idle
+        # machine too (40 iterations x 4 trials could all finish between two polls).
+        "attack": {"iterations": 200, "restarts": 1, "callback_every": 10},
         "targets": 2, "heldout": 1,
         "space": {"attack.lr": {"loguniform": [1.0e-3, 0.3]},
                   "attack.tv_weight": {"loguniform": [1.0e-4, 1.0e-1]}},
         "sampler": {"name": "random", "seed": 3},
-        "scheduler": {"name": "asha", "metric": "matching_loss", "grace_period": 10,
-                      "max_t": 40, "reduction_factor": 2},
-        "budget": {"trials": 4},
+        "scheduler": {"name": "asha", "metric": "matching_loss", "grace_period": 50,
+                      "max_t": 200, "reduction_factor": 2},
+        "budget": {"trials": N_TRIALS},
         "concurrency": 1,
     },
 }
@@ -78,7 +81,7 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if _complete_trials(results) >= 1:  # finished: complete or pruned
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read()
         assert _complete_trials(results) >= 1, "no trial finished in time"
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
@@ -87,7 +90,7 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = _complete_trials(results)
-    assert before < 4, "the search finished before it could be killed"
+    assert before < N_TRIALS, "the search finished before it could be killed"
 
     # Without --resume the existing study is refused (exit 2), untouched.
     refused = _tune(spec, results)
@@ -98,13 +101,13 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
     resumed = _tune(spec, results, "--resume")
     out, _ = resumed.communicate(timeout=200)
     assert resumed.returncode == 0, out
-    assert f"{before} finished trial(s) in the study, {4 - before} to run" in out
+    assert f"{before} finished trial(s) in the study, {N_TRIALS - before} to run" in out
 
     from orchestrator.tables import Results
 
     tables = Results(results, "tiny-search")
     trials = tables.read("trials")
-    assert int(trials["finished"].sum()) == 4
+    assert int(trials["finished"].sum()) == N_TRIALS
     assert set(trials["state"]) <= {"complete", "pruned", "interrupted"}
     done = trials[trials["finished"]]
     assert done["wall_s"].notna().all()
