@@ -114,6 +114,32 @@ def convnet(input_shape, num_classes, params: ConvNetParams, mean=None, std=None
                          nn.Linear(flat, num_classes))
 
 
+# --- SimpleCNN, the image target of Chen et al. -----------------------------------------------
+
+@dataclass(frozen=True)
+class SimpleCNNParams:
+    channels: tuple[int, ...] = (32, 64)
+    hidden: int = 128
+    dropout: tuple[float, ...] = (0.25, 0.5)
+
+
+@_register("simple_cnn", "torch", SimpleCNNParams)
+def simple_cnn(input_shape, num_classes, params: SimpleCNNParams, mean=None,
+               std=None) -> nn.Module:
+    """conv32 -> conv64 -> maxpool2 -> dropout 0.25 -> fc128 -> dropout 0.5 -> fc (ATTACKS.md
+    6.8). About 17M multiply-adds per 32x32 image: cheap enough to train hundreds of shadow and
+    target models on CPU, unlike the 8-layer ``convnet``."""
+    c1, c2 = params.channels
+    features = nn.Sequential(nn.Conv2d(input_shape[0], c1, 3), nn.ReLU(),
+                             nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Dropout(params.dropout[0]), nn.Flatten())
+    with torch.no_grad():
+        flat = features(torch.zeros(1, *input_shape)).shape[1]
+    return nn.Sequential(_input_layer(input_shape, mean, std), features,
+                         nn.Linear(flat, params.hidden), nn.ReLU(),
+                         nn.Dropout(params.dropout[1]), nn.Linear(params.hidden, num_classes))
+
+
 # --- CIFAR-style ResNet-18 -------------------------------------------------------------------
 
 class BasicBlock(nn.Module):

@@ -37,7 +37,6 @@ from orchestrator.report import summary
 from orchestrator.spec import STAGES, Spec, StageEntry, stable_hash
 from orchestrator.store import artifact_key
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext, load_torch_model, model_logits
-from tasks import simple_cnn as _simple_cnn  # noqa: F401  (registers the simple_cnn target)
 from tasks.attacks.membership import (
     ATTACK_MODELS,
     CLASSICAL,
