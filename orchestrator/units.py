@@ -15,6 +15,7 @@ import torch
 
 from orchestrator.spec import Spec
 from orchestrator.store import ArtifactStore
+from tasks.cases import build_case
 from tasks.data import load_dataset
 from tasks.models import SklearnModel
 from tasks.registry import Registry
@@ -131,6 +132,38 @@ def model_logits(model: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
     if isinstance(model, (SklearnModel, SisaSklearn)):
         return model.logits(x)
     return predict_logits(model, x, device)
+
+
+@dataclass
+class ProviderPairs:
+    """theta, theta_0 and what the reference attacker may know, for the model pairs of one
+    (seed, unlearning method) group; the attack stages build their cases from it."""
+
+    method: str
+    exact: bool
+    state: TrainingState
+    theta: Any
+    theta0: torch.nn.Module  # pretrained theta_0, else the seeded initialisation
+    eta: float | None  # the ascent step of approximate unlearning (reference knowledge)
+
+    def case(self, theta_u: torch.nn.Module, request: ForgetRequest, knowledge: str):
+        return build_case(dataset=self.state.dataset, theta=self.theta, theta_u=theta_u,
+                          request=request, knowledge=knowledge, theta0=self.theta0,
+                          n_finetune=len(self.state.train_indices), unlearn_lr=self.eta,
+                          exact=self.exact, device=self.state.device)
+
+
+def load_provider_pairs(params: dict, ctx: TaskContext) -> ProviderPairs:
+    """From a unit's ``spec``, ``seed``, ``method_index``, ``pairs`` and ``pretrain_key``."""
+    spec: Spec = params["spec"]
+    seed, m = params["seed"], params["method_index"]
+    entry = spec.unlearning[m]
+    exact = UNLEARNING.get(entry.method).exact
+    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
+    seed_everything(seed)
+    theta = load_original(spec, seed, m, params["pairs"][0].original_key, ctx, state)
+    eta = None if exact else getattr(entry.typed_params(), "lr", None)
+    return ProviderPairs(entry.method, exact, state, theta, state.initial_model().eval(), eta)
 
 
 # --- rows -----------------------------------------------------------------------------------

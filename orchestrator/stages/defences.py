@@ -69,6 +69,7 @@ from orchestrator.units import (
     Rows,
     TaskContext,
     load_original,
+    load_provider_pairs,
     load_torch_model,
     provider_state,
 )
@@ -81,7 +82,6 @@ from tasks.attacks.membership import (
     run_attacks,
 )
 from tasks.attacks.probing import ProbeConfig, Probes, infer_label
-from tasks.cases import build_case
 from tasks.defences import (
     DEFENCES,
     DPParams,
@@ -372,16 +372,10 @@ def _common(spec: Spec, params: dict, attack: str) -> dict[str, Any]:
 def defence_recovery(params: dict, ctx: TaskContext) -> Rows:
     """Defend every theta_u of one (seed, method) at one strength, recover, score."""
     spec: Spec = params["spec"]
-    seed, m, config = params["seed"], params["method_index"], params["config"]
-    entry = spec.unlearning[m]
-    method_cls = UNLEARNING.get(entry.method)
-    method_params = entry.typed_params()
-    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
+    seed, config = params["seed"], params["config"]
+    provider = load_provider_pairs(params, ctx)
+    state, theta = provider.state, provider.theta
     d = state.dataset
-    seed_everything(seed)
-    theta = load_original(spec, seed, m, params["pairs"][0].original_key, ctx, state)
-    theta0 = state.initial_model().eval()
-    eta = getattr(method_params, "lr", None) if not method_cls.exact else None
     defence = params["defence"]
     dobj = None if defence == "none" else DEFENCES.get(defence)()
     dparams = None if dobj is None else dobj.params(params["strength"],
@@ -406,10 +400,7 @@ def defence_recovery(params: dict, ctx: TaskContext) -> Rows:
         idx = np.asarray(pair.request.indices)
         forget_acc.append(accuracy(predict_logits(defended, d.x_train[idx], state.device),
                                    d.y_train[idx]))
-        case, truth = build_case(dataset=d, theta=theta, theta_u=defended,
-                                 request=pair.request, knowledge=config.knowledge,
-                                 theta0=theta0, n_finetune=len(state.train_indices),
-                                 unlearn_lr=eta, exact=method_cls.exact, device=state.device)
+        case, truth = provider.case(defended, pair.request, config.knowledge)
         cases.append(case)
         truths.append(truth)
     defend_wall = time.perf_counter() - start
@@ -428,7 +419,7 @@ def defence_recovery(params: dict, ctx: TaskContext) -> Rows:
         label_hits += [float(u == t) for u, t in zip(used[rec_idx], truth.y[orig_idx])]
     row = _common(spec, params, "recovery")
     row.update({
-        "unlearning_method": entry.method, "exact": method_cls.exact,
+        "unlearning_method": provider.method, "exact": provider.exact,
         "attack_metric_name": "psnr_db", "attack_metric": float(np.mean(psnrs)),
         "psnr_max": float(np.max(psnrs)), "psnr_min": float(np.min(psnrs)),
         "psnr_per_target": psnrs, "ssim": float(np.mean(ssims)),

@@ -27,17 +27,13 @@ from orchestrator.storage import Location
 from orchestrator.units import (
     UNIT_FUNCTIONS,
     TaskContext,
-    load_original,
+    load_provider_pairs,
     load_torch_model,
-    provider_state,
 )
 from tasks.attacks.inversion import InversionConfig, recover
-from tasks.cases import build_case
 from tasks.metrics import image_scores, match_reconstructions, psnr
 from tasks.params import to_dict
 from tasks.splits import select_training_set
-from tasks.training import seed_everything
-from tasks.unlearning import UNLEARNING
 
 TABLE = "recoveries"
 
@@ -127,23 +123,14 @@ def _baseline_images(spec: Spec, dataset, seed: int) -> tuple[np.ndarray, str]:
 @UNIT_FUNCTIONS.register("recover_batch")
 def recover_batch(params: dict, ctx: TaskContext) -> dict[str, list[dict[str, Any]]]:
     spec: Spec = params["spec"]
-    seed, m, config = params["seed"], params["method_index"], params["config"]
-    entry = spec.unlearning[m]
-    method_cls = UNLEARNING.get(entry.method)
-    method_params = entry.typed_params()
-    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
+    seed, config = params["seed"], params["config"]
+    provider = load_provider_pairs(params, ctx)
+    state = provider.state
     dataset = state.dataset
-    seed_everything(seed)
-    theta = load_original(spec, seed, m, params["pairs"][0].original_key, ctx, state)
-    theta0 = state.initial_model().eval()  # pretrained theta_0, else the seeded initialisation
-    eta = getattr(method_params, "lr", None) if not method_cls.exact else None
     cases, truths = [], []
     for pair in params["pairs"]:
         theta_u = load_torch_model(ctx, pair.unlearned_key, state)
-        case, truth = build_case(dataset=dataset, theta=theta, theta_u=theta_u,
-                                 request=pair.request, knowledge=config.knowledge,
-                                 theta0=theta0, n_finetune=len(state.train_indices),
-                                 unlearn_lr=eta, exact=method_cls.exact, device=state.device)
+        case, truth = provider.case(theta_u, pair.request, config.knowledge)
         cases.append(case)
         truths.append(truth)
     seeds = [_target_seed(seed, p.request.request_id, config) for p in params["pairs"]]
@@ -169,7 +156,7 @@ def recover_batch(params: dict, ctx: TaskContext) -> dict[str, list[dict[str, An
                 "key": _row_key(pair.unlearned_key, config, int(sample)),
                 "experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
                 "dataset": spec.dataset.name, "model": spec.model.name,
-                "unlearning_method": entry.method, "exact": method_cls.exact,
+                "unlearning_method": provider.method, "exact": provider.exact,
                 "request_id": pair.request.request_id, "sample_index": int(sample),
                 "k": len(truth.indices), "n_finetune": len(state.train_indices),
                 "attack": "inversion", "attack_config": config.name,
