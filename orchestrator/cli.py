@@ -17,22 +17,38 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def resolved_data_root(args: argparse.Namespace) -> str | None:
+    from tasks.data import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    return str(root) if root else None
+
+
+def task_context(args: argparse.Namespace, results, spec, data_root: str | None):
+    """Where workers read and write: absolute paths, so every worker (and node) agrees."""
+    from orchestrator.units import TaskContext
+
+    artifacts = args.artifacts or os.path.join(results.location.uri, "_artifacts")
+    if "://" not in artifacts:
+        artifacts = os.path.abspath(artifacts)
+    return TaskContext(spec.experiment, results.location.uri, artifacts, data_root,
+                       spec.runtime.device)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.execute import execute, start_ray, stop_ray
     from orchestrator.plan import plan_run
     from orchestrator.report import describe
     from orchestrator.spec import SpecError, load_spec
     from orchestrator.tables import Results
-    from orchestrator.units import TaskContext
-    from tasks.data import MissingDataError, resolve_data_root
+    from tasks.data import MissingDataError
     from tasks.registry import UnknownComponentError
 
     try:
         variants = load_spec(args.spec, args.set)
     except SpecError as err:
         return _fail(f"spec error: {err}")
-    data_root = resolve_data_root(args.data_root)
-    data_root = str(data_root) if data_root else None
+    data_root = resolved_data_root(args)
     try:
         plans = [plan_run(v, data_root) for v in variants]
     except MissingDataError as err:
@@ -42,7 +58,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiment = variants[0].experiment
     units = [u for _, us in plans for u in us]
     results = Results(args.results, experiment)
-    artifacts = args.artifacts or os.path.join(str(args.results), "_artifacts")
     print(f"{experiment}: {len(variants)} variant(s), {len(units)} units -> "
           f"{results.location.uri}/{experiment}")
     if args.dry_run:
@@ -67,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"({time.perf_counter() - start:.1f}s); nothing to run")
         return 0
     info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
-    ctx = TaskContext(experiment, results.location.uri, artifacts, data_root,
-                      variants[0].runtime.device)
+    ctx = task_context(args, results, variants[0], data_root)
     try:
         report = execute(units, results, ctx, resources, progress=not args.quiet)
     except KeyboardInterrupt:

@@ -761,11 +761,11 @@ def write_figures(study, plan: SearchPlan, results: Results, best: list[dict]) -
 # --- CLI ---------------------------------------------------------------------------------------
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from orchestrator.cli import _fail
+    from orchestrator.cli import _fail, resolved_data_root, task_context
     from orchestrator.execute import start_ray, stop_ray
     from orchestrator.search_spec import load_search_file
     from orchestrator.spec import SpecError
-    from tasks.data import MissingDataError, resolve_data_root
+    from tasks.data import MissingDataError
 
     try:
         plan = load_search_file(args.spec, args.set)
@@ -773,8 +773,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return _fail(f"spec error: {err}")
     if args.num_samples is not None and args.num_samples < 1:
         return _fail("--num-samples: must be at least 1")
-    data_root = resolve_data_root(args.data_root)
-    data_root = os.path.abspath(str(data_root)) if data_root else None
+    data_root = resolved_data_root(args)
     results = Results(args.results, plan.base.experiment)
     try:
         search_dir(results)
@@ -783,11 +782,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         plan_core(plan.base, data_root)  # fails early on missing data
     except (SearchStateError, MissingDataError, ValueError) as err:
         return _fail(str(err))
-    artifacts = args.artifacts or os.path.join(results.location.uri, "_artifacts")
-    if "://" not in artifacts:
-        artifacts = os.path.abspath(artifacts)
-    ctx = TaskContext(plan.base.experiment, results.location.uri, artifacts, data_root,
-                      plan.base.runtime.device)
+    ctx = task_context(args, results, plan.base, data_root)
     try:
         # Refuse an existing study without --resume before starting anything.
         open_study(plan, results, args.resume)

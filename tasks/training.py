@@ -67,6 +67,15 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int,
     return order
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _set_bn_mode(model: nn.Module, mode: str) -> None:
     model.train()
     if mode == "eval":
@@ -87,12 +96,7 @@ def train_model(model: nn.Module, x: np.ndarray, y: np.ndarray, indices: np.ndar
     model.to(device)
     xs = torch.as_tensor(x, device=device)
     ys = torch.as_tensor(y, device=device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.lr_milestones), cfg.lr_decay)
     base = np.asarray(indices, dtype=np.int64)
     if extra is not None and len(extra):

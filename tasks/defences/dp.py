@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from tasks.defences.base import DEFENCES, DefenceError, TrainingDefence
-from tasks.training import TrainConfig, epoch_order
+from tasks.training import TrainConfig, epoch_order, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -170,12 +170,7 @@ def train_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, indices: np.ndarray
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
     else:
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
-    params_list = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params_list, lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params_list, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     rand_seed = int(seed if noise_seed is None else noise_seed)
     torch.manual_seed(rand_seed)  # Poisson draws use torch's global generator
     noise = torch.Generator(device=device).manual_seed(rand_seed + 104_729)
