@@ -238,7 +238,12 @@ def recovery_figure(params: dict, ctx: TaskContext) -> dict[str, list[dict[str, 
     if by_method:
         rows = 2 * len(by_method)
         cols = max(len(v[0]) for v in by_method.values())
-        fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.25 * rows), squeeze=False)
+        # Fixed cell size and explicit spacing: tight_layout shrinks the images to make room
+        # for the row labels, leaving them a fraction of the figure.
+        cell = 1.0
+        fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.3, 1.3 * cell * rows),
+                                 squeeze=False, gridspec_kw={"wspace": 0.08, "hspace": 0.3})
+        fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / rows, bottom=0.01)
         for ax in axes.flat:
             ax.axis("off")
         for i, (meth, (orig, rec, ps)) in enumerate(sorted(by_method.items())):
@@ -246,11 +251,11 @@ def recovery_figure(params: dict, ctx: TaskContext) -> dict[str, list[dict[str, 
                 for r, img in ((2 * i, orig[j]), (2 * i + 1, rec[j])):
                     show = np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
                     axes[r, j].imshow(show.squeeze(), cmap="gray" if show.shape[-1] == 1
-                                      else None, vmin=0, vmax=1)
-                axes[2 * i + 1, j].set_title(f"{ps[j]:.1f}", fontsize=6)
-            axes[2 * i, 0].set_title(f"{meth}: originals / recoveries (PSNR dB)", fontsize=7,
-                                     loc="left")
-        fig.tight_layout()
+                                      else None, vmin=0, vmax=1, interpolation="nearest")
+                axes[2 * i + 1, j].set_title(f"{ps[j]:.1f} dB", fontsize=7, pad=2)
+            axes[2 * i, 0].text(0, 1.08, f"{meth}: originals (top), recoveries (below)",
+                                transform=axes[2 * i, 0].transAxes, fontsize=8,
+                                ha="left", va="bottom")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)

@@ -6,7 +6,8 @@
    * ``box: white`` — autograd gradients of M, or
    * ``box: black`` — ZOO: symmetric finite differences over a batch of coordinates, every
      query of an iteration (all probes x (2c + 1) points) in one batched forward through
-     :class:`tasks.cases.QueryAccess`, which counts them;
+     :class:`tasks.cases.QueryAccess`, which counts them; when fewer coordinates than inputs
+     are probed per iteration they are drawn by ZOO importance sampling (max-pooled change map);
    both with coordinate-wise Adam, early abort, the best iterate kept, and at most
    ``max_calls`` calls of ``iterations_per_call`` iterations per probe (capped attempts).
 2. Decision rule (reference): per probe j, l_j = argmax M(x_j) and
@@ -41,6 +42,7 @@ __all__ = [
     "Probes",
     "ProbingLabelInference",
     "craft_probes",
+    "importance_weights",
     "infer_label",
     "original_case",
     "score_probes",
@@ -59,6 +61,10 @@ class ProbeConfig:
     max_calls: int = 10  # attempt cap per probe
     coordinates: int = 1024  # per iteration (black box); min(coordinates, d) are used
     h: float = 1e-4
+    # ZOO importance sampling (reference: on): when fewer coordinates than inputs are probed,
+    # draw them in proportion to how much each region of the probe has already moved.
+    importance: bool = True
+    importance_floor: float = 0.01
     accept: float = 0.9995
     early_abort_every: int = 2
     top_k: int = 1
@@ -73,6 +79,8 @@ class ProbeConfig:
                              "and top_k must be at least 1")
         if not 0 < self.accept <= 1 or self.h <= 0 or self.lr <= 0:
             raise ValueError("accept in (0, 1], h > 0 and lr > 0 are required")
+        if self.importance_floor <= 0:
+            raise ValueError("importance_floor must be > 0 (every coordinate stays reachable)")
 
 
 @dataclass
@@ -159,6 +167,26 @@ def zoo_gradient(loss_fn, x: torch.Tensor, coords: torch.Tensor, h: float) -> to
     return (values[:, :c] - values[:, c:]) / (2 * h)
 
 
+def importance_weights(moved: torch.Tensor, shape: tuple[int, ...], floor: float
+                       ) -> torch.Tensor:
+    """ZOO importance map: sampling weights (B, d) for B probes, proportional to the largest
+    absolute change ``moved`` (B, d) within each region, plus ``floor``.
+
+    Images (C, H, W) are max-pooled per channel over regions of about H/8 x W/8 pixels and
+    spread back over their pixels; other inputs use the change of each coordinate.
+    """
+    change = moved.abs()
+    if len(shape) == 3 and min(shape[1:]) >= 8:
+        c, h, w = shape
+        kh, kw = max(1, h // 8), max(1, w // 8)
+        img = change.reshape(-1, c, h, w)
+        pooled = F.max_pool2d(img, (kh, kw), ceil_mode=True)
+        change = (pooled.repeat_interleave(kh, -2).repeat_interleave(kw, -1)[..., :h, :w]
+                  .reshape(len(moved), -1))
+    weights = change + floor
+    return weights / weights.sum(-1, keepdim=True)
+
+
 class _CoordAdam:
     """ZOO-ADAM: Adam with a step counter per coordinate."""
 
@@ -205,6 +233,7 @@ def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
             gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + t * 1009 + j)
             inits.append(torch.randn(d, generator=gen, dtype=torch.float64).clamp(0, 1))
     x = torch.stack(inits)  # (P, d) float64 master copy
+    x_start = x.clone()
     n_probes = len(x)
     queries = np.zeros(n_probes, dtype=np.int64)
     calls = np.zeros(n_probes, dtype=np.int64)
@@ -259,6 +288,11 @@ def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
             if config.box == "black":
                 if n_coords == d:
                     coords = torch.arange(d).expand(len(running), d)
+                elif config.importance:
+                    weights = importance_weights(xs - x_start[running], shape,
+                                                 config.importance_floor)
+                    coords = torch.multinomial(weights, n_coords, replacement=False,
+                                               generator=gen)
                 else:
                     coords = torch.stack([torch.randperm(d, generator=gen)[:n_coords]
                                           for _ in range(len(running))])

@@ -7,6 +7,7 @@ import torch
 from tasks.attacks.probing import (
     ProbeConfig,
     craft_probes,
+    importance_weights,
     infer_label,
     original_case,
     score_probes,
@@ -33,6 +34,34 @@ def test_zoo_estimate_agrees_with_autograd_on_a_smooth_function():
     expect = torch.gather(grad, 1, coords)
     torch.testing.assert_close(est, expect, atol=1e-6, rtol=1e-6)
     assert calls == [3 * 2 * 3]  # every query of the iteration in one batched call
+
+
+def test_importance_map_favours_the_region_that_moved_and_keeps_every_pixel_reachable():
+    shape = (3, 32, 32)
+    moved = torch.zeros(2, 3 * 32 * 32, dtype=torch.float64)
+    img = moved[0].view(shape)
+    img[1, 5, 9] = 0.5  # one pixel in region (rows 4-7, cols 8-11) of channel 1
+    w = importance_weights(moved, shape, floor=0.01)
+    assert torch.allclose(w.sum(-1), torch.ones(2, dtype=torch.float64))
+    region = w[0].view(shape)[1, 4:8, 8:12]
+    # The whole 4x4 region shares the pooled change; every other pixel keeps the floor.
+    assert torch.allclose(region, region[0, 0].expand_as(region))
+    assert torch.isclose(region[0, 0] / w[0].min(), torch.tensor(0.51 / 0.01, dtype=w.dtype))
+    assert torch.allclose(w[1], torch.full_like(w[1], 1 / w.shape[1]))  # nothing moved: uniform
+
+
+def test_black_box_probes_with_importance_sampled_coordinates(probe_setup):
+    meta, theta = probe_setup
+    query = QueryAccess(theta)
+    cfg = ProbeConfig(box="black", probes_per_class=1, iterations_per_call=4, max_calls=2,
+                      coordinates=16)  # fewer than the 64 pixels: importance sampling is used
+    probes = craft_probes(original_case(meta, None, query), cfg, seed=0)
+    start = craft_probes(original_case(meta, None, QueryAccess(theta)),
+                         ProbeConfig(box="black", probes_per_class=1, dry_run=True,
+                                     coordinates=16), seed=0)
+    assert probes.total_queries == query.queries
+    # The probes moved towards their classes: mean own-class confidence went up.
+    assert probes.confidence.mean() > start.confidence.mean()
 
 
 def test_decision_rule_picks_the_largest_own_class_drop():
