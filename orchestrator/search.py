@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.search_objectives import OBJECTIVES, TargetSet, ensure_models, prepare_targets
 from orchestrator.search_spec import SearchPlan
 from orchestrator.spec import stable_hash
 from orchestrator.tables import Results
@@ -350,7 +351,6 @@ def evaluate_config(plan: SearchPlan, params: dict[str, Any], ctx: TaskContext,
     """
     import torch
 
-    from orchestrator.search_objectives import OBJECTIVES, ensure_models, prepare_targets
     from tasks.training import seed_everything
 
     torch.set_num_threads(max(1, int(cpus)))
@@ -390,13 +390,6 @@ def _evaluate_chunk(plan: SearchPlan, params: dict, ctx: TaskContext, data_root:
     """A Ray task: one slice of a trial's targets (seeds as in the whole trial)."""
     import torch
 
-    from orchestrator.search_objectives import (
-        OBJECTIVES,
-        TargetSet,
-        ensure_models,
-        prepare_targets,
-    )
-
     torch.set_num_threads(max(1, int(cpus)))
     search = plan.search
     spec = plan.trial_spec(params)
@@ -430,7 +423,6 @@ def _prepare_core(plan: SearchPlan, results: Results, ctx: TaskContext, progress
     """Train the base experiment's models on Ray before the trials need them."""
     from orchestrator.execute import dedupe, execute, pending_units
     from orchestrator.plan import plan_core
-    from orchestrator.search_objectives import OBJECTIVES
 
     objective = OBJECTIVES.get(plan.search.objective)()
     if objective.own_models:
@@ -621,8 +613,6 @@ def write_best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log=
     heldout_id = stable_hash({"fp": search.fingerprint(), "heldout": search.heldout,
                               "spec": plan.base.config_hash})
     jobs: list[tuple[str, dict, Any]] = [(role, dict(t.params), t) for t, role in chosen]
-    from orchestrator.search_objectives import OBJECTIVES
-
     # Objectives with their own models (membership) have no forget-request targets.
     own_models = OBJECTIVES.get(search.objective).own_models
     if search.baseline and table == "best":

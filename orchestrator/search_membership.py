@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from orchestrator.search_objectives import OBJECTIVES, Objective
-from orchestrator.spec import Spec
+from orchestrator.spec import Spec, stable_hash
 from orchestrator.units import TaskContext
 
 __all__ = ["MembershipAttackConfig", "MembershipObjective", "attack_classifier",
@@ -176,16 +176,24 @@ def _side_rows(layout: Layout, scenario: str, side: str, ctx: TaskContext):
     from orchestrator.stages.membership import _Logits
     from orchestrator.stages.membership import _side_rows as side_rows
 
-    key = (ctx.artifacts_uri, stable_pairs_key(layout, scenario, side))
-    if key not in _ROWS:
+    key = (ctx.artifacts_uri, stable_hash(layout.keys(scenario, side), 24))
+    if key not in _ROWS:  # the store is checked once per process, not on every trial
+        _build_missing(layout, ctx)
         _ROWS[key] = side_rows(_Logits(ctx), layout.pairs[scenario][side])
     return _ROWS[key]
 
 
-def stable_pairs_key(layout: Layout, scenario: str, side: str) -> str:
-    from orchestrator.spec import stable_hash
+def _build_missing(layout: Layout, ctx: TaskContext) -> None:
+    """Build, in this process, whatever model the store lacks (a trial without prepare)."""
+    from orchestrator.execute import execute_inline
+    from orchestrator.tables import Results
 
-    return stable_hash(layout.keys(scenario, side), 24)
+    todo = _missing(layout, ctx)
+    if todo:
+        report = execute_inline(todo, Results(ctx.results_uri, ctx.experiment), ctx)
+        if report.failed:
+            raise RuntimeError(f"building the membership model pairs failed: "
+                               f"{report.errors[0]['error']}")
 
 
 def shadow_folds(set_index: np.ndarray, folds: int) -> list[np.ndarray]:
@@ -229,18 +237,6 @@ class MembershipObjective(Objective):
                 raise RuntimeError(f"building the membership model pairs failed: "
                                    f"{report.errors[0]['error']}")
 
-    def _ensure(self, spec: Spec, layout: Layout, ctx: TaskContext) -> None:
-        """Build, in this process, whatever the store lacks (a trial without prepare)."""
-        from orchestrator.execute import execute_inline
-        from orchestrator.tables import Results
-
-        todo = _missing(layout, ctx)
-        if todo:
-            report = execute_inline(todo, Results(ctx.results_uri, ctx.experiment), ctx)
-            if report.failed:
-                raise RuntimeError(f"building the membership model pairs failed: "
-                                   f"{report.errors[0]['error']}")
-
     def evaluate_split(self, spec, config, ctx, data_root, *, heldout):
         from tasks.attacks.membership import build_features, posteriors
         from tasks.metrics_membership import accuracy, auc, tpr_at_fpr
@@ -250,7 +246,6 @@ class MembershipObjective(Objective):
         if config.scenario not in layout.pairs:
             raise ValueError(f"scenario {config.scenario!r} is not in membership.scenarios "
                              f"{list(layout.pairs)}")
-        self._ensure(spec, layout, ctx)
         feature = config.feature or settings.features[0]
         seed = settings.attack_seed if config.seed is None else config.seed
 

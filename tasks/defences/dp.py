@@ -48,6 +48,7 @@ from torch import nn
 
 from tasks.defences.base import DEFENCES, DefenceError, TrainingDefence
 from tasks.training import TrainConfig, epoch_order, make_optimizer
+from tasks.unlearning.base import UNLEARNING, ForgetRequest, TrainingState, UnlearningMethod
 
 
 @dataclass(frozen=True)
@@ -246,14 +247,6 @@ class DPSGD(TrainingDefence):
 
 
 # --- DP-SGD as a training recipe of the unlearning registry -----------------------------------
-
-from tasks.unlearning.base import (
-    UNLEARNING,
-    ForgetRequest,
-    TrainingState,
-    UnlearningMethod,
-)
-
 
 @UNLEARNING.register("retrain_dp")
 class RetrainDP(UnlearningMethod):
