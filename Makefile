@@ -18,6 +18,7 @@ quickstart: $(STAMP)
 	$(BIN)/unlearn-audit run search_spaces/quickstart.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -x -q
 
 clean:

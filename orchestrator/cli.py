@@ -1,41 +1,23 @@
-"""``unlearn-audit``: run | show | datasets (and tune, from the search module)."""
+"""``unlearn-audit``: run | show | datasets | tune.
+
+Nothing heavy is imported at module level or while building the parsers: ``--help`` answers
+without loading torch, Ray or Optuna. Each command imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-
-
-def _fail(message: str) -> int:
-    print(f"unlearn-audit: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def resolved_data_root(args: argparse.Namespace) -> str | None:
-    from tasks.data import resolve_data_root
-
-    root = resolve_data_root(args.data_root)
-    return str(root) if root else None
-
-
-def task_context(args: argparse.Namespace, results, spec, data_root: str | None):
-    """Where workers read and write: absolute paths, so every worker (and node) agrees."""
-    from orchestrator.units import TaskContext
-
-    artifacts = args.artifacts or os.path.join(results.location.uri, "_artifacts")
-    if "://" not in artifacts:
-        artifacts = os.path.abspath(artifacts)
-    return TaskContext(spec.experiment, results.location.uri, artifacts, data_root,
-                       spec.runtime.device)
+from orchestrator.cli_support import fail, resolved_data_root, task_context
+from orchestrator.search.cli import add_tune_parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import orchestrator.stages  # noqa: F401  (fills STAGES: the spec's attack sections)
     from orchestrator.execute import execute, start_ray, stop_ray
     from orchestrator.plan import plan_run
     from orchestrator.report import describe
@@ -47,14 +29,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         variants = load_spec(args.spec, args.set)
     except SpecError as err:
-        return _fail(f"spec error: {err}")
+        return fail(f"spec error: {err}")
     data_root = resolved_data_root(args)
     try:
         plans = [plan_run(v, data_root) for v in variants]
     except MissingDataError as err:
-        return _fail(str(err))
+        return fail(str(err))
     except (ValueError, UnknownComponentError) as err:
-        return _fail(f"spec error: {err}")
+        return fail(f"spec error: {err}")
     experiment = variants[0].experiment
     units = [u for _, us in plans for u in us]
     results = Results(args.results, experiment)
@@ -102,11 +84,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    import orchestrator.stages  # noqa: F401  (stages register their table summaries)
     from orchestrator.report import describe
 
     root = Path(args.results)
     if "://" not in str(args.results) and not root.exists():
-        return _fail(f"no results at {root}")
+        return fail(f"no results at {root}")
     # Accept RESULTS/ as well as RESULTS/<experiment>/.
     if "://" not in str(args.results) and not any(p.is_dir() and any(p.glob("*/*.parquet"))
                                                     for p in root.iterdir()):
@@ -169,12 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--data-root", default=None, help="folder holding the datasets")
     datasets.set_defaults(func=cmd_datasets)
 
-    try:
-        from orchestrator.search import add_tune_parser
-    except ImportError:  # the search module arrives with its issue
-        pass
-    else:
-        add_tune_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 

@@ -81,6 +81,8 @@ def _remote_runner():
     def run_unit(fn: str, params: dict, ctx: TaskContext, num_cpus: float, *deps: Any):
         import torch
 
+        import orchestrator.stages  # noqa: F401  (in the worker: registers the unit functions)
+
         torch.set_num_threads(max(1, int(num_cpus)))
         node = ray.get_runtime_context().get_node_id()
         ctx = TaskContext(**{**ctx.__dict__, "node_id": node})
@@ -184,7 +186,9 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
                 try:
                     buffer.add(ray.get(ref))
                     report.succeeded += 1
-                except (ray.exceptions.RayError, Exception) as err:  # recorded, run goes on
+                # Whatever a unit raised (a RayTaskError wrapping it, or a lost worker's
+                # RayError) becomes its error row; the run goes on, as inline.
+                except Exception as err:  # noqa: BLE001
                     row = _error_row(unit, err)
                     report.errors.append(row)
                     report.failed += 1
@@ -207,6 +211,8 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
 
 def execute_inline(units: list[Unit], results: Results, ctx: TaskContext) -> RunReport:
     """The same contract without Ray: in order, in this process (tests and debugging)."""
+    import orchestrator.stages  # noqa: F401  (stages register their unit functions)
+
     start = time.perf_counter()
     units = dedupe(units)
     todo = pending_units(units, results)

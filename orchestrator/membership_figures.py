@@ -1,6 +1,6 @@
 """Figures of the membership stage, under ``RESULTS/<experiment>/figures/`` (matplotlib Agg).
 
-- ``roc_<dataset>_<model>_<method>_<scenario>_<key>.png``: target ROC curves on a log FPR axis,
+- ``roc_<dataset>_<model>_<method>_<scenario>_<key>.png``: target ROC curves on log-log axes,
   one panel per attack model, one curve per feature, classical MIA dashed.
 - ``gain_vs_gap.png``: AUC gain of each unlearning feature over classical MIA (same attack
   model) against the target originals' generalisation gap, one point per (variant, attack
@@ -39,7 +39,8 @@ def _save(fig, location: Location, *parts: str) -> str:
 
 
 def roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], title: str):
-    """curves: (feature, attack_model) -> (fpr, tpr)."""
+    """curves: (feature, attack_model) -> (fpr, tpr). Both axes log-scaled (low-FPR regime,
+    where membership attacks are judged); rates below the axis floor are drawn at it."""
     plt = _plt()
     models = list(dict.fromkeys(m for _, m in curves))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
@@ -51,15 +52,24 @@ def roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], tit
             positive = fpr[fpr > 0]
             if positive.size:
                 floor = min(floor, positive.min())
+        # The smallest non-zero FPR (1 / negatives) sets the floor, within [1e-4, 1e-3].
+        floor = min(max(1e-4, floor / 2), 1e-3)
+        for (feature, m), (fpr, tpr) in curves.items():
+            if m != model:
+                continue
             style = "--" if feature == "basic_mia" else "-"
-            ax.step(np.maximum(fpr, 1e-4), tpr, where="post", linestyle=style,
+            ax.step(np.maximum(fpr, floor), np.maximum(tpr, floor), where="post",
+                    linestyle=style,
                     label="classical MIA" if feature == "basic_mia" else feature)
-        ax.plot([1e-4, 1], [1e-4, 1], color="grey", linewidth=0.6)
+        # Enough points that y = x is the diagonal of the log-log axes whatever the scale.
+        chance = np.logspace(np.log10(floor), 0, 200)
+        ax.plot(chance, chance, color="grey", linewidth=0.6, label="chance")
         ax.set_xscale("log")
-        ax.set_xlim(max(1e-4, floor / 2), 1)
-        ax.set_ylim(0, 1.01)
+        ax.set_yscale("log")
+        ax.set_xlim(floor, 1)
+        ax.set_ylim(floor, 1.05)
         ax.set_xlabel("false positive rate (log)")
-        ax.set_ylabel("true positive rate")
+        ax.set_ylabel("true positive rate (log)")
         ax.set_title(f"attack model {model}")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)

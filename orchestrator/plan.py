@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.spec import STAGES, Spec, stable_hash
+from orchestrator.spec import Spec, stable_hash
+from orchestrator.stage_registry import STAGES
 from orchestrator.store import artifact_key
 from tasks.data import Dataset, load_dataset
 from tasks.params import to_dict

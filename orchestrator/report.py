@@ -53,8 +53,9 @@ def describe_table(results: Results, table: str) -> str:
 
 
 def describe(root: str, experiment: str | None = None) -> str:
-    """Every table of one experiment (or of every experiment under ``root``)."""
-    _load_stage_summaries()
+    """Every table of one experiment (or of every experiment under ``root``). A stage's table
+    is summarised once ``orchestrator.stages`` is imported (the CLI does so; stages import this
+    module to register their summaries, so it cannot import them)."""
     experiments = [experiment] if experiment else list_experiments(root)
     blocks = []
     for exp in experiments:
@@ -62,7 +63,3 @@ def describe(root: str, experiment: str | None = None) -> str:
         for table in results.tables():
             blocks.append(describe_table(results, table))
     return "\n\n".join(blocks) if blocks else f"no result tables under {root}"
-
-
-def _load_stage_summaries() -> None:
-    import orchestrator.stages  # noqa: F401  (stages register their table summaries)

@@ -3,6 +3,11 @@
 A spec file may hold a ``grid:`` of key paths to value lists; it expands into one variant per
 combination (``dataset.train_size: [8, 32, 128]``). ``--set key.path=value`` overrides are
 applied before expansion; values are read as YAML (``--set training.epochs=5``).
+
+Attack, defence and analysis sections are the entries of
+:data:`orchestrator.stage_registry.STAGES`, filled by importing :mod:`orchestrator.stages`
+(which imports this module, so this module never imports it). A caller that parses specs with
+such sections imports ``orchestrator.stages`` first, as the ``run`` and ``tune`` commands do.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
-from tasks.params import ParamError, build, to_dict
-from tasks.registry import Registry, UnknownComponentError
+from tasks.params import ParamError, build, convert, to_dict
+from tasks.registry import UnknownComponentError
 from tasks.training import TrainConfig
 from tasks.unlearning import UNLEARNING, ForgetConfig
 
@@ -78,10 +84,10 @@ class Spec:
     experiment: str
     seeds: tuple[int, ...] = (0,)
     dataset: DatasetSpec = DatasetSpec()
-    model: ModelConfig = ModelConfig()
-    training: TrainConfig = TrainConfig()
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
     pretraining: TrainConfig | None = None
-    forget: ForgetConfig = ForgetConfig()
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
     unlearning: tuple[UnlearningSpec, ...] = (UnlearningSpec("retrain"),)
     resources: ResourcesSpec = ResourcesSpec()
     runtime: RuntimeSpec = RuntimeSpec()
@@ -97,19 +103,6 @@ class Spec:
     def flat_config(self) -> dict[str, Any]:
         return flatten(self.raw, "cfg")
 
-
-@dataclass(frozen=True)
-class StageEntry:
-    """A spec section that adds work to a run: its settings class and its planner."""
-
-    params: type
-    planner: Any  # callable(spec, core: CorePlan, params) -> list[Unit]; see orchestrator.plan
-    # A stage that builds all its own models (membership inference's shadow/target sets)
-    # turns off the core plan's originals and per-request unlearning.
-    replaces_core: bool = False
-
-
-STAGES: Registry[StageEntry] = Registry("spec section")
 
 _CORE_KEYS = ("experiment", "seed", "seeds", "dataset", "model", "training", "pretraining",
               "forget", "unlearning", "resources", "runtime", "grid", "description")
@@ -176,11 +169,12 @@ def _flat_component(data: Any, path: str, name_key: str) -> tuple[str, dict]:
 
 def build_variant(data: Mapping[str, Any]) -> Spec:
     """Validate one variant (no grid left) into a Spec."""
-    _ensure_stages_loaded()
     allowed = set(_CORE_KEYS) | set(STAGES.names())
     for key in data:
         if key not in allowed:
-            raise SpecError(f"{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+            hint = ("" if STAGES.names() else " (no attack section is registered: import "
+                                               "orchestrator.stages before parsing specs)")
+            raise SpecError(f"{key}: unknown key; allowed: {', '.join(sorted(allowed))}{hint}")
     try:
         if "experiment" not in data:
             raise ParamError("experiment", "required key is missing")
@@ -191,7 +185,6 @@ def build_variant(data: Mapping[str, Any]) -> Spec:
         if "seed" in data and "seeds" in data:
             raise ParamError("seed", "give either seed or seeds, not both")
         seeds = data.get("seeds", [data.get("seed", 0)])
-        from tasks.params import convert
         seeds = tuple(convert(list[int], seeds, "seeds"))
         name, mparams = _flat_component(data.get("model", {"name": "mlp"}), "model", "name")
         model = ModelConfig(name, mparams)
@@ -216,7 +209,9 @@ def build_variant(data: Mapping[str, Any]) -> Spec:
         stages = {}
         for stage in STAGES.names():
             if stage in data:
-                stages[stage] = build(STAGES.get(stage).params, data[stage], stage)
+                # A section's settings: a dataclass, or any annotation (``attacks`` is a
+                # mapping of names to entries).
+                stages[stage] = convert(STAGES.get(stage).params, data[stage], stage)
         return Spec(
             experiment=experiment,
             seeds=seeds,
@@ -283,7 +278,3 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> list[Spec]:
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
     return to_dict(dataclasses.replace(spec, raw={}))
 
-
-def _ensure_stages_loaded() -> None:
-    # Stage modules register themselves on import; import lazily to avoid import cycles.
-    import orchestrator.stages  # noqa: F401

@@ -13,24 +13,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestrator.provider import (
+    load_original,
+    load_torch_model,
+    model_logits,
+    provider_state,
+    save_model,
+)
 from orchestrator.spec import Spec
 from orchestrator.store import ArtifactStore
-from tasks.cases import build_case
-from tasks.data import load_dataset
-from tasks.models import SklearnModel
 from tasks.registry import Registry
 from tasks.splits import select_training_set
 from tasks.training import (
     accuracy,
-    deterministic_mode,
     mean_loss,
     pick_device,
-    predict_logits,
     seed_everything,
     train_model,
 )
-from tasks.unlearning import UNLEARNING, ForgetRequest, SisaEnsemble, TrainingState
-from tasks.unlearning.sisa import SisaSklearn
+from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
 
 Rows = dict[str, list[dict[str, Any]]]  # table -> rows
 UNIT_FUNCTIONS: Registry[Callable[..., Rows]] = Registry("unit function")
@@ -60,112 +61,6 @@ def _store(uri: str) -> ArtifactStore:
     return ArtifactStore(uri)
 
 
-# --- provider state -------------------------------------------------------------------------
-
-def provider_state(spec: Spec, seed: int, ctx: TaskContext,
-                   pretrain_key: str | None = None) -> TrainingState:
-    device = ctx.torch_device()
-    if spec.runtime.deterministic:
-        deterministic_mode(device)
-    dataset = load_dataset(spec.dataset.name, ctx.data_root)
-    sel = select_training_set(len(dataset.y_train), spec.dataset.pool_size,
-                              spec.dataset.train_size, seed)
-    pretrained = None
-    if pretrain_key:
-        pretrained = ctx.store.load_torch(pretrain_key, map_location=device)["state_dict"]
-    return TrainingState(dataset, spec.model, spec.training, sel.train, seed, device,
-                         pretrained_state=pretrained)
-
-
-def save_model(ctx: TaskContext, key: str, model: Any, state: TrainingState) -> str:
-    """Torch models as weights-only checkpoints; scikit-learn models as their logits on every
-    training and test sample (they are cheap to refit deterministically when needed)."""
-    if isinstance(model, (SklearnModel, SisaSklearn)):
-        d = state.dataset
-        return ctx.store.save_arrays(key, train=model.logits(d.x_train),
-                                     test=model.logits(d.x_test))
-    payload: dict[str, Any] = {"state_dict": model.state_dict()}
-    if isinstance(model, SisaEnsemble):
-        payload["sisa_shards"] = len(model.shards)
-        payload["checkpoints"] = model.checkpoints
-    return ctx.store.save_torch(key, payload)
-
-
-def load_torch_model(ctx: TaskContext, key: str, state: TrainingState) -> torch.nn.Module:
-    payload = ctx.store.load_torch(key, map_location=state.device)
-    if "sisa_shards" in payload:
-        model: torch.nn.Module = SisaEnsemble(
-            [state.initial_model() for _ in range(payload["sisa_shards"])])
-        model.checkpoints = payload.get("checkpoints", {})
-    else:
-        model = state.initial_model()
-    model.load_state_dict(payload["state_dict"])
-    return model.to(state.device).eval()
-
-
-_SKLEARN_ORIGINALS: dict[str, Any] = {}
-
-
-def _sklearn_original(spec: Spec, seed: int, method_index: int, key: str, ctx: TaskContext):
-    # Scikit-learn originals are refitted (deterministically, from their seed) rather than
-    # unpickled; a worker keeps the last few it fitted.
-    if key not in _SKLEARN_ORIGINALS:
-        entry = spec.unlearning[method_index]
-        state = provider_state(spec, seed, ctx)
-        if len(_SKLEARN_ORIGINALS) >= 8:
-            _SKLEARN_ORIGINALS.pop(next(iter(_SKLEARN_ORIGINALS)))
-        _SKLEARN_ORIGINALS[key] = UNLEARNING.get(entry.method)().train_original(
-            state, entry.typed_params())
-    return _SKLEARN_ORIGINALS[key]
-
-
-def load_original(spec: Spec, seed: int, method_index: int, key: str, ctx: TaskContext,
-                  state: TrainingState):
-    if spec.model.family == "sklearn":
-        return _sklearn_original(spec, seed, method_index, key, ctx)
-    if not ctx.store.has(key):
-        raise FileNotFoundError(f"artifact {key} is missing from {ctx.store.uri}")
-    return load_torch_model(ctx, key, state)
-
-
-def model_logits(model: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
-    if isinstance(model, (SklearnModel, SisaSklearn)):
-        return model.logits(x)
-    return predict_logits(model, x, device)
-
-
-@dataclass
-class ProviderPairs:
-    """theta, theta_0 and what the reference attacker may know, for the model pairs of one
-    (seed, unlearning method) group; the attack stages build their cases from it."""
-
-    method: str
-    exact: bool
-    state: TrainingState
-    theta: Any
-    theta0: torch.nn.Module  # pretrained theta_0, else the seeded initialisation
-    eta: float | None  # the ascent step of approximate unlearning (reference knowledge)
-
-    def case(self, theta_u: torch.nn.Module, request: ForgetRequest, knowledge: str):
-        return build_case(dataset=self.state.dataset, theta=self.theta, theta_u=theta_u,
-                          request=request, knowledge=knowledge, theta0=self.theta0,
-                          n_finetune=len(self.state.train_indices), unlearn_lr=self.eta,
-                          exact=self.exact, device=self.state.device)
-
-
-def load_provider_pairs(params: dict, ctx: TaskContext) -> ProviderPairs:
-    """From a unit's ``spec``, ``seed``, ``method_index``, ``pairs`` and ``pretrain_key``."""
-    spec: Spec = params["spec"]
-    seed, m = params["seed"], params["method_index"]
-    entry = spec.unlearning[m]
-    exact = UNLEARNING.get(entry.method).exact
-    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
-    seed_everything(seed)
-    theta = load_original(spec, seed, m, params["pairs"][0].original_key, ctx, state)
-    eta = None if exact else getattr(entry.typed_params(), "lr", None)
-    return ProviderPairs(entry.method, exact, state, theta, state.initial_model().eval(), eta)
-
-
 # --- rows -----------------------------------------------------------------------------------
 
 def model_row(spec: Spec, ctx: TaskContext, *, key: str, seed: int, role: str, model: Any,
@@ -186,7 +81,7 @@ def model_row(spec: Spec, ctx: TaskContext, *, key: str, seed: int, role: str, m
         "forget_class": request.forgotten_class if request else None,
         "forget_share": request.share if request else None,
         "dataset": spec.dataset.name, "model": spec.model.name,
-        "train_size": int(len(state.train_indices)),
+        "train_size": len(state.train_indices),
         "train_acc": accuracy(train_logits, d.y_train[train_idx]),
         "test_acc": accuracy(test_logits, d.y_test),
         "forget_acc": None, "forget_loss": None,
@@ -247,7 +142,7 @@ def train_original(params: dict, ctx: TaskContext) -> Rows:
     rows = [model_row(spec, ctx, key=key, seed=seed, role="original", model=model, state=state,
                       wall_s=wall, artifact=ctx.store.path(key, suffix),
                       parent=params.get("pretrain_key"),
-                      shards=len(model.shards) if hasattr(model, "shards") else None)]
+                      shards=len(model.shards) if method.returns_ensemble else None)]
     return {"models": rows}
 
 
@@ -288,9 +183,8 @@ def _forget_loss(model: Any, state: TrainingState, request: ForgetRequest) -> fl
 
 
 def run_unit_inline(fn: str, params: dict, ctx: TaskContext) -> Rows:
-    """Run one unit in this process (tests, and the body of every Ray task)."""
-    import orchestrator.stages  # noqa: F401  (stages register their unit functions)
-
+    """Run one unit in this process (tests, and the body of every Ray task). The stage units
+    are registered by importing ``orchestrator.stages`` (``orchestrator.execute`` does)."""
     threads = os.environ.get("UNLEARN_AUDIT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))

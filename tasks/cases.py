@@ -9,6 +9,7 @@ Hu et al. assumes the attacker knows (theta_0, N, k, the unlearning step size, t
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,18 +21,36 @@ Knowledge = Literal["paper", "reference"]
 
 
 class QueryAccess:
-    """Black-box access: probability vectors only, every queried input counted."""
+    """Black-box access: probability vectors only, every queried input counted.
 
-    def __init__(self, model: nn.Module, device: torch.device | str = "cpu") -> None:
-        self._model = model.eval()
-        self._device = torch.device(device)
+    The model lives only in a closure: an attack holding a ``QueryAccess`` has no attribute
+    through which to reach its parameters. ``transform`` (logits (n, C) -> posteriors (n, C),
+    numpy) is an output defence applied to every answer, so a defended case answers with the
+    defended model.
+    """
+
+    __slots__ = ("_answer", "queries")
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu",
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        model = model.eval()
+        dev = torch.device(device)
+
+        @torch.no_grad()
+        def answer(x: torch.Tensor) -> torch.Tensor:
+            logits = model(x.to(dev))
+            if transform is None:
+                return torch.softmax(logits, dim=1)
+            defended = transform(logits.double().cpu().numpy())
+            return torch.as_tensor(defended, dtype=logits.dtype, device=logits.device)
+
+        self._answer = answer
         self.queries = 0
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (n, *input_shape) in input space -> probabilities (n, C)."""
         self.queries += int(x.shape[0])
-        return torch.softmax(self._model(x.to(self._device)), dim=1)
+        return self._answer(x)
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,7 @@ class PublicMetadata:
     unlearn_lr: float | None = None  # eta of gradient ascent
     exact: bool | None = None  # which kind of unlearning ran
     labels: tuple[int, ...] | None = None  # y_U, the forgotten labels
+    train_steps: int | None = None  # optimisation steps of theta's training (None: unknown)
 
 
 @dataclass
@@ -72,6 +92,8 @@ class GroundTruth:
     indices: tuple[int, ...]
     x: np.ndarray
     y: np.ndarray
+    forgotten_class: int | None = None  # class-share requests
+    share: float | None = None
 
 
 def _private(model: nn.Module | None, device) -> nn.Module | None:
@@ -86,23 +108,31 @@ def _private(model: nn.Module | None, device) -> nn.Module | None:
 def build_case(*, dataset, theta: nn.Module, theta_u: nn.Module, request, knowledge: Knowledge,
                white_box: bool = True, theta0: nn.Module | None = None,
                n_finetune: int | None = None, unlearn_lr: float | None = None,
-               exact: bool | None = None,
+               exact: bool | None = None, train_steps: int | None = None,
+               output_transform: Callable[[np.ndarray], np.ndarray] | None = None,
                device: torch.device | str = "cpu") -> tuple[Case, GroundTruth]:
-    """Split a model pair and its forget request into the attacker's view and the truth."""
+    """Split a model pair and its forget request into the attacker's view and the truth.
+
+    ``output_transform``: an output defence every query answer goes through (both models).
+    """
     device = torch.device(device)
     idx = np.asarray(request.indices, dtype=np.int64)
     truth = GroundTruth(request.request_id, tuple(int(i) for i in idx),
-                        dataset.x_train[idx].copy(), dataset.y_train[idx].copy())
+                        dataset.x_train[idx].copy(), dataset.y_train[idx].copy(),
+                        getattr(request, "forgotten_class", None),
+                        getattr(request, "share", None))
     reference = knowledge == "reference"
     meta = PublicMetadata(
         dataset=dataset.name, kind=dataset.kind, input_shape=tuple(dataset.input_shape),
         num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std, knowledge=knowledge,
         n_finetune=n_finetune if reference else None, k=len(idx) if reference else None,
         unlearn_lr=unlearn_lr if reference else None, exact=exact if reference else None,
-        labels=tuple(int(v) for v in truth.y) if reference else None)
+        labels=tuple(int(v) for v in truth.y) if reference else None,
+        train_steps=train_steps)
     t, tu = _private(theta, device), _private(theta_u, device)
     case = Case(meta, theta=t if white_box else None, theta_u=tu if white_box else None,
                 theta0=_private(theta0, device) if reference else None,
-                query_original=QueryAccess(t, device), query_unlearned=QueryAccess(tu, device),
+                query_original=QueryAccess(t, device, output_transform),
+                query_unlearned=QueryAccess(tu, device, output_transform),
                 device=device)
     return case, truth

@@ -8,6 +8,7 @@ Scikit-learn models (tabular targets) expose the same ``logits`` view through
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +28,9 @@ class ModelEntry:
     builder: Callable[..., Any]
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+MODELS: Registry[ModelEntry] = Registry(
+    "model", group="unlearn_audit.models",
+    check=lambda obj: "" if isinstance(obj, ModelEntry) else "expected a tasks.models.ModelEntry")
 
 
 def _register(name: str, family: str, params: type):
@@ -100,7 +103,7 @@ def convnet(input_shape, num_classes, params: ConvNetParams, mean=None, std=None
     c = input_shape[0]
     chans = [c, w, 2 * w, 2 * w, 4 * w, 4 * w, 4 * w]
     body: list[nn.Module] = []
-    for c_in, c_out in zip(chans[:-1], chans[1:]):
+    for c_in, c_out in itertools.pairwise(chans):
         body += _conv_block(c_in, c_out, bn)
     body.append(nn.MaxPool2d(3))
     body += _conv_block(4 * w, 4 * w, bn) + _conv_block(4 * w, 4 * w, bn)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import orchestrator.stages  # noqa: F401  (registers the spec sections, as the CLI does)
 from tasks.data import load_dataset, resolve_data_root
 from tasks.models import ModelConfig, build_torch_model
 from tasks.training import TrainConfig, train_model

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
 from tasks.metrics import match_reconstructions, mse, psnr, psnr_ref, ssim
 
@@ -31,6 +32,28 @@ def test_psnr_ref_is_psnr_plus_the_std_offset():
     assert offset == pytest.approx(12.02, abs=0.01)  # the CIFAR-10 offset of ATTACKS.md 3.4
 
 
+def _library_ssim(a, b, win_size):
+    return np.array([structural_similarity(a[i], b[i], win_size=win_size, gaussian_weights=True,
+                                           sigma=1.5, use_sample_covariance=False,
+                                           data_range=1.0, channel_axis=0)
+                     for i in range(len(a))])
+
+
+def test_ssim_is_scikit_image_structural_similarity():
+    rng = np.random.default_rng(3)
+    # CIFAR-sized colour images and 8x8 digits, where the window shrinks to 7 pixels.
+    for shape, win in (((3, 3, 32, 32), 11), ((4, 1, 8, 8), 7)):
+        x = rng.uniform(0, 1, size=shape)
+        y = np.clip(x + rng.normal(0, 0.2, shape), 0, 1)
+        np.testing.assert_allclose(ssim(y, x), _library_ssim(y, x, win), rtol=0, atol=1e-12)
+    # A single (C, H, W) image is one image.
+    assert ssim(y[0], x[0]).shape == (1,)
+    # Two constant images: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1).
+    c1 = 0.01**2
+    a, b = np.full((1, 3, 16, 16), 0.5), np.full((1, 3, 16, 16), 0.6)
+    assert ssim(a, b)[0] == pytest.approx((2 * 0.3 + c1) / (0.25 + 0.36 + c1), rel=1e-12)
+
+
 def test_ssim_identity_symmetry_and_degradation():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, size=(2, 3, 32, 32))
@@ -42,6 +65,7 @@ def test_ssim_identity_symmetry_and_degradation():
     # Small (8x8 digits) images shrink the window instead of failing.
     d = rng.uniform(0, 1, size=(1, 1, 8, 8))
     assert ssim(d, d)[0] == pytest.approx(1.0)
+    assert ssim(d, np.clip(d + rng.normal(0, 0.1, d.shape), 0, 1))[0] < 0.99
 
 
 def test_hungarian_matching_undoes_a_permutation():

@@ -51,7 +51,7 @@ def test_cli_exits_2_naming_the_misspelled_key(tmp_path, repo):
     spec.write_text("experiment: bad\ndataset: {name: digits}\ntraining: {epohcs: 3}\n")
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
                           "--results", str(tmp_path / "R")], capture_output=True, text=True,
-                         cwd=repo)
+                         cwd=repo, check=False)
     assert out.returncode == 2
     assert "training.epohcs" in out.stderr and "allowed:" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -61,6 +61,6 @@ def test_cli_exits_2_naming_a_missing_dataset_path(tmp_path, repo):
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run",
                           str(repo / "search_spaces" / "quickstart.yaml"), "--set",
                           "dataset.name=mnist", "--data-root", str(tmp_path), "--dry-run"],
-                         capture_output=True, text=True, cwd=repo)
+                         capture_output=True, text=True, cwd=repo, check=False)
     assert out.returncode == 2
     assert str(tmp_path / "mnist") in out.stderr and "train-images-idx3-ubyte.gz" in out.stderr

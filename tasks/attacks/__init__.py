@@ -15,6 +15,8 @@ from tasks.attacks.base import (
     AttackConfigError,
     AttackResult,
     NonFiniteLossError,
+    ThreatModel,
 )
 
-__all__ = ["ATTACKS", "Attack", "AttackConfigError", "AttackResult", "NonFiniteLossError"]
+__all__ = ["ATTACKS", "Attack", "AttackConfigError", "AttackResult", "NonFiniteLossError",
+           "ThreatModel"]

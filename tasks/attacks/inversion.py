@@ -41,6 +41,7 @@ from tasks.attacks.base import (
     AttackConfigError,
     AttackResult,
     NonFiniteLossError,
+    ThreatModel,
     target_seeds,
 )
 from tasks.cases import Case
@@ -157,7 +158,14 @@ def target_gradient(case: Case, knowledge: str = "reference"
                         for n in theta)
         return g, case.theta, "theta"
     if case.theta0 is None or meta.n_finetune is None or meta.k is None:
-        raise AttackConfigError("the exact reference target needs theta0, N and k in the case")
+        raise AttackConfigError("the exact reference target needs a pretrained theta0, N and "
+                                "k in the case (the recipe has no pretraining)")
+    steps = getattr(meta, "train_steps", None)
+    if steps is not None and steps > 1:
+        # -(N(theta - theta0) - (N - k)(theta_u - theta0)) is grad L(U) only when theta and
+        # theta_u are one full-batch step from theta0.
+        raise AttackConfigError(f"the exact reference target assumes one training step from "
+                                f"theta0; this recipe took {steps}")
     n, k = float(meta.n_finetune), float(meta.k)
     theta0 = _params(case.theta0)
     g = OrderedDict()
@@ -412,7 +420,14 @@ class GradientInversion(Attack):
 
     name = "inversion"
     Config = InversionConfig
+    scorer = "image_recovery"
+    progress_metrics = ("matching_loss",)
+
+    def threat_model(self, config: InversionConfig) -> ThreatModel:
+        return ThreatModel(white_box=True, knowledge=config.knowledge, data_kind="image",
+                           model_family="torch")
 
     def run(self, cases: Sequence[Case], config: InversionConfig, *,
-            seeds: Sequence[int] | None = None, callback=None) -> RecoveryResult:
+            seeds: Sequence[int] | None = None, callback=None,
+            prepared=None) -> RecoveryResult:
         return recover(cases, config, seeds=seeds, callback=callback)

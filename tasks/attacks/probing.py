@@ -4,10 +4,11 @@
    minimise -log f(x')[t] (reference; ``loss: ce``) or the margin max_{i != t} log f_i - log f_t
    (paper Eq. 8 on log-probabilities; ``loss: margin``) over x' in [0, 1]^d, with
    * ``box: white`` — autograd gradients of M, or
-   * ``box: black`` — ZOO: symmetric finite differences over a batch of coordinates, every
-     query of an iteration (all probes x (2c + 1) points) in one batched forward through
-     :class:`tasks.cases.QueryAccess`, which counts them; when fewer coordinates than inputs
-     are probed per iteration they are drawn by ZOO importance sampling (max-pooled change map);
+   * ``box: black`` — ZOO: symmetric finite differences over a batch of coordinates, the
+     queries of an iteration (all probes x (2c + 1) points) built and sent through
+     :class:`tasks.cases.QueryAccess`, which counts them, ``query_chunk`` rows at a time;
+     when fewer coordinates than inputs are probed per iteration they are drawn by ZOO
+     importance sampling (max-pooled change map);
    both with coordinate-wise Adam, early abort, the best iterate kept, and at most
    ``max_calls`` calls of ``iterations_per_call`` iterations per probe (capped attempts).
 2. Decision rule (reference): per probe j, l_j = argmax M(x_j) and
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from tasks.attacks.base import (
     AttackConfigError,
     AttackResult,
     NonFiniteLossError,
+    ThreatModel,
     target_seeds,
 )
 from tasks.cases import Case, PublicMetadata, QueryAccess
@@ -71,12 +74,16 @@ class ProbeConfig:
     # Own-class change measured on probabilities (reference) or on log-odds.
     score: Literal["prob", "logodds"] = "prob"
     dry_run: bool = False  # one iteration of one call
+    # Rows per model call while crafting: a black-box iteration queries probes x (2c + 1)
+    # points (about 200,000 CIFAR-10 images at the defaults), built and sent in chunks of this
+    # many so memory stays bounded; query counts do not depend on it.
+    query_chunk: int = 4096
 
     def __post_init__(self) -> None:
         if min(self.probes_per_class, self.iterations_per_call, self.max_calls,
-               self.coordinates, self.top_k) < 1:
-            raise ValueError("probes_per_class, iterations_per_call, max_calls, coordinates "
-                             "and top_k must be at least 1")
+               self.coordinates, self.top_k, self.query_chunk) < 1:
+            raise ValueError("probes_per_class, iterations_per_call, max_calls, coordinates, "
+                             "top_k and query_chunk must be at least 1")
         if not 0 < self.accept <= 1 or self.h <= 0 or self.lr <= 0:
             raise ValueError("accept in (0, 1], h > 0 and lr > 0 are required")
         if self.importance_floor <= 0:
@@ -120,6 +127,9 @@ class LabelInferenceResult(AttackResult):
     delta_by_class: list[np.ndarray]  # (C,) mean own-class confidence change (NaN: no probe)
     queries: np.ndarray  # (T,) crafting + scoring queries per target
     probes_failed: np.ndarray  # (T,)
+    crafting_queries: np.ndarray | None = None  # (T,)
+    scoring_queries: np.ndarray | None = None  # (T,)
+    n_probes: np.ndarray | None = None  # (T,)
 
     def per_target(self) -> dict[str, list]:
         return {"predicted": self.predicted, "delta_by_class": self.delta_by_class,
@@ -148,23 +158,41 @@ def _probe_loss(probs: torch.Tensor, target: torch.Tensor, kind: str) -> torch.T
     return torch.log(rest.max(-1).values.clamp_min(1e-300)) - log_pt
 
 
-def zoo_gradient(loss_fn, x: torch.Tensor, coords: torch.Tensor, h: float) -> torch.Tensor:
+def zoo_gradient(loss_fn, x: torch.Tensor, coords: torch.Tensor, h: float,
+                 chunk: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Symmetric finite differences (f(x + h e_i) - f(x - h e_i)) / 2h at ``coords``.
 
+    The B * 2c perturbed points (row r: point ``r // 2c``, coordinate ``coords[., r % c]``,
+    +h for ``r % 2c < c``, else -h) are built and evaluated ``chunk`` rows at a time, so the
+    (B, 2c, d) tensor of all of them never exists.
+
     Args:
-        loss_fn: (n, d) -> (n,) losses; called ONCE on all 2c points of all probes.
+        loss_fn: (points (n, d), owner (n,)) -> (n,) losses, ``owner`` the row of ``x`` each
+            point perturbs; called once per chunk, in row order (once in all by default).
         x: (B, d) points; coords: (B, c) coordinate indices per point.
+        chunk: rows per ``loss_fn`` call (default: all B * 2c).
+        dtype: dtype of the points handed to ``loss_fn`` (default: ``x``'s). The perturbed
+            coordinate is computed in ``x``'s precision and then cast, so float32 points equal
+            the float32 cast of the float64 ones.
     Returns:
         (B, c) gradient estimates.
     """
     b, c = coords.shape
-    pts = x[:, None, :].repeat(1, 2 * c, 1)  # (B, 2c, d)
-    rows = torch.arange(b)[:, None]
-    steps = torch.arange(c)
-    pts[rows, steps[None], coords] += h
-    pts[rows, c + steps[None], coords] -= h
-    values = loss_fn(pts.reshape(b * 2 * c, -1)).reshape(b, 2 * c)
-    return (values[:, :c] - values[:, c:]) / (2 * h)
+    total = b * 2 * c
+    chunk = total if chunk is None else max(1, int(chunk))
+    base = x if dtype is None else x.to(dtype)  # (B, d): small, cast once
+    values = []
+    for lo in range(0, total, chunk):
+        flat = torch.arange(lo, min(lo + chunk, total))
+        owner = flat // (2 * c)
+        k = flat % (2 * c)
+        col = coords[owner, k % c]
+        step = h * (1.0 - 2.0 * (k >= c).to(x.dtype))  # +h, then -h; exact in x's dtype
+        pts = base[owner]  # (n, d), a fresh copy per chunk
+        pts[torch.arange(len(flat)), col] = (x[owner, col] + step).to(pts.dtype)
+        values.append(loss_fn(pts, owner).reshape(-1))
+    v = torch.cat(values).reshape(b, 2 * c)
+    return (v[:, :c] - v[:, c:]) / (2 * h)
 
 
 def importance_weights(moved: torch.Tensor, shape: tuple[int, ...], floor: float
@@ -240,13 +268,16 @@ def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
     device = case.device
 
     def probs_of(points: torch.Tensor) -> torch.Tensor:
-        inp = points.reshape(-1, *shape).float().to(device)
-        if config.box == "black":
-            p = case.query_original(inp)
-        else:
-            with torch.no_grad():
-                p = torch.softmax(model(inp), dim=-1)
-        return p.cpu()
+        out = []
+        for lo in range(0, len(points), config.query_chunk):
+            inp = points[lo: lo + config.query_chunk].reshape(-1, *shape).float().to(device)
+            if config.box == "black":
+                p = case.query_original(inp)
+            else:
+                with torch.no_grad():
+                    p = torch.softmax(model(inp), dim=-1)
+            out.append(p.cpu())
+        return torch.cat(out)
 
     def loss_at(points: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         p = probs_of(points)
@@ -275,7 +306,7 @@ def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
             conf = torch.exp(-_probe_loss(probs_of(best_x[active]), target[active], "ce"))
             queries[active.numpy()] += 1
             lr_all = torch.full((n_probes,), config.lr, dtype=torch.float64)
-            lr_all[active] = torch.where(conf > 0.9, config.lr_low, config.lr)
+            lr_all[active] = torch.where(conf > 0.9, config.lr_low, config.lr).double()
         else:
             lr_all = torch.where(conf > 0.9, config.lr_low, config.lr).double()
         x[active] = best_x[active]  # each call continues from the last kept result
@@ -296,8 +327,11 @@ def craft_probes(case: Case, config: ProbeConfig, seed: int = 0) -> Probes:
                 else:
                     coords = torch.stack([torch.randperm(d, generator=gen)[:n_coords]
                                           for _ in range(len(running))])
-                tg_rep = tg.repeat_interleave(2 * n_coords)
-                g = zoo_gradient(lambda pts: loss_at(pts, tg_rep), xs, coords, config.h)  # noqa: B023  (called at once)
+                def chunk_loss(pts, owner, tg=tg):
+                    return loss_at(pts, tg[owner])
+
+                g = zoo_gradient(chunk_loss, xs, coords, config.h, chunk=config.query_chunk,
+                                 dtype=torch.float32)
                 queries[running.numpy()] += 2 * n_coords
             else:
                 xin = xs.float().reshape(-1, *shape).to(device).requires_grad_(True)
@@ -395,21 +429,47 @@ class ProbingLabelInference(Attack):
 
     name = "probing"
     Config = ProbeConfig
+    scorer = "label_inference"
+
+    def threat_model(self, config: ProbeConfig) -> ThreatModel:
+        return ThreatModel(white_box=config.box == "white", knowledge="paper",
+                           model_family="torch", forget_kind="class_share")
+
+    def prepare(self, case: Case, config: ProbeConfig, seed: int) -> dict[str, np.ndarray]:
+        """Probes crafted once against the original model, reused for every theta_u."""
+        probes = craft_probes(case, config, seed)
+        return {"wall_s": np.asarray(probes.wall_s), **probes.as_arrays()}
+
+    def prepare_settings(self, config: ProbeConfig) -> dict:
+        # The decision rule (score, top_k) does not change the probes.
+        settings = dataclasses.asdict(config)
+        for name in ("score", "top_k"):
+            settings.pop(name)
+        return settings
 
     def run(self, cases: Sequence[Case], config: ProbeConfig, *,
             seeds: Sequence[int] | None = None, callback=None,
-            probes: Probes | None = None) -> LabelInferenceResult:
-        """Craft probes per case (or use ``probes``, crafted once per original) and score."""
+            prepared: dict[str, np.ndarray] | None = None) -> LabelInferenceResult:
+        """Craft probes per case (or use ``prepared``, crafted once per original) and score."""
         seeds = target_seeds(cases, seeds)
-        preds, deltas, queries, failed = [], [], [], []
+        shared = None
+        if prepared is not None:
+            shared = Probes.from_arrays(prepared, config.box, config.loss)
+            shared.wall_s = float(prepared.get("wall_s", 0.0))
+        preds, deltas, crafting, scoring, failed, n_probes = [], [], [], [], [], []
         for case, seed in zip(cases, seeds):
-            pr = probes if probes is not None else craft_probes(case, config, seed)
+            pr = shared if shared is not None else craft_probes(case, config, seed)
             pred, delta, spent = score_probes(case, pr, config)
             preds.append(pred)
             deltas.append(delta)
-            queries.append(pr.total_queries + spent)
+            crafting.append(pr.total_queries)
+            scoring.append(int(spent))
             failed.append(int((~pr.accepted).sum()))
+            n_probes.append(len(pr.target))
             if callback is not None:
                 callback(len(preds))
-        return LabelInferenceResult(preds, deltas, np.asarray(queries, dtype=np.int64),
-                                    np.asarray(failed, dtype=np.int64))
+        crafting_q = np.asarray(crafting, dtype=np.int64)
+        scoring_q = np.asarray(scoring, dtype=np.int64)
+        return LabelInferenceResult(preds, deltas, crafting_q + scoring_q,
+                                    np.asarray(failed, dtype=np.int64), crafting_q, scoring_q,
+                                    np.asarray(n_probes, dtype=np.int64))

@@ -20,8 +20,8 @@ from tasks.data.base import (
 )
 
 __all__ = [
-    "DATA_ROOT_ENV",
     "DATASETS",
+    "DATA_ROOT_ENV",
     "Dataset",
     "DatasetInfo",
     "MissingDataError",

@@ -69,7 +69,9 @@ class DatasetInfo:
     loader: Callable[[Path | None], Dataset]
 
 
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
+DATASETS: Registry[DatasetInfo] = Registry(
+    "dataset", group="unlearn_audit.datasets",
+    check=lambda obj: "" if isinstance(obj, DatasetInfo) else "expected a tasks.data.DatasetInfo")
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path | None:
@@ -111,23 +113,23 @@ def dataset_status(data_root: str | os.PathLike | None = None) -> list[dict]:
     for name in DATASETS:
         info = DATASETS.get(name)
         if info.folder is None:
-            rows.append(dict(name=name, kind=info.kind, available=True,
-                             where="bundled with scikit-learn", description=info.description))
+            rows.append({"name": name, "kind": info.kind, "available": True,
+                         "where": "bundled with scikit-learn", "description": info.description})
             continue
         folder = root / info.folder if root else None
         present = folder is not None and any(
             all((folder / f).exists() for f in alt.split(" + ")) for alt in info.expected
         )
-        rows.append(dict(name=name, kind=info.kind, available=present,
-                         where=str(folder) if folder else "(no data root)",
-                         description=info.description))
+        rows.append({"name": name, "kind": info.kind, "available": present,
+                     "where": str(folder) if folder else "(no data root)",
+                     "description": info.description})
     return rows
 
 
 def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic train/test split of range(n) for datasets without an official one."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)  # an int: round() of one argument
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 

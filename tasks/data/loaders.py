@@ -90,7 +90,8 @@ def _cifar_to_images(flat: np.ndarray) -> np.ndarray:
 def load_cifar10(root: Path | None) -> Dataset:
     info = DATASETS.get("cifar10")
     folder = dataset_folder(info, root)
-    names = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]
     if all((folder / b).exists() for b in _CIFAR_BATCHES):
         xs, ys = [], []
         for batch in _CIFAR_BATCHES[:5]:
@@ -134,7 +135,7 @@ def _load_idx_dataset(name: str, root: Path | None, class_names) -> Dataset:
     if not all(p.exists() for p in paths):
         raise MissingDataError(name, folder, list(info.expected))
     x_tr, y_tr, x_te, y_te = (read_idx(p) for p in paths)
-    to_float = lambda x: (x[:, None, :, :] / 255.0).astype(np.float32)  # noqa: E731
+    to_float = lambda x: (x[:, None, :, :] / 255.0).astype(np.float32)
     return _image_dataset(name, to_float(x_tr), y_tr, to_float(x_te), y_te, 10, class_names)
 
 
@@ -147,7 +148,8 @@ def load_mnist(root: Path | None) -> Dataset:
 @_register("fashion_mnist", "image", "Fashion-MNIST, 28x28 grey, 60k + 10k, 10 classes (IDX)",
            folder="fashion-mnist", expected=[" + ".join(_IDX_FILES)])
 def load_fashion_mnist(root: Path | None) -> Dataset:
-    names = ("T-shirt/top Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag Ankle-boot").split()
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle-boot"]
     return _load_idx_dataset("fashion_mnist", root, names)
 
 
@@ -195,7 +197,8 @@ def load_adult(root: Path | None) -> Dataset:
                    class_names=("<=50K", ">50K"))
 
 
-@_register("german_credit", "tabular", "UCI Statlog German credit, 1000 x 20, 2 classes (financial)",
+@_register("german_credit", "tabular",
+           "UCI Statlog German credit, 1000 x 20, 2 classes (financial)",
            folder="german-credit", expected=["german.data"])
 def load_german_credit(root: Path | None) -> Dataset:
     info = DATASETS.get("german_credit")

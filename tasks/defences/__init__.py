@@ -12,14 +12,15 @@ temperature outputs      softmax(z / T) (T)
 dp_sgd      training     DP-SGD with opacus, epsilon from its accountant (noise multiplier)
 ========== ============ ===================================================================
 
-Importing this package also registers the unlearning method ``retrain_dp`` (exact unlearning
-of DP-SGD-trained models), through which the membership stage builds DP shadow and target
-models.
+The unlearning method ``retrain_dp`` (exact unlearning of DP-SGD-trained models, through which
+the membership stage builds DP shadow and target models) is registered by ``tasks.unlearning``
+(:mod:`tasks.unlearning.retrain_dp`). Importing this package registers the output defences in
+the membership attack's ``OUTPUT_TRANSFORMS``.
 """
 
 from __future__ import annotations
 
-from tasks.defences import dp as _dp  # noqa: F401  (registers dp_sgd and retrain_dp)
+from tasks.defences import dp as _dp  # noqa: F401  (registers dp_sgd)
 from tasks.defences import outputs as _outputs  # noqa: F401  (registers output defences)
 from tasks.defences import update as _update  # noqa: F401  (registers update defences)
 from tasks.defences.base import (

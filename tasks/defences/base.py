@@ -35,7 +35,7 @@ import numpy as np
 from torch import nn
 
 from tasks.params import build
-from tasks.registry import Registry
+from tasks.registry import Registry, lacks_members
 
 ActsOn = Literal["update", "outputs", "training"]
 
@@ -127,4 +127,13 @@ class UpdateContext:
     source: str = "public"  # which split ``heldout`` came from (recorded in results)
 
 
-DEFENCES: Registry[type[Defence]] = Registry("defence")
+def _check_defence(obj: object) -> str:
+    lacks = lacks_members(obj, Defence, ("Params", "acts_on"))
+    if not lacks and not issubclass(obj, (UpdateDefence, OutputDefence,  # type: ignore[arg-type]
+                                          TrainingDefence)):
+        lacks = "subclass UpdateDefence, OutputDefence or TrainingDefence"
+    return lacks
+
+
+DEFENCES: Registry[type[Defence]] = Registry("defence", group="unlearn_audit.defences",
+                                             check=_check_defence)

@@ -19,15 +19,25 @@ mechanism, sample rate and number of steps), so a stage can record epsilon for m
 elsewhere (the membership stage's originals and retrained models) without retraining them;
 ``tests/defences`` checks the two agree.
 
-The unlearning method ``retrain_dp`` registered here trains theta and every theta_u with
-DP-SGD (exact unlearning by private retraining), so the membership stage builds DP shadow and
-target models alike without any change to it. Retraining replays theta's recipe (data order,
+The unlearning method ``retrain_dp`` (:mod:`tasks.unlearning.retrain_dp`) trains theta and
+every theta_u with DP-SGD (exact unlearning by private retraining), so the membership stage
+builds DP shadow and target models alike without any change to it. Retraining replays theta's recipe (data order,
 initialisation), but the noise is the privacy mechanism: with ``noise: shared`` theta_u draws
 exactly theta's noise, so the noise cancels in theta - theta_u (and in p - q) and the pair leaks
 the deleted record as if there were no noise (measured: membership AUC ~0.96 at every noise
 multiplier); ``noise: fresh`` (default) draws theta_u's noise and Poisson draws from a seed of
 its own (seed, removed records), so each release carries independent noise and the pair is
-covered by composition (2 epsilon).
+covered by composition.
+
+The epsilon of a released pair (theta, theta_u) (:func:`dp_epsilon_pair`, column
+``epsilon_pair`` of the ``mia`` and ``defenses`` rows): theta and the retrained theta_u each
+consume budget on the records they share, so the pair's epsilon (for the same ``delta``) is
+what opacus' accountant reports over *both* trainings: its history holds theta's steps and
+then theta_u's, and the RDP and PRV accountants compose the two. The GDP accountant reads only
+one (noise, sample rate) entry: where the two trainings share it their steps are added,
+otherwise the pair falls back to sequential composition, epsilon_theta + epsilon_theta_u at
+2 delta (``pair_composition`` says which). With ``noise: shared`` the pair is not protected
+at all: ``epsilon_pair`` is inf and ``dp_note`` says why.
 
 Scikit-learn targets cannot be trained with DP-SGD; models with BatchNorm are rejected by
 opacus (per-sample gradients are undefined under batch statistics): use an MLP or a ConvNet
@@ -36,7 +46,6 @@ with ``batchnorm: false``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -48,7 +57,6 @@ from torch import nn
 
 from tasks.defences.base import DEFENCES, DefenceError, TrainingDefence
 from tasks.training import TrainConfig, epoch_order, make_optimizer
-from tasks.unlearning.base import UNLEARNING, ForgetRequest, TrainingState, UnlearningMethod
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,36 @@ def dp_epsilon(n_train: int, cfg: TrainConfig, params: DPParams) -> dict[str, fl
     return {"epsilon": eps, "steps": steps, "sample_rate": sample_rate}
 
 
+def dp_epsilon_pair(n_theta: int, n_theta_u: int, cfg: TrainConfig,
+                    params: DPParams) -> dict[str, Any]:
+    """Epsilon of the pair (theta on ``n_theta`` records, theta_u retrained on ``n_theta_u``),
+    composed by opacus' accountant over both trainings (see the module docstring)."""
+    one, two = dp_epsilon(n_theta, cfg, params), dp_epsilon(n_theta_u, cfg, params)
+    out: dict[str, Any] = {"epsilon": one["epsilon"], "epsilon_unlearned": two["epsilon"],
+                           "delta": params.delta, "steps": one["steps"],
+                           "sample_rate": one["sample_rate"], "note": None}
+    history = [(params.noise_multiplier, r["sample_rate"], r["steps"])
+               for r in (one, two) if r["steps"]]
+    if params.noise == "shared":
+        out.update(epsilon_pair=math.inf, delta_pair=params.delta, pair_composition="none",
+                   note="noise: shared - theta_u replays theta's noise, which cancels in the "
+                        "pair; DP-SGD does not protect (theta, theta_u)")
+    elif params.noise_multiplier == 0 or not history:
+        out.update(epsilon_pair=math.inf if history else 0.0, delta_pair=params.delta,
+                   pair_composition="accountant")
+    elif params.accountant == "gdp" and len({h[:2] for h in history}) > 1:
+        out.update(epsilon_pair=one["epsilon"] + two["epsilon"], delta_pair=2 * params.delta,
+                   pair_composition="sequential")
+    else:
+        acc = _accountant(params.accountant)
+        if params.accountant == "gdp":  # one entry: same noise and rate, steps added
+            history = [(*history[0][:2], sum(h[2] for h in history))]
+        acc.history = history
+        out.update(epsilon_pair=float(acc.get_epsilon(delta=params.delta)),
+                   delta_pair=params.delta, pair_composition="accountant")
+    return out
+
+
 @DEFENCES.register("dp_sgd")
 class DPSGD(TrainingDefence):
     """DP-SGD training of every model (shadow and target alike), epsilon recorded."""
@@ -246,51 +284,4 @@ class DPSGD(TrainingDefence):
         return train_dp(model, x, y, indices, cfg, params, seed, device, exclude)
 
 
-# --- DP-SGD as a training recipe of the unlearning registry -----------------------------------
-
-@UNLEARNING.register("retrain_dp")
-class RetrainDP(UnlearningMethod):
-    """Exact unlearning of a DP-SGD model: theta = train_dp(S), theta_u = train_dp(S minus U)
-    with the same seed, order and privacy settings. Torch models only."""
-
-    name = "retrain_dp"
-    exact = True
-    families = ("torch",)
-    Params = DPParams
-
-    def original_recipe(self, params: DPParams) -> dict[str, Any]:
-        from tasks.params import to_dict
-
-        recipe = to_dict(params)
-        recipe.pop("noise")  # how theta_u draws its noise does not change theta
-        return {"dp_sgd": recipe}
-
-    def _fit(self, state: TrainingState, params: DPParams, exclude: tuple[int, ...],
-             extra: tuple[int, ...] = (), noise_seed: int | None = None) -> nn.Module:
-        if state.family != "torch":
-            raise DefenceError(f"retrain_dp: DP-SGD needs a torch model, got the scikit-learn "
-                               f"model {state.model_cfg.name!r}")
-        d = state.dataset
-        model = state.initial_model()
-        result = train_dp(model, d.x_train, d.y_train, state.train_indices, state.train_cfg,
-                          params, state.seed, state.device, exclude=exclude,
-                          extra=np.asarray(extra, dtype=np.int64), noise_seed=noise_seed)
-        result.model.dp_epsilon = result.epsilon  # plain attribute: not saved with weights
-        return result.model
-
-    def train_original(self, state: TrainingState, params: DPParams) -> nn.Module:
-        return self._fit(state, params, tuple(state.removed))
-
-    def unlearn(self, state: TrainingState, request: ForgetRequest,
-                params: DPParams) -> nn.Module:
-        self.check_family(state)
-        removed = tuple(state.removed) + request.indices
-        noise_seed = None
-        if params.noise == "fresh":
-            noise_seed = int.from_bytes(hashlib.sha256(
-                f"{state.seed}:{sorted(removed)}:{list(request.replacement)}".encode()
-            ).digest()[:4], "little")
-        return self._fit(state, params, removed, request.replacement, noise_seed)
-
-
-__all__ = ["DPSGD", "DPParams", "DPResult", "RetrainDP", "dp_epsilon", "train_dp"]
+__all__ = ["DPSGD", "DPParams", "DPResult", "dp_epsilon", "dp_epsilon_pair", "train_dp"]

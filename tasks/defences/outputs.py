@@ -5,6 +5,7 @@ outputs alike, and by the adaptive attacker to its shadow models' outputs as wel
 membership feature, the classical baseline included, must be built from these defended
 posteriors (ATTACKS.md 6.4); :func:`register_output_transforms` puts them in the membership
 attack's ``OUTPUT_TRANSFORMS`` lookup table so that the stage applies them before every feature.
+Importing this module (``import tasks.defences``) does so for every defence defined here.
 
 * ``label_only``   one-hot(argmax z) (first index on ties); no strength.
 * ``top_k``        keep the k largest softmax entries; spread 1 - sum(top k) evenly over the
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.attacks.membership import OUTPUT_TRANSFORMS
 from tasks.defences.base import DEFENCES, DefenceError, OutputDefence
 
 
@@ -141,3 +143,8 @@ def register_output_transforms(registry) -> list[str]:
         registry.register(name)(transform)
         added.append(name)
     return added
+
+
+# The membership attack's posterior seam learns every output defence by name as soon as the
+# defences exist, whoever imports them (no caller has to remember to register them).
+register_output_transforms(OUTPUT_TRANSFORMS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tasks.unlearning import approximate as _approximate  # noqa: F401  (registers methods)
 from tasks.unlearning import exact as _exact  # noqa: F401
+from tasks.unlearning import retrain_dp as _retrain_dp  # noqa: F401  (DP-SGD retraining)
 from tasks.unlearning import sisa as _sisa  # noqa: F401
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -16,6 +17,7 @@ from tasks.unlearning.base import (
     ForgetRequest,
     TrainingState,
     UnlearningMethod,
+    copy_model,
     fit_standard,
     make_requests,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "SisaEnsemble",
     "TrainingState",
     "UnlearningMethod",
+    "copy_model",
     "fit_standard",
     "make_requests",
 ]

@@ -29,6 +29,7 @@ class GradientAscent(UnlearningMethod):
     name = "gradient_ascent"
     exact = False
     families = ("torch",)
+    step_size_param = "lr"
 
     @dataclass(frozen=True)
     class Params:
@@ -65,6 +66,7 @@ class Finetune(UnlearningMethod):
     name = "finetune"
     exact = False
     families = ("torch",)
+    step_size_param = "lr"  # None: the original recipe's
 
     @dataclass(frozen=True)
     class Params:

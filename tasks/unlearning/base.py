@@ -12,7 +12,7 @@ from torch import nn
 
 from tasks.data import Dataset
 from tasks.models import ModelConfig, SklearnModel, build_sklearn_model, build_torch_model
-from tasks.registry import Registry
+from tasks.registry import Registry, lacks_members
 from tasks.training import TrainConfig, train_model
 
 Model = Any  # nn.Module or SklearnModel (or an ensemble of either)
@@ -149,6 +149,19 @@ class UnlearningMethod:
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     families: ClassVar[tuple[str, ...]] = ("torch", "sklearn")
+    # Capabilities the orchestrator plans by (it never tests a method's name):
+    # unlearn() replays the recipe and never reads ``state.original``, so an unlearning unit
+    # needs no trained original (and does not wait for one).
+    retrains_from_scratch: ClassVar[bool] = False
+    # unlearn() trains on ``request.replacement`` too (online deletion with replacement).
+    supports_replacement: ClassVar[bool] = False
+    # theta and theta_u are shard ensembles; Params then has an int field ``shards``.
+    returns_ensemble: ClassVar[bool] = False
+    # The Params field holding the step size the reference attacker knows (approximate
+    # unlearning's eta); None for exact methods.
+    step_size_param: ClassVar[str | None] = None
+    # Unlearning needs theta_0 from the spec's ``pretraining`` recipe.
+    requires_pretraining: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Params:
@@ -164,13 +177,32 @@ class UnlearningMethod:
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Any) -> Model:
         raise NotImplementedError
 
+    def step_size(self, params: Any) -> float | None:
+        """The value of :attr:`step_size_param` in ``params`` (None when there is none)."""
+        return None if self.step_size_param is None else getattr(params, self.step_size_param)
+
+    def pair_privacy(self, params: Any, train_cfg: TrainConfig, n_theta: int,
+                     n_theta_u: int) -> dict[str, Any] | None:
+        """Differential-privacy accounting of a released pair (theta trained on ``n_theta``
+        records, theta_u on ``n_theta_u``); None for methods that train without DP. Keys:
+        ``epsilon`` (theta), ``epsilon_unlearned``, ``epsilon_pair``, ``delta``, ``note``."""
+        return None
+
     def check_family(self, state: TrainingState) -> None:
         if state.family not in self.families:
             raise ValueError(f"unlearning method {self.name!r} needs a "
                              f"{' or '.join(self.families)} model, got {state.model_cfg.name!r}")
 
 
-UNLEARNING: Registry[type[UnlearningMethod]] = Registry("unlearning method")
+def _check_method(obj: object) -> str:
+    lacks = lacks_members(obj, UnlearningMethod, ("Params", "unlearn"))
+    if not lacks and obj.unlearn is UnlearningMethod.unlearn:  # type: ignore[attr-defined]
+        lacks = "implement unlearn(state, request, params)"
+    return lacks
+
+
+UNLEARNING: Registry[type[UnlearningMethod]] = Registry(
+    "unlearning method", group="unlearn_audit.unlearning", check=_check_method)
 
 
 def copy_model(model: Model) -> Model:

@@ -22,6 +22,8 @@ class Retrain(UnlearningMethod):
 
     name = "retrain"
     exact = True
+    retrains_from_scratch = True
+    supports_replacement = True
 
     def unlearn(self, state: TrainingState, request: ForgetRequest, params) -> object:
         return fit_standard(state, exclude=tuple(state.removed) + request.indices,
@@ -36,6 +38,9 @@ class Refit(UnlearningMethod):
     name = "refit"
     exact = True
     families = ("torch",)
+    retrains_from_scratch = True  # from theta_0, never from the original
+    supports_replacement = True
+    requires_pretraining = True
 
     def unlearn(self, state: TrainingState, request: ForgetRequest, params) -> object:
         self.check_family(state)

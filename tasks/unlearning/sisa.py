@@ -73,10 +73,11 @@ def _shard_seed(seed: int, shard: int) -> int:
 class Sisa(UnlearningMethod):
     name = "sisa"
     exact = True
+    returns_ensemble = True
 
     @dataclass(frozen=True)
     class Params:
-        shards: int = 5
+        shards: int = 10  # ATTACKS.md 2.3: num_shard = 10
         slices: int = 1
 
         def __post_init__(self) -> None:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import orchestrator.stages  # noqa: F401  (registers the spec sections)
 from orchestrator.execute import execute_inline
 from orchestrator.plan import plan_run
 from orchestrator.spec import SpecError, expand
 from orchestrator.tables import Results
 from orchestrator.units import TaskContext
 from tasks.data import load_dataset
+from tasks.defences.dp import DPParams, dp_epsilon_pair
 from tasks.models import ModelConfig
 from tasks.training import TrainConfig
-from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
+from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState, UnlearningMethod
+from tasks.unlearning.base import copy_model, fit_standard
 from tests.conftest import require_shared
 
 
@@ -87,14 +91,32 @@ def test_every_scenario_runs_and_a_rerun_trains_nothing(tmp_path):
 
 def test_sisa_retrains_one_shard_per_deletion(tmp_path):
     data = _tabular_spec(scenarios=["single", "chain"])
-    data["unlearning"] = [{"method": "sisa", "shards": 5}]
+    # Neither the old hard-coded 5 nor the default 10: the count must come from the spec.
+    data["unlearning"] = [{"method": "sisa", "shards": 4}]
     _spec, _units, results, report = _run(data, tmp_path)
     assert report.failed == 0, report.errors
     unlearned = results.read("models").query("role == 'unlearned'")
     retrained = unlearned["shards_retrained"].map(lambda s: __import__("json").loads(s))
     assert (retrained.map(len) == 1).all()
     mia = results.read("mia")
-    assert set(mia["num_shard"]) == {5}
+    assert set(mia["num_shard"]) == {4}
+
+
+def test_sisa_shard_count_comes_from_the_typed_parameters(tmp_path):
+    # No ``shards`` in the spec: every table records the one default, ATTACKS.md's 10.
+    default = UNLEARNING.get("sisa").Params().shards
+    assert default == 10
+    data = _tabular_spec(scenarios=["single"], attack_models=["dt"])
+    data["unlearning"] = [{"method": "sisa"}]
+    _spec, _units, results, report = _run(data, tmp_path / "default")
+    assert report.failed == 0, report.errors
+    assert set(results.read("mia")["num_shard"]) == {default}
+    # 3.0 in the YAML is the integer 3 once typed; the raw value would record a float.
+    data["unlearning"] = [{"method": "sisa", "shards": 3.0}]
+    _spec, _units, results, report = _run(data, tmp_path / "float")
+    assert report.failed == 0, report.errors
+    mia = results.read("mia")
+    assert set(mia["num_shard"]) == {3} and pd.api.types.is_integer_dtype(mia["num_shard"])
 
 
 def test_sisa_unlearning_touches_only_the_deleted_records_shard():
@@ -157,3 +179,91 @@ def test_spec_errors_name_the_key():
     data["unlearning"] = [{"method": "sisa"}]
     with pytest.raises(ValueError, match="online"):
         plan_run(expand(data)[0], None)
+
+
+class ScratchRetrain(UnlearningMethod):
+    """Named by no list in the package: only its declared capability says it retrains."""
+
+    name = "scratch_retrain_toy"
+    retrains_from_scratch = True
+
+    def unlearn(self, state, request, params):
+        return fit_standard(state, exclude=tuple(state.removed) + request.indices)
+
+
+class ScratchRetrainUndeclared(ScratchRetrain):
+    retrains_from_scratch = False
+
+
+class KeepOriginal(UnlearningMethod):
+    """Publishes theta itself as theta_u: both must score the same on the same records."""
+
+    name = "keep_original_toy"
+
+    def unlearn(self, state, request, params):
+        return copy_model(state.original)
+
+
+def _unlearn_deps(method: str) -> list[tuple[str, ...]]:
+    data = _tabular_spec(scenarios=["single"])
+    data["unlearning"] = [{"method": f"{__name__}:{method}"}]
+    _, units = plan_run(expand(data)[0], None)
+    return [u.deps for u in units if u.fn == "mia_unlearn"]
+
+
+def test_a_method_that_declares_retraining_needs_no_original():
+    scratch = _unlearn_deps("ScratchRetrain")
+    assert scratch and all(deps == () for deps in scratch)
+    undeclared = _unlearn_deps("ScratchRetrainUndeclared")
+    assert undeclared and all(len(deps) == 1 for deps in undeclared)
+
+
+def test_original_and_unlearned_accuracy_share_their_test_records(tmp_path):
+    data = _tabular_spec(scenarios=["single"], attack_models=["dt"], unlearned_eval_size=20,
+                         membership_rows=False, figures=False)
+    data["unlearning"] = [{"method": f"{__name__}:KeepOriginal"}]
+    _spec, _units, results, report = _run(data, tmp_path)
+    assert report.failed == 0, report.errors
+    mia = results.read("mia")
+    # theta_u is theta: on the same 20 test records the accuracies agree exactly (before,
+    # the originals were scored on the whole test split).
+    np.testing.assert_allclose(mia["test_acc_original"], mia["test_acc_unlearned"],
+                               rtol=0, atol=1e-12)
+    full = results.read("models").query("role == 'original' and side == 'target'")["test_acc"]
+    assert mia["generalisation_gap"].iloc[0] == pytest.approx(
+        mia["train_acc_original"].iloc[0] - full.mean())
+
+
+def _dp_spec(noise: str) -> dict:
+    return {
+        "experiment": f"mia_dp_{noise}", "seed": 0, "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "hidden": [16]},
+        "training": {"epochs": 2, "lr": 0.05, "batch_size": 16},
+        "unlearning": [{"method": "retrain_dp", "noise_multiplier": 1.0, "noise": noise}],
+        "membership": {"set_num": 1, "set_size": 40, "unlearning_size": 2,
+                       "attack_models": ["dt"], "shuffled_control": [],
+                       "membership_rows": False, "figures": False},
+    }
+
+
+def test_retrain_dp_rows_record_the_pairs_composed_epsilon(tmp_path):
+    _spec, _units, results, report = _run(_dp_spec("fresh"), tmp_path)
+    assert report.failed == 0, report.errors
+    mia = results.read("mia")
+    n = int(mia["set_size"].iloc[0])
+    expected = dp_epsilon_pair(n, n - 1, _spec.training, DPParams(noise_multiplier=1.0))
+    assert mia["dp_epsilon"].notna().all() and mia["epsilon_pair"].notna().all()
+    assert mia["dp_epsilon"].iloc[0] == pytest.approx(expected["epsilon"])
+    assert mia["epsilon_pair"].iloc[0] == pytest.approx(expected["epsilon_pair"])
+    # Two trainings spend more than one and, composed by RDP, less than the sum of both.
+    assert expected["epsilon"] < mia["epsilon_pair"].iloc[0] < \
+        expected["epsilon"] + expected["epsilon_unlearned"]
+    assert set(mia["dp_pair_composition"]) == {"accountant"} and mia["dp_note"].isna().all()
+
+
+def test_retrain_dp_with_shared_noise_reports_an_unprotected_pair(tmp_path):
+    _spec, _units, results, report = _run(_dp_spec("shared"), tmp_path)
+    assert report.failed == 0, report.errors
+    mia = results.read("mia")
+    assert np.isinf(mia["epsilon_pair"]).all() and np.isfinite(mia["dp_epsilon"]).all()
+    assert mia["dp_note"].str.contains("shared").all()

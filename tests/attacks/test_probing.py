@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -28,12 +31,36 @@ def test_zoo_estimate_agrees_with_autograd_on_a_smooth_function():
     x = torch.rand(3, 6, dtype=torch.float64)
     coords = torch.tensor([[0, 2, 5], [1, 3, 4], [5, 4, 0]])
     calls = []
-    est = zoo_gradient(lambda p: calls.append(len(p)) or f(p), x, coords, h=1e-4)
+    est = zoo_gradient(lambda p, _owner: calls.append(len(p)) or f(p), x, coords, h=1e-4)
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(f(xg).sum(), xg)
     expect = torch.gather(grad, 1, coords)
     torch.testing.assert_close(est, expect, atol=1e-6, rtol=1e-6)
     assert calls == [3 * 2 * 3]  # every query of the iteration in one batched call
+    # In chunks: the same estimate, at most ``chunk`` points per call, each point handed over
+    # with the row of x it perturbs.
+    chunked, owners = [], []
+    est_chunked = zoo_gradient(lambda p, o: chunked.append(len(p)) or owners.append(o) or f(p),
+                               x, coords, h=1e-4, chunk=5)
+    torch.testing.assert_close(est_chunked, est, atol=1e-12, rtol=0)
+    assert chunked == [5, 5, 5, 3]
+    assert torch.cat(owners).tolist() == [0] * 6 + [1] * 6 + [2] * 6
+
+
+def test_zoo_points_in_float32_equal_the_cast_of_the_float64_points():
+    x = torch.rand(2, 5, dtype=torch.float64)
+    coords = torch.tensor([[0, 3], [4, 1]])
+    seen: dict[str, list[torch.Tensor]] = {"64": [], "32": []}
+
+    def record(key):
+        return lambda p, _o: seen[key].append(p.clone()) or p.double().sum(-1)
+
+    zoo_gradient(record("64"), x, coords, 1e-4)
+    zoo_gradient(record("32"), x, coords, 1e-4, chunk=3, dtype=torch.float32)
+    p64, p32 = torch.cat(seen["64"]), torch.cat(seen["32"])
+    assert p64.dtype == torch.float64 and p32.dtype == torch.float32 and len(seen["32"]) == 3
+    assert torch.equal(p32, p64.float())
+    assert p64[0, 0] == x[0, 0] + 1e-4 and p64[2, 0] == x[0, 0] - 1e-4
 
 
 def test_importance_map_favours_the_region_that_moved_and_keeps_every_pixel_reachable():
@@ -129,3 +156,65 @@ def test_white_box_probes_reach_high_confidence_and_find_a_forgotten_class(digit
             assert probes.accepted.mean() >= 0.8
         pred, _delta, spent = score_probes(case, probes, cfg)
         assert pred[0] == req.forgotten_class and spent == 2 * len(probes.x)
+
+
+# A child process so ru_maxrss (a high-water mark) measures crafting alone, not the test run.
+_PEAK_SCRIPT = """
+import resource, sys
+import torch
+from tasks.attacks.probing import ProbeConfig, craft_probes, original_case
+from tasks.cases import PublicMetadata, QueryAccess
+from tasks.models import ModelConfig, build_torch_model
+
+torch.set_num_threads(1)
+shape = (3, 32, 32)
+mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+theta = build_torch_model(ModelConfig("mlp", {"hidden": [8]}), shape, 10, mean, std, seed=0)
+meta = PublicMetadata("cifar10", "image", shape, 10, mean, std)
+cfg = ProbeConfig(box="black", probes_per_class=2, iterations_per_call=2, max_calls=1,
+                  coordinates=1024, accept=1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+probes = craft_probes(original_case(meta, None, QueryAccess(theta)), cfg, seed=0)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert probes.x.shape == (20, 3, 32, 32)
+print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_black_box_crafting_on_cifar_sized_inputs_holds_bounded_memory(repo):
+    # 20 probes x 2 * 1024 coordinates x 3072 inputs: the full query tensor alone is 1 GiB in
+    # float64, with its float32 copy and the model's first activations well over 2 GB.
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], cwd=repo, capture_output=True,
+                         text=True, check=False, timeout=600)
+    assert out.returncode == 0, out.stderr
+    grown = int(out.stdout.split()[-1])
+    assert grown < 512 * 2**20, f"crafting raised peak memory by {grown / 2**20:.0f} MiB"
+
+
+def test_chunked_crafting_gives_the_probes_of_one_batch_per_iteration(probe_setup):
+    meta, theta = probe_setup
+    results = {}
+    for chunk in (7, 10**6):  # 7 rows per call, or every row of an iteration in one call
+        query, calls = QueryAccess(theta), []
+        original_forward = theta.forward
+        theta.forward = lambda x, calls=calls, fwd=original_forward: (calls.append(len(x))
+                                                                       or fwd(x))
+        try:
+            cfg = ProbeConfig(box="black", probes_per_class=1, iterations_per_call=3,
+                              max_calls=2, coordinates=16, loss="margin", query_chunk=chunk)
+            results[chunk] = craft_probes(original_case(meta, None, query), cfg, seed=3)
+        finally:
+            del theta.forward
+        assert results[chunk].total_queries == query.queries == sum(calls)
+        assert max(calls) <= chunk
+    small, whole = results[7], results[10**6]
+    np.testing.assert_array_equal(small.queries, whole.queries)
+    # Batch size changes float32 rounding inside the model, nothing else.
+    np.testing.assert_allclose(small.x, whole.x, atol=2e-2)
+    np.testing.assert_allclose(small.confidence, whole.confidence, atol=1e-3)
+
+
+def test_query_chunk_must_be_positive():
+    with pytest.raises(ValueError, match="query_chunk"):
+        ProbeConfig(query_chunk=0)

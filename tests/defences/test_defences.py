@@ -290,3 +290,47 @@ def test_dp_steps_do_not_depend_on_rows_outside_the_training_set(sampling):
     a = train_dp(_mlp(), x[:64], y[:64], np.arange(64), cfg, params, seed=1).model
     b = train_dp(_mlp(), big_x, big_y, np.arange(64), cfg, params, seed=1).model
     torch.testing.assert_close(_flat(a), _flat(b), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_pair_epsilon_is_the_accountant_over_both_trainings(accountant):
+    from opacus.accountants import create_accountant
+
+    from tasks.defences.dp import dp_epsilon_pair
+
+    x, y = _tiny_data()
+    cfg = TrainConfig(epochs=2, lr=0.1, batch_size=32, momentum=0.0)
+    params = DPParams(noise_multiplier=1.1, accountant=accountant)
+    theta = train_dp(_mlp(), x, y, np.arange(200), cfg, params, seed=0)
+    theta_u = train_dp(_mlp(), x, y, np.arange(200), cfg, params, seed=0,
+                       exclude=tuple(range(10)), noise_seed=5)
+    # One accountant stepped through theta's training and then theta_u's.
+    acc = create_accountant(mechanism=accountant)
+    for result in (theta, theta_u):
+        for _ in range(result.steps):
+            acc.step(noise_multiplier=1.1, sample_rate=result.sample_rate)
+    pair = dp_epsilon_pair(200, 190, cfg, params)
+    assert pair["epsilon"] == pytest.approx(theta.epsilon, rel=1e-9)
+    assert pair["epsilon_unlearned"] == pytest.approx(theta_u.epsilon, rel=1e-9)
+    assert pair["epsilon_pair"] == pytest.approx(acc.get_epsilon(delta=params.delta), rel=1e-6)
+    assert max(theta.epsilon, theta_u.epsilon) < pair["epsilon_pair"] < \
+        theta.epsilon + theta_u.epsilon
+    assert pair["pair_composition"] == "accountant" and pair["note"] is None
+
+
+def test_pair_epsilon_under_gdp_and_with_shared_noise():
+    from tasks.defences.dp import dp_epsilon_pair
+
+    cfg = TrainConfig(epochs=2, batch_size=32)
+    gdp = DPParams(noise_multiplier=1.1, accountant="gdp")
+    # 200 and 190 records: 7 and 6 batches, two sample rates the GDP accountant cannot mix.
+    pair = dp_epsilon_pair(200, 190, cfg, gdp)
+    assert pair["pair_composition"] == "sequential"
+    assert pair["epsilon_pair"] == pytest.approx(pair["epsilon"] + pair["epsilon_unlearned"])
+    assert pair["delta_pair"] == pytest.approx(2 * gdp.delta)
+    same = dp_epsilon_pair(200, 199, cfg, gdp)  # 7 batches each: one entry, steps added
+    assert same["pair_composition"] == "accountant"
+    assert same["epsilon"] < same["epsilon_pair"] < same["epsilon"] + same["epsilon_unlearned"]
+    shared = dp_epsilon_pair(200, 199, cfg, DPParams(noise_multiplier=1.1, noise="shared"))
+    assert math.isinf(shared["epsilon_pair"]) and "shared" in shared["note"]
+    assert math.isfinite(shared["epsilon"])

@@ -13,7 +13,11 @@ from orchestrator.spec import SpecError, expand
 from orchestrator.tables import Results
 from orchestrator.units import TaskContext
 from tasks.attacks.membership import OUTPUT_TRANSFORMS, PairRows, run_attacks
+from tasks.data import load_dataset
+from tasks.defences import DEFENCES
 from tasks.metrics_membership import auc
+from tasks.unlearning import UnlearningMethod
+from tasks.unlearning.base import copy_model
 
 TINY = {
     "experiment": "defences_tiny", "seed": 0,
@@ -95,7 +99,7 @@ def test_tiny_recovery_sweep_end_to_end(tmp_path):
     assert len(li) == 4  # none + pruning x2 + label_only
     li_none = li[li.defence == "none"].iloc[0]
     li_zero = li[(li.defence == "pruning") & (li.strength == 0.0)].iloc[0]
-    assert li_zero.attack_metric == li_none.attack_metric and li_none.n_requests >= 2
+    assert li_zero.attack_metric == li_none.attack_metric and li_none.n_targets >= 2
     assert li[(li.defence == "pruning") & (li.strength == 0.9)].iloc[0].test_acc_unlearned < \
         li_none.test_acc_unlearned
     df = every[every.attack == "recovery"]
@@ -121,3 +125,72 @@ def test_top_k_at_or_above_the_class_count_fails_at_planning():
     (spec,) = expand(data)
     with pytest.raises(ValueError, match="below the number of classes C = 10"):
         plan_run(spec, None)
+
+
+def test_fine_tuning_on_test_records_measures_utility_on_the_others(tmp_path, monkeypatch):
+    from orchestrator.stages.defences import attack_unit
+
+    (spec,) = _with(sweeps=[{"defence": "fine_tuning", "strengths": [1]}],
+                    finetune_source="test", max_requests=1, figure=False)
+    tuned, scored = [], []
+    fine_tuning = DEFENCES.get("fine_tuning")
+    real_apply, real_acc = fine_tuning.apply, attack_unit.test_acc
+
+    def apply(self, theta, theta_u, params, *, seed=0, context=None):
+        if params.epochs:
+            tuned.append(np.asarray(context.heldout))
+        return real_apply(self, theta, theta_u, params, seed=seed, context=context)
+
+    def test_acc(model, dataset, device, records):
+        scored.append(np.asarray(records))
+        return real_acc(model, dataset, device, records)
+
+    monkeypatch.setattr(fine_tuning, "apply", apply)
+    monkeypatch.setattr(attack_unit, "test_acc", test_acc)
+    _, units = plan_run(spec, None)
+    results = Results(tmp_path / "R", spec.experiment)
+    ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
+    report = execute_inline(units, results, ctx)
+    assert report.failed == 0, report.errors
+    assert tuned and scored
+    n_test = len(load_dataset("digits").y_test)
+    for records in scored:  # the baseline row too: one sweep, one set of utility records
+        assert not np.isin(records, np.concatenate(tuned)).any()
+        assert len(records) + len(tuned[0]) == n_test
+    rows = results.read("defenses")
+    assert set(rows["utility_records"]) == {len(scored[0])}
+
+
+class KeepOriginal(UnlearningMethod):
+    """Publishes theta itself as theta_u."""
+
+    name = "keep_original_toy"
+
+    def unlearn(self, state, request, params):
+        return copy_model(state.original)
+
+
+def test_membership_sweep_runs_every_attack_model_on_shared_test_records(tmp_path):
+    data = {"experiment": "defences_mia_models", "seed": 0, "dataset": {"name": "breast_cancer"},
+            "model": {"name": "dt"}, "unlearning": [{"method": f"{__name__}:KeepOriginal"}],
+            "defences": {"attack": "membership",
+                         "membership": {"set_num": 1, "set_size": 60, "unlearning_size": 4,
+                                        "attack_models": ["dt", "lr"],
+                                        "unlearned_eval_size": 20},
+                         "sweeps": [{"defence": "label_only", "strengths": [None]}]}}
+    (spec,) = expand(data)
+    _, units = plan_run(spec, None)
+    results = Results(tmp_path / "R", spec.experiment)
+    ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
+    report = execute_inline(units, results, ctx)
+    assert report.failed == 0, report.errors
+    rows = results.read("defenses")
+    assert len(rows) == 4 and rows["key"].is_unique  # (none, label_only) x (dt, lr)
+    for _, g in rows.groupby("defence"):
+        assert sorted(g["attack_model"]) == ["dt", "lr"]
+    # theta_u is theta: on the same test records both accuracies agree.
+    np.testing.assert_allclose(rows["test_acc_original"], rows["test_acc_unlearned"],
+                               rtol=0, atol=1e-12)
+    # A rerun finds every row by its key (the attack model is part of it).
+    again = execute_inline(units, results, ctx)
+    assert again.skipped == again.total

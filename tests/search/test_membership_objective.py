@@ -14,9 +14,10 @@ import numpy as np
 import optuna
 import pytest
 
-from orchestrator import search_membership as sm
 from orchestrator.search import evaluate_config, make_sampler, open_study, suggest_params
-from orchestrator.search_spec import _dimension_dict, load_search
+from orchestrator.search import membership as sm
+from orchestrator.search.space import dimension_dict
+from orchestrator.search.spec import load_search
 from orchestrator.spec import SpecError
 from orchestrator.tables import Results
 from orchestrator.units import TaskContext
@@ -69,8 +70,8 @@ def test_conditional_dimensions_parse_and_their_errors():
     assert dims["attack.dt_max_leaf_nodes"].active({"attack.model": "dt"})
     assert not dims["attack.dt_max_leaf_nodes"].active({"attack.model": "lr"})
     # A space without conditions hashes as before `when:` existed (old studies still resume).
-    assert "when" not in _dimension_dict(dims["attack.model"])
-    assert "when" in _dimension_dict(dims["attack.lr_C"])
+    assert "when" not in dimension_dict(dims["attack.model"])
+    assert "when" in dimension_dict(dims["attack.lr_C"])
     space = copy.deepcopy(SPEC["search"]["space"])
     # Conditions may name a choice declared later (YAML writers sort keys): it is sampled first.
     later = {"attack.lr_C": space["attack.lr_C"], "attack.dt_max_leaf_nodes":

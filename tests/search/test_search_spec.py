@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from orchestrator.search_spec import load_search, parse_dimension
+from orchestrator.search.spec import load_search, parse_dimension
 from orchestrator.spec import SpecError
 from tasks.params import ParamError
 
@@ -130,7 +130,7 @@ def test_bare_list_is_a_choice_and_int_log():
 
 
 def test_shipped_search_spaces_parse(repo):
-    from orchestrator.search_spec import load_search_file
+    from orchestrator.search.spec import load_search_file
 
     files = sorted((repo / "search_spaces").glob("*_search.yaml"))
     assert files

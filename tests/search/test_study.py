@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -18,7 +19,8 @@ from orchestrator.search import (
     recover_stale,
     trial_rows,
 )
-from orchestrator.search_spec import load_search
+from orchestrator.search.spec import load_search
+from orchestrator.search.study import INTERRUPTED
 from orchestrator.tables import Results
 from tests.search.test_search_spec import BASE
 
@@ -107,5 +109,13 @@ def test_importing_the_search_module_leaves_ray_unloaded():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_optuna_states_used():
-    assert optuna.trial.TrialState.PRUNED.name == "PRUNED"
+def test_finished_counts_complete_pruned_and_failed_trials_but_not_interrupted_ones():
+    state = optuna.trial.TrialState
+
+    def trial(s, **attrs):
+        return SimpleNamespace(state=s, user_attrs=attrs)
+
+    assert finished(trial(state.COMPLETE)) and finished(trial(state.PRUNED))
+    assert finished(trial(state.FAIL))  # an error: it spent its share of the budget
+    assert not finished(trial(state.FAIL, **{INTERRUPTED: True}))  # killed: run again
+    assert not finished(trial(state.RUNNING)) and not finished(trial(state.WAITING))

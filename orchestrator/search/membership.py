@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from orchestrator.search_objectives import OBJECTIVES, Objective
+from orchestrator.search.base import OBJECTIVES, Objective
 from orchestrator.spec import Spec, stable_hash
 from orchestrator.units import TaskContext
 

@@ -1,0 +1,109 @@
+"""The Optuna study of a search: the journal file, the sampler, and the trial bookkeeping.
+
+The study is the single source of truth. It lives in ``RESULTS/<experiment>/_search/
+study.journal`` (Optuna's JournalStorage on a file, append-only, so a killed process leaves at
+most one half-written line, which Optuna skips). Finished trials (complete, pruned, or failed
+with an error) count towards the budget; a trial left running by a stopped search is marked
+``interrupted`` and its parameters are enqueued, so ``--resume`` reruns that configuration. On
+resume the sampler's seed is advanced by the number of trials the study holds, so a seeded
+search repeats its first trials on a fresh start and never replays them on a resume.
+"""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator.search.spec import SearchPlan
+from orchestrator.tables import Results
+
+__all__ = ["INTERRUPTED", "SEARCH_DIR", "SearchStateError", "finished", "make_sampler",
+           "open_study", "recover_stale", "search_dir"]
+
+SEARCH_DIR = "_search"
+INTERRUPTED = "interrupted"
+
+
+class SearchStateError(RuntimeError):
+    """The results directory holds a search that this command may not silently continue."""
+
+
+# --- the study -------------------------------------------------------------------------------
+
+def search_dir(results: Results) -> str:
+    if not results.location.local:
+        raise SearchStateError("tune keeps its Optuna journal beside the results and needs a "
+                               "local or mounted --results directory, not a URI")
+    return results.location.path(results.experiment, SEARCH_DIR)
+
+
+def open_study(plan: SearchPlan, results: Results, resume: bool):
+    """The study on ``_search/study.journal``: created fresh, or continued with --resume."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = search_dir(results)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "study.journal")
+    existed = os.path.exists(path) and os.path.getsize(path) > 0
+    storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    name = plan.base.experiment
+    search = plan.search
+    if existed:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.trials and not resume:
+            raise SearchStateError(
+                f"{folder} already holds a search with {len(study.trials)} trials; pass "
+                "--resume to continue it, or choose another --results directory")
+        old = study.user_attrs.get("fingerprint")
+        if old and old != search.fingerprint():
+            raise SearchStateError(
+                "the search space, objective or targets changed since this study began; "
+                "continue with the original spec or start in another --results directory")
+    else:
+        study = optuna.create_study(study_name=name, storage=storage,
+                                    directions=search.directions)
+        study.set_user_attr("fingerprint", search.fingerprint())
+        study.set_user_attr("metrics", [m.name for m in search.metrics])
+    return study
+
+
+def make_sampler(plan: SearchPlan, n_existing: int):
+    import optuna
+
+    s = plan.search.sampler
+    # A fresh search starts from the spec's seed; a resumed one advances it by the trials
+    # already asked, so it does not replay their random draws.
+    seed = s.seed + 7919 * n_existing
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # TPE counts the study's finished trials itself when deciding whether it is past startup.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials,
+                                      multivariate=s.multivariate,
+                                      constant_liar=plan.search.concurrency > 1)
+
+
+def finished(trial) -> bool:
+    """Counts towards the budget: complete, pruned, or failed with an error (not interrupted)."""
+    import optuna
+
+    state = trial.state
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        return True
+    return state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED)
+
+
+def recover_stale(study) -> int:
+    """Trials left RUNNING by a killed search: mark them interrupted, enqueue their params."""
+    import optuna
+
+    stale = [t for t in study.get_trials(deepcopy=False)
+             if t.state == optuna.trial.TrialState.RUNNING]
+    storage = study._storage
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
+    return len(stale)
+

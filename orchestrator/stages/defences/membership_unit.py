@@ -1,0 +1,91 @@
+"""Sweep unit ``defence_membership``: membership inference on one scenario's shadow/target
+pairs under one defence, one row per configured attack model."""
+
+from __future__ import annotations
+
+import time
+
+from orchestrator.spec import Spec
+from orchestrator.stages.defences.common import common, write_point
+from orchestrator.stages.defences.settings import TABLE
+from orchestrator.stages.membership import (
+    MembershipParams,
+    _Logits,
+    _side_accuracy,
+    _side_rows,
+    pair_privacy,
+    scenario,
+)
+from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from tasks.attacks.membership import CLASSICAL, UNLEARNING_FEATURES, run_attacks
+from tasks.defences import DPParams
+from tasks.metrics_membership import auc, degradation
+from tasks.params import build
+
+
+@UNIT_FUNCTIONS.register("defence_membership")
+def defence_membership(params: dict, ctx: TaskContext) -> Rows:
+    """Every attack model of ``membership.attack_models`` on the defended features."""
+    spec: Spec = params["spec"]
+    base: Spec = params["base_spec"]
+    settings: MembershipParams = params["settings"]
+    start = time.perf_counter()
+    store = _Logits(ctx)
+    shadow = _side_rows(store, params["pairs"]["shadow"])
+    target = _side_rows(store, params["pairs"]["target"])
+    features = tuple(dict.fromkeys((*settings.features, CLASSICAL)))
+    results = run_attacks(shadow, target, features, settings.attack_models, params["transform"],
+                          params["transform_params"], settings.attack_seed)
+    tpairs = params["pairs"]["target"]
+    acc = _side_accuracy(store, tpairs, params["seed"], settings.unlearned_eval_size)
+    entry = spec.unlearning[params["method_index"]]
+    shared = {
+        "unlearning_method": entry.method, "scenario": params["scenario"],
+        "primary_feature": params["primary_feature"], "attack_metric_name": "auc",
+        "n_shadow_rows": len(shadow.label), "n_target_rows": len(target.label),
+        "set_num": settings.set_num, "set_size": params["set_size"],
+        "unlearning_size": settings.unlearning_size,
+        # originals and unlearned models on the same test records (see _side_accuracy)
+        "test_acc_original": acc["test_acc"], "train_acc_original": acc["train_acc"],
+        "test_acc_unlearned": acc["test_acc_unlearned"], "generalisation_gap": acc["gap"]}
+    if params["dp"] is not None:
+        dpp = build(DPParams, params["dp"], "dp")
+        privacy = pair_privacy(spec, params["method_index"],
+                               scenario(params["scenario"], settings), params["set_size"],
+                               tpairs)
+        shared.update({"epsilon": privacy["epsilon"],
+                       "epsilon_unlearned": privacy["epsilon_unlearned"],
+                       "epsilon_pair": privacy["epsilon_pair"], "delta": dpp.delta,
+                       "delta_pair": privacy["delta_pair"],
+                       "pair_composition": privacy["pair_composition"],
+                       "dp_note": privacy["note"], "dp_noise": dpp.noise,
+                       "dp_steps": privacy["steps"], "dp_sample_rate": privacy["sample_rate"],
+                       "dp_sampling": dpp.sampling, "dp_accountant": dpp.accountant,
+                       "max_grad_norm": dpp.max_grad_norm})
+    else:
+        shared.update({"epsilon": None, "delta": None})
+    rows = []
+    for model in settings.attack_models:
+        by_feature = {r.feature: r for r in results
+                      if r.control == "none" and r.attack_model == model}
+        primary = by_feature[params["primary_feature"]]
+        classical = by_feature[CLASSICAL]
+        row = common(base, params, "membership")
+        row.update(shared)
+        row.update({"key": f"{params['key']}:{model}", "attack_model": model,
+                    "attack_metric": auc(target.label, primary.test_scores),
+                    "classical_auc": auc(target.label, classical.test_scores)})
+        for f in features:
+            row[f"auc_{f}"] = auc(target.label, by_feature[f].test_scores)
+        row["auc_max_unlearning_feature"] = max(row[f"auc_{f}"] for f in features
+                                                if f in UNLEARNING_FEATURES)
+        if params["primary_feature"] != CLASSICAL:
+            row["deg_count"], row["deg_rate"] = degradation(target.label, primary.test_scores,
+                                                            classical.test_scores)
+        rows.append(row)
+    wall = time.perf_counter() - start
+    for row in rows:
+        row.update({"wall_s": wall, "node_id": ctx.node_id})
+        row.update(base.flat_config())
+        write_point(ctx, base, row, utility="test_acc_unlearned")
+    return {TABLE: rows}

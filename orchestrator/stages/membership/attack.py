@@ -1,0 +1,228 @@
+"""The attack unit of the ``membership`` stage (``mia_attack``), the stored-logits reader the
+defences stage and the membership search share, and the table summaries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from orchestrator.report import summary
+from orchestrator.spec import Spec
+from orchestrator.stages.membership.params import (
+    MembershipParams,
+    Scenario,
+    eval_records,
+    scenario,
+)
+from orchestrator.stages.membership.planning import _code_version, _mia_row_key
+from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from tasks.attacks.membership import CLASSICAL, PairRows, run_attacks
+from tasks.metrics_membership import (
+    accuracy as attack_accuracy,
+)
+from tasks.metrics_membership import (
+    auc,
+    degradation,
+    roc,
+    tpr_at_fpr,
+)
+from tasks.unlearning import UNLEARNING
+
+
+class _Logits:
+    """Stored logits of many models, looked up by (model key, record id)."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.cache: dict[str, tuple[dict[int, int], np.ndarray, dict]] = {}
+
+    def get(self, key: str) -> tuple[dict[int, int], np.ndarray, dict]:
+        if key not in self.cache:
+            arrays = self.ctx.store.load_arrays(key)
+            where = {int(r): i for i, r in enumerate(arrays["indices"])}
+            self.cache[key] = (where, arrays["logits"], arrays)
+        return self.cache[key]
+
+    def rows(self, key: str, records) -> np.ndarray:
+        where, logits, _ = self.get(key)
+        missing = [r for r in records if int(r) not in where]
+        if missing:
+            raise KeyError(f"model {key} has no stored logits for records {missing[:5]}")
+        return logits[[where[int(r)] for r in records]]
+
+
+def _side_rows(store: _Logits, pairs: list[dict]) -> PairRows:
+    p, q, label, meta = [], [], [], {"set_index": [], "pair_index": [], "record": []}
+    for pair in pairs:
+        for records, y in ((pair["positives"], 1), (pair["negatives"], 0)):
+            p.append(store.rows(pair["p_key"], records))
+            q.append(store.rows(pair["q_key"], records))
+            label += [y] * len(records)
+            meta["set_index"] += [pair["set_index"]] * len(records)
+            meta["pair_index"] += [pair["pair_index"]] * len(records)
+            meta["record"] += list(records)
+    return PairRows(np.concatenate(p), np.concatenate(q), np.asarray(label),
+                    {k: np.asarray(v) for k, v in meta.items()})
+
+
+
+def _side_accuracy(store: _Logits, pairs: list[dict], seed: int,
+                   eval_size: int) -> dict[str, float]:
+    """Mean accuracies of a side's originals and unlearned models. ``test_acc`` and
+    ``test_acc_unlearned`` are read on the same test records (the unlearned models' eval
+    records); ``gap`` is the originals' train accuracy minus their accuracy on the whole
+    test split."""
+    originals = list(dict.fromkeys(p["original_key"] for p in pairs))
+    tr = [float(store.get(k)[2]["train_acc"]) for k in originals]
+    full = [float(store.get(k)[2]["test_acc"]) for k in originals]
+    te = []
+    for k in originals:
+        correct = store.get(k)[2]["test_correct"]
+        te.append(float(correct[eval_records(seed, len(correct), eval_size)].mean()))
+    unl = [float(store.get(k)[2]["test_acc"]) for k in dict.fromkeys(p["q_key"] for p in pairs)]
+    return {"train_acc": float(np.mean(tr)), "test_acc": float(np.mean(te)),
+            "gap": float(np.mean(tr) - np.mean(full)), "test_acc_unlearned": float(np.mean(unl))}
+
+
+def pair_privacy(spec: Spec, method_index: int, sc: Scenario, set_size: int,
+                 pairs: list[dict]) -> dict[str, Any] | None:
+    """The unlearning method's DP accounting of the side's pairs (None without DP): the
+    largest ``epsilon_pair`` over the pairs' training-set sizes (theta on |S_i| records;
+    theta_u on |S_i| - k, plus k replacements online; chain versions lose k per step)."""
+    entry = spec.unlearning[method_index]
+    method = UNLEARNING.get(entry.method)()
+    sizes = set()
+    for p in pairs:
+        if sc.chain:
+            n_q = set_size - (p["pair_index"] + 1) * sc.k
+            sizes.add((set_size if p["p_key"] == p["original_key"] else n_q + sc.k, n_q))
+        else:
+            sizes.add((set_size, set_size - sc.k + (sc.k if sc.online else 0)))
+    found = [method.pair_privacy(entry.typed_params(), spec.training, a, b)
+             for a, b in sorted(sizes)]
+    found = [f for f in found if f is not None]
+    return max(found, key=lambda f: f["epsilon_pair"]) if found else None
+
+
+def privacy_columns(privacy: dict[str, Any] | None) -> dict[str, Any]:
+    if privacy is None:
+        return {"dp_epsilon": None, "epsilon_pair": None, "dp_delta": None,
+                "dp_pair_composition": None, "dp_note": None}
+    return {"dp_epsilon": privacy["epsilon"], "epsilon_pair": privacy["epsilon_pair"],
+            "dp_delta": privacy["delta_pair"],
+            "dp_pair_composition": privacy["pair_composition"], "dp_note": privacy["note"]}
+
+@UNIT_FUNCTIONS.register("mia_attack")
+def mia_attack(params: dict, ctx: TaskContext) -> Rows:
+    """Features, attack models, metrics and figures of one scenario."""
+    spec: Spec = params["spec"]
+    settings: MembershipParams = params["params"]
+    entry = spec.unlearning[params["method_index"]]
+    start = time.perf_counter()
+    store = _Logits(ctx)
+    shadow = _side_rows(store, params["pairs"]["shadow"])
+    target = _side_rows(store, params["pairs"]["target"])
+    acc_s = _side_accuracy(store, params["pairs"]["shadow"], params["seed"],
+                           settings.unlearned_eval_size)
+    acc_t = _side_accuracy(store, params["pairs"]["target"], params["seed"],
+                           settings.unlearned_eval_size)
+    results = run_attacks(shadow, target, params["features"], params["attack_models"],
+                          settings.output_defence, settings.output_defence_params,
+                          settings.attack_seed, settings.shuffled_control)
+    classical = {r.attack_model: r for r in results
+                 if r.feature == CLASSICAL and r.control == "none"}
+    akey = params["attack_key"]
+    method = UNLEARNING.get(entry.method)
+    num_shard = entry.typed_params().shards if method.returns_ensemble else None
+    privacy = pair_privacy(spec, params["method_index"],
+                           scenario(params["scenario"], settings), params["set_size"],
+                           params["pairs"]["target"])
+    common = {"experiment": spec.experiment, "config_hash": spec.config_hash,
+              "seed": params["seed"], "paper": "chen2021", "dataset": spec.dataset.name,
+              "model": spec.model.name, "original_model": spec.model.name,
+              "unlearning_method": entry.method, "scenario": params["scenario"],
+              "membership": "in_in" if params["scenario"] == "in_in" else "in_out",
+              "defence": settings.output_defence,
+              "defence_param": str(settings.output_defence_params or "") or None,
+              "set_num": settings.set_num, "set_size": params["set_size"],
+              "unlearning_size": settings.unlearning_size, "unlearning_num": params["k"],
+              "num_shard": num_shard, "deletion_sampling": settings.deletion_sampling,
+              "chain_reference": settings.chain_reference if params["scenario"] == "chain"
+              else None,
+              "n_shadow_rows": len(shadow.label), "n_target_rows": len(target.label),
+              "train_acc_original": acc_t["train_acc"], "test_acc_original": acc_t["test_acc"],
+              "generalisation_gap": acc_t["gap"], "shadow_generalisation_gap": acc_s["gap"],
+              "test_acc_unlearned": acc_t["test_acc_unlearned"], **privacy_columns(privacy),
+              "code_version": _code_version()}
+    mia_rows, member_rows = [], []
+    for r in results:
+        base = classical[r.attack_model]
+        c_auc = auc(target.label, base.test_scores)
+        row = {"key": _mia_row_key(akey, r.feature, r.attack_model, r.control), **common,
+               "feature": r.feature, "attack_model": r.attack_model, "control": r.control,
+               "auc": auc(target.label, r.test_scores),
+               "acc": attack_accuracy(target.label, r.test_scores),
+               "train_auc": auc(shadow.label, r.train_scores),
+               "train_acc": attack_accuracy(shadow.label, r.train_scores),
+               "tpr_at_1pct": tpr_at_fpr(target.label, r.test_scores, 0.01),
+               "tpr_at_0_1pct": tpr_at_fpr(target.label, r.test_scores, 0.001),
+               "classical_auc": c_auc,
+               "classical_acc": attack_accuracy(target.label, base.test_scores),
+               "classical_tpr_at_1pct": tpr_at_fpr(target.label, base.test_scores, 0.01)}
+        row["auc_gain"] = row["auc"] - c_auc
+        if r.feature == CLASSICAL or r.control != "none":
+            row["deg_count"] = row["deg_rate"] = None
+        else:
+            row["deg_count"], row["deg_rate"] = degradation(target.label, r.test_scores,
+                                                            base.test_scores)
+        row.update(spec.flat_config())
+        mia_rows.append(row)
+        if settings.membership_rows and r.control == "none":
+            for i in range(len(target.label)):
+                member_rows.append({
+                    "key": f"{row['key']}:{i}", "experiment": spec.experiment,
+                    "config_hash": spec.config_hash, "seed": params["seed"],
+                    "dataset": spec.dataset.name, "model": spec.model.name,
+                    "unlearning_method": entry.method, "scenario": params["scenario"],
+                    "feature": r.feature, "attack_model": r.attack_model, "side": "target",
+                    "set_index": int(target.meta["set_index"][i]),
+                    "pair_index": int(target.meta["pair_index"][i]),
+                    "record": int(target.meta["record"][i]), "label": int(target.label[i]),
+                    "score": float(r.test_scores[i]),
+                    "classical_score": float(base.test_scores[i]), "mia_key": row["key"]})
+    wall = time.perf_counter() - start
+    for row in mia_rows:
+        row["wall_s"] = wall
+    if member_rows:
+        flat = spec.flat_config()
+        for row in member_rows:
+            row.update(flat)
+    if settings.figures:
+        from orchestrator import membership_figures as figs
+
+        curves = {(r.feature, r.attack_model): roc(target.label, r.test_scores)
+                  for r in results if r.control == "none"}
+        figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey, curves,
+                                    mia_rows)
+    return {"mia": mia_rows, "membership": member_rows}
+
+
+# --- summaries --------------------------------------------------------------------------------
+
+@summary("mia")
+def _mia_summary(df):
+    df = df[df["control"] == "none"] if "control" in df else df
+    cols = ["dataset", "model", "unlearning_method", "scenario", "feature"]
+    pivot = df.pivot_table(index=cols, columns="attack_model", values="auc", aggfunc="mean")
+    extra = df.groupby(cols).agg(classical_auc=("classical_auc", "mean"),
+                                 deg_count=("deg_count", "mean"), deg_rate=("deg_rate", "mean"),
+                                 gap=("generalisation_gap", "mean"))
+    return pivot.join(extra).round(3)
+
+
+@summary("membership")
+def _membership_summary(df):
+    return df.groupby(["scenario", "feature", "attack_model"]).agg(
+        rows=("key", "count"), members=("label", "sum"), mean_score=("score", "mean")).head(12)
