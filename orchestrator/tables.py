@@ -93,5 +93,10 @@ class Results:
             self.location.fs.delete_file(part)
 
 
+# Arrays, JSON points and images a stage keeps for its figures live in
+# RESULTS/<experiment>/_arrays/<table>/, beside the tables: a table folder holds Parquet only.
+ARRAYS_DIR = "_arrays"
+
+
 def list_experiments(root: str | os.PathLike) -> list[str]:
     return Location(root).list_dirs()

@@ -18,6 +18,7 @@ import numpy as np
 from orchestrator.provider import load_provider_pairs, load_torch_model
 from orchestrator.search.base import Objective, Report, TargetSet
 from orchestrator.stages.attack_units import scoring_context
+from orchestrator.stages.attacks import check_reference_target
 from orchestrator.units import TaskContext
 from tasks.analysis import SCORERS
 from tasks.attacks import ATTACKS, Attack
@@ -34,6 +35,21 @@ class AttackObjective(Objective):
     def evaluate(self, targets: TargetSet, ctx: TaskContext, config: Any,
                  report: Report | None = None) -> dict[str, np.ndarray]:
         return evaluate_attack(self.attack, config, targets, ctx, report)
+
+    def check_config(self, spec, config: Any) -> None:
+        check_attack_config(spec, self.attack, config)
+
+
+def check_attack_config(spec, ref: str, config: Any, path: str = "search.attack") -> None:
+    """The attacks stage's refusals, for the pairs a search attacks (the first unlearning
+    method's): a model family or data kind the attack cannot use, and the exact reference
+    target without a pretrained theta0 or after more than one training step."""
+    threat = ATTACKS.get(ref)().threat_model(config)
+    if threat.model_family == "torch" and spec.model.family != "torch":
+        raise ValueError(f"{path}: attack {ref!r} needs a torch model, got {spec.model.name!r}")
+    if threat.knowledge == "reference":
+        n_train = spec.dataset.train_size or spec.dataset.pool_size
+        check_reference_target(spec, spec.unlearning[0].method, path, n_train or 1 << 30)
 
 
 def evaluate_attack(ref: str, config: Any, targets: TargetSet, ctx: TaskContext,

@@ -17,7 +17,7 @@ import numpy as np
 from orchestrator.plan import CorePlan, ModelPair
 from orchestrator.spec import Spec
 from orchestrator.units import TaskContext
-from tasks.registry import Registry
+from tasks.registry import Registry, lacks_members
 
 __all__ = ["OBJECTIVES", "Objective", "Report", "TargetSet"]
 
@@ -50,6 +50,10 @@ class Objective:
     def check_spec(self, spec: Spec) -> None:
         """Raise ValueError when the experiment cannot feed this objective."""
 
+    def check_config(self, spec: Spec, config: Any) -> None:
+        """Raise ValueError when ``config`` cannot attack the experiment's model pairs (checked
+        on the base configuration when the search spec loads)."""
+
     def prepare(self, spec: Spec, results, ctx: TaskContext, progress: bool) -> None:
         raise NotImplementedError
 
@@ -67,4 +71,6 @@ class Objective:
         raise NotImplementedError
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("search objective")
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "search objective", check=lambda obj: lacks_members(obj, Objective,
+                                                        ("Config", "metrics", "evaluate")))

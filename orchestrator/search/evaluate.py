@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.search.base import TargetSet
-from orchestrator.search.objectives import OBJECTIVES, ensure_models, prepare_targets
+from orchestrator.search.objectives import ensure_models, objective_class, prepare_targets
 from orchestrator.search.spec import SearchPlan
 from orchestrator.units import TaskContext
 
@@ -32,7 +32,7 @@ def evaluate_config(plan: SearchPlan, params: dict[str, Any], ctx: TaskContext,
     torch.set_num_threads(max(1, int(cpus)))
     search = plan.search
     spec = plan.trial_spec(params)
-    objective = OBJECTIVES.get(search.objective)()
+    objective = objective_class(search.objective)()
     config = objective.config(plan.attack_settings(params))
     if objective.own_models:
         # The objective builds its own models and splits (membership: shadow vs target side).
@@ -69,7 +69,7 @@ def _evaluate_chunk(plan: SearchPlan, params: dict, ctx: TaskContext, data_root:
     torch.set_num_threads(max(1, int(cpus)))
     search = plan.search
     spec = plan.trial_spec(params)
-    objective = OBJECTIVES.get(search.objective)()
+    objective = objective_class(search.objective)()
     config = objective.config(plan.attack_settings(params))
     core = ensure_models(spec, ctx, data_root)
     start, count, offset = ((search.targets, search.heldout, HELDOUT_SEED_OFFSET) if heldout

@@ -36,7 +36,12 @@ from orchestrator.plan import CorePlan, plan_core
 # The membership objective lives in its own module and registers itself on import; importing
 # it here makes OBJECTIVES (imported from this module) hold every built-in objective.
 from orchestrator.search import membership as _membership  # noqa: F401
-from orchestrator.search.attack_objective import attack_objective, evaluate_attack, load_cases
+from orchestrator.search.attack_objective import (
+    attack_objective,
+    check_attack_config,
+    evaluate_attack,
+    load_cases,
+)
 from orchestrator.search.base import OBJECTIVES, Objective, TargetSet
 from orchestrator.spec import Spec
 from orchestrator.units import TaskContext
@@ -172,6 +177,9 @@ class DefenceObjective(Objective):
                                          "test_loss": "minimize"}
     default_metric = "leakage"
     intermediate = ("matching_loss",)
+
+    def check_config(self, spec, config):
+        check_attack_config(spec, config.attacker, config.attack_config(), "search.attack.attack")
 
     def evaluate(self, targets, ctx, config, report=None):
         from tasks.analysis import SCORERS

@@ -297,6 +297,10 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
         except ValueError as err:
             raise SpecError(str(err)) from None
         return plan
+    try:
+        objective().check_config(base, objective().config(plan.attack_settings({})))
+    except ValueError as err:
+        raise SpecError(str(err)) from None
     needed = search.targets + search.heldout
     if base.forget.kind != "class_share" and base.forget.count < needed:
         raise SpecError(f"forget.count: the search needs targets + heldout = {needed} forget "

@@ -23,14 +23,13 @@ from orchestrator.report import summary
 from orchestrator.spec import Spec, flatten, stable_hash
 from orchestrator.stages.attacks import row_key
 from orchestrator.storage import Location
+from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis import SCORERS, ScoringContext
 from tasks.cases import Case, QueryAccess
 from tasks.params import to_dict
 from tasks.splits import select_training_set
 from tasks.training import seed_everything
-
-ARRAYS_DIR = "arrays"  # RESULTS/<experiment>/arrays/<table>/<unit>.npz, beside the tables
 
 
 def _private(model):

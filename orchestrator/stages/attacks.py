@@ -110,9 +110,9 @@ AttacksSection = dict[str, AttackEntry]
 
 
 def check_entry(spec: Spec, name: str, entry: AttackEntry, core: CorePlan,
-                methods: tuple[UnlearningSpec, ...]) -> None:
+                methods: tuple[UnlearningSpec, ...], section: str = "attacks") -> None:
     """Refuse, before any work, an entry whose threat model the experiment cannot meet."""
-    path = f"attacks.{name}"
+    path = f"{section}.{name}"
     threat = entry.attack_class()().threat_model(entry.typed_config())
     dataset_kind = core.dataset.kind
     if threat.model_family == "torch" and spec.model.family != "torch":
@@ -209,7 +209,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
     figures: dict[str, list[str]] = {}  # scorer -> the batch units whose arrays it draws
     for name, entry in section.items():
         methods = entry.own_methods(spec, f"{path}.{name}")
-        check_entry(spec, name, entry, core, methods)
+        check_entry(spec, name, entry, core, methods, path)
         attack_cls = entry.attack_class()
         scorer = SCORERS.get(attack_cls.scorer)
         config = entry.typed_config()

@@ -137,3 +137,15 @@ def test_shipped_search_spaces_parse(repo):
     for path in files:
         plan = load_search_file(path)
         assert plan.search.dimensions, path
+
+
+def test_exact_reference_target_is_refused_as_in_the_attacks_stage():
+    data = spec(attack={"iterations": 20, "restarts": 1, "knowledge": "reference",
+                        "label_mode": "known"})
+    data["unlearning"] = [{"method": "retrain"}]
+    del data["search"]["space"]["unlearning.0.lr"]
+    with pytest.raises(SpecError, match="search.attack: reference knowledge against exact "
+                                        "unlearning .'retrain'. needs a pretrained theta0"):
+        load_search(data)
+    data["search"]["attack"].update(knowledge="paper", label_mode="inferred")
+    assert load_search(data).search.objective == "inversion"

@@ -12,6 +12,7 @@ import numpy as np
 from orchestrator.spec import Spec, stable_hash
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.storage import Location
+from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import TaskContext
 from tasks.defences import DEFENCES, UpdateContext
 from tasks.splits import select_training_set
@@ -76,8 +77,8 @@ def write_point(ctx: TaskContext, spec: Spec, row: dict, utility: str) -> None:
     point["utility_name"] = utility
     point["epsilon"] = _finite(point["epsilon"])
     point["epsilon_pair"] = _finite(point["epsilon_pair"])
-    Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment, TABLE,
-                                          "points", point_name(row["key"]))
+    Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
+                                          ARRAYS_DIR, TABLE, point_name(row["key"]))
 
 
 def point_name(row_key: str) -> str:

@@ -10,6 +10,7 @@ from orchestrator.spec import Spec
 from orchestrator.stages.defences.common import point_name
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.storage import Location
+from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 
 
@@ -73,7 +74,7 @@ def defence_figure(params: dict, ctx: TaskContext) -> Rows:
     points = []
     for key in params["row_keys"]:
         try:
-            points.append(json.loads(loc.read_bytes(spec.experiment, TABLE, "points",
+            points.append(json.loads(loc.read_bytes(spec.experiment, ARRAYS_DIR, TABLE,
                                                     point_name(key))))
         except FileNotFoundError:
             continue  # a failed unit: its row is in the errors table
