@@ -36,17 +36,32 @@ def _errors(df: pd.DataFrame) -> pd.DataFrame:
     return df[["unit", "error_type", "error"]].head(20)
 
 
+def _attack_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Means of the numeric and boolean columns a scorer wrote, per method and configuration."""
+    skip = {"seed", "n_finetune", "wall_s", "batch_wall_s", "batch_targets", "exact",
+            "white_box"}
+    cols = [c for c in df.columns
+            if c not in skip and not c.startswith(("cfg.", "attack.")) and
+            (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+    grouped = df.groupby(["unlearning_method", "attack_config"], sort=True)
+    out = grouped[cols].mean(numeric_only=False).astype(float).round(4)
+    out.insert(0, "rows", grouped.size())
+    return out
+
+
 def describe_table(results: Results, table: str) -> str:
     df = results.read(table)
     head = f"== {results.experiment}/{table}: {len(df)} rows, {len(results.parts(table))} parts"
     if df.empty:
         return head
     fn = TABLE_SUMMARIES.get(table)
-    if fn is None:
+    if fn is not None:
+        body = fn(df)
+    elif {"attack", "attack_config", "unlearning_method"} <= set(df.columns):
+        body = _attack_table(df)  # a plug-in attack's scorer table
+    else:
         cols = [c for c in df.columns if not c.startswith("cfg.")][:12]
         body = df[cols].head(8)
-    else:
-        body = fn(df)
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.max_colwidth", 60):
         return head + "\n" + body.to_string()

@@ -7,13 +7,15 @@ before the search, by the membership stage's own ``mia_original`` / ``mia_unlear
 Ray, content-keyed in the artifact store: a run of the same ``membership:`` settings, or an
 earlier search, trains nothing). A trial is one attack configuration
 (:class:`MembershipAttackConfig`): the attack model (dt, rf, lr, mlp), that model's
-hyperparameters, and the feature of (p, q).
+hyperparameters, and the feature of (p, q); it runs the registered ``membership`` attack
+(``tasks.attacks.ATTACKS``) with those settings and reads its scorer's metrics, as the stage
+and the defence sweep do.
 
 What the search sees (``heldout=False``): the **shadow** side only. Its originals are split
 into ``folds`` groups (grouped k-fold: an original and all its unlearned models fall in one
-fold); for each fold the attack is fitted on the other folds' rows and scored on this fold's
-rows (rows whose record also occurs among the fitting rows are dropped, so no record is both
-fitted and validated). Objective: the mean validation AUC over the folds.
+fold); each fold is one posterior case whose shadow pairs are the other folds' rows, scored
+on this fold's rows (rows whose record also occurs among the fitting rows are dropped, so no
+record is both fitted and validated). Objective: the mean validation AUC over the folds.
 
 What the ``best`` table reports (``heldout=True``): the configuration fitted on *all* shadow
 rows and scored on the **target** pairs -- the same protocol as the stage's ``mia`` table, on
@@ -28,7 +30,6 @@ hyperparameter keeps its default here, which equals the stage's attack-model reg
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -39,7 +40,7 @@ from orchestrator.spec import Spec, stable_hash
 from orchestrator.units import TaskContext
 
 __all__ = ["MembershipAttackConfig", "MembershipObjective", "attack_classifier",
-           "membership_layout", "shadow_folds"]
+           "membership_layout", "model_params", "shadow_folds"]
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,9 @@ class MembershipAttackConfig:
             raise ValueError("folds must be at least 2")
 
 
-def attack_classifier(config: MembershipAttackConfig, seed: int):
-    """The stage's attack model ``config.model`` with the configuration's hyperparameters."""
-    from tasks.attacks.membership import ATTACK_MODELS
-
-    clf = ATTACK_MODELS.get(config.model)(seed)
-    settings: dict[str, Any] = {
+def model_params(config: MembershipAttackConfig) -> dict[str, Any]:
+    """The chosen attack model's hyperparameters as scikit-learn ``set_params`` overrides."""
+    return {
         "dt": {"max_leaf_nodes": config.dt_max_leaf_nodes,
                "min_samples_leaf": config.dt_min_samples_leaf},
         "rf": {"n_estimators": config.rf_n_estimators,
@@ -101,23 +99,13 @@ def attack_classifier(config: MembershipAttackConfig, seed: int):
         "mlp": {"hidden_layer_sizes": (config.mlp_hidden,),
                 "learning_rate_init": config.mlp_lr, "alpha": config.mlp_alpha},
     }[config.model]
-    return clf.set_params(**settings)
 
 
-def _fit_score(config: MembershipAttackConfig, seed: int, x_fit: np.ndarray,
-               y_fit: np.ndarray, x_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P(member) on the fitting rows and on the evaluated rows."""
-    from sklearn.exceptions import ConvergenceWarning
+def attack_classifier(config: MembershipAttackConfig, seed: int):
+    """The stage's attack model ``config.model`` with the configuration's hyperparameters."""
+    from tasks.attacks.membership import attack_model
 
-    y_fit = np.asarray(y_fit).astype(int)
-    if len(np.unique(y_fit)) < 2:
-        raise ValueError("the fitting rows hold a single membership label: nothing to learn")
-    clf = attack_classifier(config, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x_fit, y_fit)
-    col = list(clf.classes_).index(1)
-    return clf.predict_proba(x_fit)[:, col], clf.predict_proba(x_eval)[:, col]
+    return attack_model(config.model, seed, model_params(config))
 
 
 # --- the model pairs --------------------------------------------------------------------------
@@ -238,8 +226,11 @@ class MembershipObjective(Objective):
                                    f"{report.errors[0]['error']}")
 
     def evaluate_split(self, spec, config, ctx, data_root, *, heldout):
-        from tasks.attacks.membership import build_features, posteriors
-        from tasks.metrics_membership import accuracy, auc, tpr_at_fpr
+        """The registered ``membership`` attack (one feature, one attack model with the
+        trial's hyperparameters) and its scorer: a case per validation fold, whose shadow
+        pairs are the other folds' rows, or the target side against all shadow rows."""
+        from orchestrator.stages.membership import attack_and_score
+        from tasks.attacks.membership import PairRows, posterior_case
 
         layout = membership_layout(spec, data_root)
         settings = layout.params
@@ -248,34 +239,25 @@ class MembershipObjective(Objective):
                              f"{list(layout.pairs)}")
         feature = config.feature or settings.features[0]
         seed = settings.attack_seed if config.seed is None else config.seed
-
-        def features(rows):
-            p = posteriors(rows.p_logits, settings.output_defence,
-                           settings.output_defence_params)
-            q = posteriors(rows.q_logits, settings.output_defence,
-                           settings.output_defence_params)
-            return build_features(feature, p, q)
-
+        defence = (settings.output_defence, settings.output_defence_params)
         shadow = _side_rows(layout, config.scenario, "shadow", ctx)
-        xs = features(shadow)
-        out: dict[str, list[float]] = {k: [] for k in
-                                       ("auc", "acc", "tpr_at_1pct", "fit_auc", "rows")}
         if heldout:
             target = _side_rows(layout, config.scenario, "target", ctx)
-            fit_scores, scores = _fit_score(config, seed, xs, shadow.label, features(target))
-            evaluated = [(shadow.label, fit_scores, target.label, scores)]
+            split = [posterior_case(target, shadow, *defence)]
         else:
-            evaluated = []
+            split = []
             records = shadow.meta["record"]
             for mask in shadow_folds(shadow.meta["set_index"], config.folds):
                 keep = mask & ~np.isin(records, records[~mask])
-                fit_scores, scores = _fit_score(config, seed, xs[~mask], shadow.label[~mask],
-                                                xs[keep])
-                evaluated.append((shadow.label[~mask], fit_scores, shadow.label[keep], scores))
-        for y_fit, fit_scores, y, scores in evaluated:
-            out["auc"].append(auc(y, scores))
-            out["acc"].append(accuracy(y, scores))
-            out["tpr_at_1pct"].append(tpr_at_fpr(y, scores, 0.01))
-            out["fit_auc"].append(auc(y_fit, fit_scores))
-            out["rows"].append(float(len(y)))
-        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+                fit = PairRows(shadow.p_logits[~mask], shadow.q_logits[~mask],
+                               shadow.label[~mask], {})
+                split.append(posterior_case(shadow, fit, *defence, rows=keep))
+        scored = attack_and_score(
+            [case for case, _ in split], [truth for _, truth in split],
+            {"features": (feature,), "attack_models": (config.model,),
+             "model_params": {config.model: model_params(config)}, "classical": False},
+            seed)
+        m = scored.metrics
+        return {"auc": m["auc"], "acc": m["acc"], "tpr_at_1pct": m["tpr_at_1pct"],
+                "fit_auc": m["train_auc"],
+                "rows": np.asarray([len(truth.label) for _, truth in split], dtype=np.float64)}

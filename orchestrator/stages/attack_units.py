@@ -7,6 +7,7 @@ and ground truth to the attack's scorer; the attack itself never sees the truth.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from typing import Any
@@ -26,15 +27,13 @@ from orchestrator.storage import Location
 from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis import SCORERS, ScoringContext
-from tasks.cases import Case, QueryAccess
+from tasks.cases import Case, PublicMetadata, QueryAccess
 from tasks.params import to_dict
 from tasks.splits import select_training_set
 from tasks.training import seed_everything
 
 
 def _private(model):
-    import copy
-
     clone = copy.deepcopy(model).eval()
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -74,8 +73,6 @@ def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
                           state)
     private = _private(theta)
     d = state.dataset
-    from tasks.cases import PublicMetadata
-
     meta = PublicMetadata(dataset=d.name, kind=d.kind, input_shape=tuple(d.input_shape),
                           num_classes=d.num_classes, mean=d.mean, std=d.std)
     case = Case(meta, theta=private if threat.white_box else None,
@@ -99,10 +96,7 @@ def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
 def attack_batch(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     entry, name, seed = params["entry"], params["name"], params["seed"]
-    attack = entry.attack_class()()
-    scorer = SCORERS.get(attack.scorer)()
-    config = entry.typed_config()
-    threat = attack.threat_model(config)
+    attack, scorer, config, threat = entry.resolve()
     provider = load_provider_pairs(params, ctx)
     state = provider.state
     cases, truths = [], []

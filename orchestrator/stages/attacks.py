@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchestrator.plan import CorePlan, ModelPair, Unit, original_key, recipe_id, unlearned_key
 from orchestrator.spec import Spec, UnlearningSpec, stable_hash
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.store import artifact_key
-from tasks.analysis import SCORERS
-from tasks.attacks import ATTACKS, Attack
+from tasks.analysis import SCORERS, Scorer
+from tasks.attacks import ATTACKS, Attack, ThreatModel
 from tasks.params import ParamError, build, to_dict
 from tasks.registry import UnknownComponentError
 from tasks.unlearning import UNLEARNING, ForgetConfig, make_requests
+
+
+class ResolvedEntry(NamedTuple):
+    attack: Attack
+    scorer: Scorer
+    config: Any
+    threat: ThreatModel
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,13 @@ class AttackEntry:
     def typed_config(self) -> Any:
         return build(self.attack_class().Config, self.config, "config")
 
+    def resolve(self) -> ResolvedEntry:
+        """The attack, its scorer, the typed configuration and its threat model."""
+        attack = self.attack_class()()
+        config = self.typed_config()
+        return ResolvedEntry(attack, SCORERS.get(attack.scorer)(), config,
+                             attack.threat_model(config))
+
     def own_methods(self, spec: Spec, path: str) -> tuple[UnlearningSpec, ...]:
         if self.unlearning is None:
             return spec.unlearning
@@ -115,14 +129,16 @@ def check_entry(spec: Spec, name: str, entry: AttackEntry, core: CorePlan,
     path = f"{section}.{name}"
     threat = entry.attack_class()().threat_model(entry.typed_config())
     dataset_kind = core.dataset.kind
+    if threat.shadow_pairs:
+        raise ValueError(f"{path}: attack {entry.attack!r} learns from shadow model pairs; "
+                         "run it from the membership: section, which trains them")
     if threat.model_family == "torch" and spec.model.family != "torch":
         raise ValueError(f"{path}: attack {entry.attack!r} needs a torch model, got "
                          f"{spec.model.name!r}")
     if threat.data_kind != "any" and threat.data_kind != dataset_kind:
         raise ValueError(f"{path}: attack {entry.attack!r} needs {threat.data_kind} data, "
                          f"dataset {spec.dataset.name!r} is {dataset_kind}")
-    kind = (entry.forget or {}).get("kind", spec.forget.kind if entry.forget is None
-                                     else "single")
+    kind = spec.forget.kind if entry.forget is None else entry.forget.get("kind", "single")
     if threat.forget_kind is not None and kind != threat.forget_kind:
         raise ValueError(f"{path}: attack {entry.attack!r} is scored on "
                          f"{threat.forget_kind!r} forget requests; give the entry "
@@ -259,7 +275,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
                                    "unit_key": key},
                                   scorer.table, row_keys, deps=deps,
                                   label=f"{name} {aspec.unlearning[m].method} x{len(batch)}"))
-                if entry.figure:
+                if entry.figure and scorer.figure is not Scorer.figure:  # it draws one
                     figures.setdefault(attack_cls.scorer, []).append(key)
     for scorer_name, deps in figures.items():
         table = SCORERS.get(scorer_name).table

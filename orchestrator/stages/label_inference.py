@@ -49,14 +49,12 @@ class LabelInferenceStage:
     def entries(self) -> dict[str, AttackEntry]:
         forget = {"kind": "class_share", "shares": list(self.shares),
                   "classes": None if self.classes is None else list(self.classes)}
-        unlearning = None if self.unlearning is None else tuple(self.unlearning)
         out = {}
         for box in self.boxes:
             for score in self.scores:
                 config = to_dict(dataclasses.replace(self.probes, box=box, score=score))
                 out[f"{box}-{score}"] = AttackEntry(
-                    "probing", config, forget=forget,
-                    unlearning=unlearning if unlearning is not None else None,
+                    "probing", config, forget=forget, unlearning=self.unlearning,
                     targets_per_task=self.requests_per_task, figure=self.figure)
         return out
 

@@ -40,7 +40,9 @@ class ScoredBatch:
     """Scores of one batch of cases, in input order.
 
     ``rows[i]``: the rows of case i (one per forgotten sample when the scorer is
-    ``per_sample``, else one); ``metrics[name][i]``: case i's value of a per-target metric;
+    ``per_sample``; else as many as the scorer makes, one for most attacks, one per (feature,
+    attack model, control) for membership inference); ``metrics[name][i]``: case i's value of
+    a per-target metric;
     ``arrays``: what the stage keeps beside the table for figures (images, deltas).
     """
 

@@ -53,6 +53,8 @@ class ThreatModel:
     ``data_kind`` / ``model_family``: what the attacked models and data must be.
     ``forget_kind``: the forget requests the attack is meant for (``class_share`` for label
     inference); ``None``: any kind, the experiment's own requests.
+    ``shadow_pairs``: the attacker also holds shadow model pairs it trained itself, with their
+    membership (membership inference against unlearning: posterior cases, not :class:`Case`).
     """
 
     white_box: bool = True
@@ -60,6 +62,7 @@ class ThreatModel:
     data_kind: Literal["image", "tabular", "any"] = "any"
     model_family: Literal["torch", "any"] = "torch"
     forget_kind: Literal["single", "group", "class_share"] | None = None
+    shadow_pairs: bool = False
 
 
 class AttackResult(abc.ABC):

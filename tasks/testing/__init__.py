@@ -10,6 +10,9 @@ bases themselves are never collected)::
         attack = "my_package.attacks:MyAttack"
         config = {"iterations": 3}
 
+Attacks whose threat model asks for shadow pairs (membership inference against unlearning)
+receive posterior cases, not image cases: their kit is :class:`MembershipAttackConformance`.
+
 This package imports pytest: import it from tests only.
 """
 
@@ -17,19 +20,23 @@ from __future__ import annotations
 
 from tasks.testing.attacks import AttackConformance, flat_outputs
 from tasks.testing.defences import DefenceConformance
+from tasks.testing.membership import MembershipAttackConformance, posterior_sides
 from tasks.testing.states import digits, digits_state, registered_name, resolve, small_state
 from tasks.testing.unlearning import UnlearningConformance
 
-KITS = (AttackConformance, UnlearningConformance, DefenceConformance)
+KITS = (AttackConformance, MembershipAttackConformance, UnlearningConformance,
+        DefenceConformance)
 
 __all__ = [
     "KITS",
     "AttackConformance",
     "DefenceConformance",
+    "MembershipAttackConformance",
     "UnlearningConformance",
     "digits",
     "digits_state",
     "flat_outputs",
+    "posterior_sides",
     "registered_name",
     "resolve",
     "small_state",

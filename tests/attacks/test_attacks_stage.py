@@ -115,3 +115,8 @@ def test_a_defended_query_access_answers_with_the_defended_outputs(digits_state)
                          white_box=False, output_transform=label_only)
     probs = case.query_unlearned(torch.as_tensor(digits_state.dataset.x_train[:5])).numpy()
     assert set(np.unique(probs)) <= {0.0, 1.0} and (probs.sum(1) == 1).all()
+
+
+def test_a_shadow_pair_attack_is_sent_to_the_membership_section():
+    with pytest.raises(ValueError, match="run it from the membership: section"):
+        _plan(attacks={"m": {"attack": "membership"}})

@@ -179,14 +179,16 @@ def test_validation_folds_hold_out_whole_originals_and_shared_records(built, mon
         assert len(np.unique(shadow.meta["set_index"][mask])) == 1  # 3 originals, 3 folds
     with pytest.raises(ValueError, match="set_num"):
         sm.shadow_folds(shadow.meta["set_index"], 4)
+    import tasks.attacks.membership as attack
+
     fits: list[tuple[int, int]] = []
-    real = sm._fit_score
+    real = attack.fit_and_score
 
-    def spy(config, seed, x_fit, y_fit, x_eval):
+    def spy(x_fit, y_fit, x_eval, *args, **kwargs):
         fits.append((len(x_fit), len(x_eval)))
-        return real(config, seed, x_fit, y_fit, x_eval)
+        return real(x_fit, y_fit, x_eval, *args, **kwargs)
 
-    monkeypatch.setattr(sm, "_fit_score", spy)
+    monkeypatch.setattr(attack, "fit_and_score", spy)
     out = evaluate_config(plan, {}, ctx, None, heldout=False)
     records = shadow.meta["record"]
     expected = [(int((~m).sum()), int((m & ~np.isin(records, records[~m])).sum()))

@@ -18,7 +18,6 @@ from orchestrator.stages.attack_units import scoring_context
 from orchestrator.stages.defences.common import common, seed_of, test_acc, update_data, write_point
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from tasks.analysis import SCORERS
 from tasks.defences import DEFENCES, defend_outputs
 from tasks.training import accuracy, predict_logits
 
@@ -29,10 +28,7 @@ def defence_attack(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     base: Spec = params["base_spec"]
     seed, entry, name = params["seed"], params["entry"], params["name"]
-    attack = entry.attack_class()()
-    scorer = SCORERS.get(attack.scorer)()
-    config = entry.typed_config()
-    threat = attack.threat_model(config)
+    attack, scorer, config, threat = entry.resolve()
     start = time.perf_counter()
     provider = load_provider_pairs(params, ctx)
     state, theta = provider.state, provider.theta

@@ -1,5 +1,5 @@
-"""Sweep unit ``defence_membership``: membership inference on one scenario's shadow/target
-pairs under one defence, one row per configured attack model."""
+"""Sweep unit ``defence_membership``: the registered ``membership`` attack and its scorer on
+one scenario's shadow/target pairs under one defence, one row per configured attack model."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from orchestrator.stages.membership import (
     _Logits,
     _side_accuracy,
     _side_rows,
+    attack_and_score,
     pair_privacy,
     scenario,
 )
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from tasks.attacks.membership import CLASSICAL, UNLEARNING_FEATURES, run_attacks
+from tasks.attacks.membership import CLASSICAL, UNLEARNING_FEATURES, posterior_case
 from tasks.defences import DPParams
-from tasks.metrics_membership import auc, degradation
 from tasks.params import build
 
 
@@ -34,8 +34,12 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
     shadow = _side_rows(store, params["pairs"]["shadow"])
     target = _side_rows(store, params["pairs"]["target"])
     features = tuple(dict.fromkeys((*settings.features, CLASSICAL)))
-    results = run_attacks(shadow, target, features, settings.attack_models, params["transform"],
-                          params["transform_params"], settings.attack_seed)
+    # The defended case: both sides answer through the output defence (the adaptive attacker
+    # defends its shadow models alike).
+    case, truth = posterior_case(target, shadow, params["transform"], params["transform_params"])
+    scored = attack_and_score([case], [truth], {"features": features,
+                                                "attack_models": settings.attack_models},
+                              settings.attack_seed)
     tpairs = params["pairs"]["target"]
     acc = _side_accuracy(store, tpairs, params["seed"], settings.unlearned_eval_size)
     entry = spec.unlearning[params["method_index"]]
@@ -66,22 +70,20 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
         shared.update({"epsilon": None, "delta": None})
     rows = []
     for model in settings.attack_models:
-        by_feature = {r.feature: r for r in results
-                      if r.control == "none" and r.attack_model == model}
+        by_feature = {r["feature"]: r for r in scored.rows[0]
+                      if r["control"] == "none" and r["attack_model"] == model}
         primary = by_feature[params["primary_feature"]]
-        classical = by_feature[CLASSICAL]
         row = common(base, params, "membership")
         row.update(shared)
         row.update({"key": f"{params['key']}:{model}", "attack_model": model,
-                    "attack_metric": auc(target.label, primary.test_scores),
-                    "classical_auc": auc(target.label, classical.test_scores)})
+                    "attack_metric": primary["auc"],
+                    "classical_auc": by_feature[CLASSICAL]["auc"]})
         for f in features:
-            row[f"auc_{f}"] = auc(target.label, by_feature[f].test_scores)
+            row[f"auc_{f}"] = by_feature[f]["auc"]
         row["auc_max_unlearning_feature"] = max(row[f"auc_{f}"] for f in features
                                                 if f in UNLEARNING_FEATURES)
         if params["primary_feature"] != CLASSICAL:
-            row["deg_count"], row["deg_rate"] = degradation(target.label, primary.test_scores,
-                                                            classical.test_scores)
+            row["deg_count"], row["deg_rate"] = primary["deg_count"], primary["deg_rate"]
         rows.append(row)
     wall = time.perf_counter() - start
     for row in rows:

@@ -8,9 +8,10 @@ The stage builds all its own models (``replaces_core``): for every seed and unle
   negatives, its train/test accuracy, and for torch models the weights.
 - ``mia_unlearn`` (kind unlearn): a batch of deletions of one original (a whole chain for the
   ``chain`` scenario, in order); saves each M_ij's logits on the records its pair scores.
-- ``mia_attack`` (kind attack): one scenario; builds every feature from the stored logits
-  (through the output-defence transform), fits every attack model on shadow pairs, tests on
-  target pairs, and writes the ``mia`` and ``membership`` tables and the figures.
+- ``mia_attack`` (kind attack): one scenario; turns the stored logits into a posterior case
+  (through the output-defence transform) and runs the registered ``membership`` attack
+  (every feature and attack model fitted on shadow pairs, the target pairs' records scored)
+  and its scorer, and writes the ``mia`` and ``membership`` tables and the figures.
 
 Every model is an artifact keyed by what determines it (data, recipe, S_i, deletions, seed),
 so scenarios share models (``single`` and ``in_in`` use the same pairs) and reruns train
@@ -38,6 +39,7 @@ from orchestrator.stages.membership.attack import (
     _Logits,
     _side_accuracy,
     _side_rows,
+    attack_and_score,
     mia_attack,
     pair_privacy,
     privacy_columns,
@@ -59,5 +61,6 @@ STAGES.register("membership")(StageEntry(params=MembershipParams, planner=plan_m
                                          replaces_core=True))
 
 __all__ = ["SCENARIOS", "MembershipParams", "Scenario", "_Logits", "_side_accuracy",
-           "_side_rows", "eval_records", "mia_attack", "mia_original_key", "mia_unlearned_key",
-           "pair_privacy", "plan_membership", "privacy_columns", "scenario"]
+           "_side_rows", "attack_and_score", "eval_records", "mia_attack", "mia_original_key",
+           "mia_unlearned_key", "pair_privacy", "plan_membership", "privacy_columns",
+           "scenario"]

@@ -1,5 +1,6 @@
-"""The attack unit of the ``membership`` stage (``mia_attack``), the stored-logits reader the
-defences stage and the membership search share, and the table summaries."""
+"""The attack unit of the ``membership`` stage (``mia_attack``), what the defences stage and the
+membership search share with it (the stored-logits reader, :func:`attack_and_score`: the
+registered ``membership`` attack and its scorer), and the table summaries."""
 
 from __future__ import annotations
 
@@ -18,16 +19,10 @@ from orchestrator.stages.membership.params import (
 )
 from orchestrator.stages.membership.planning import _code_version, _mia_row_key
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from tasks.attacks.membership import CLASSICAL, PairRows, run_attacks
-from tasks.metrics_membership import (
-    accuracy as attack_accuracy,
-)
-from tasks.metrics_membership import (
-    auc,
-    degradation,
-    roc,
-    tpr_at_fpr,
-)
+from tasks.analysis import SCORERS, ScoredBatch, ScoringContext
+from tasks.analysis.membership import roc_curves
+from tasks.attacks import ATTACKS
+from tasks.attacks.membership import MembershipTruth, PairRows, PosteriorCase, posterior_case
 from tasks.unlearning import UNLEARNING
 
 
@@ -65,6 +60,17 @@ def _side_rows(store: _Logits, pairs: list[dict]) -> PairRows:
             meta["record"] += list(records)
     return PairRows(np.concatenate(p), np.concatenate(q), np.asarray(label),
                     {k: np.asarray(v) for k, v in meta.items()})
+
+
+def attack_and_score(cases: list[PosteriorCase], truths: list[MembershipTruth],
+                     config: dict[str, Any], seed: int) -> ScoredBatch:
+    """The registered ``membership`` attack on ``cases`` (every case with ``seed``) and its
+    scorer's rows: the one path of the stage, the defence sweep and the search."""
+    attack = ATTACKS.get("membership")()
+    typed = attack.Config(**config)
+    result = attack.run(cases, typed, seeds=[seed] * len(cases))
+    context = ScoringContext(num_classes=int(cases[0].p.shape[1]) if cases else 0, seed=seed)
+    return SCORERS.get(attack.scorer)().score(result, truths, typed, context)
 
 
 
@@ -116,7 +122,8 @@ def privacy_columns(privacy: dict[str, Any] | None) -> dict[str, Any]:
 
 @UNIT_FUNCTIONS.register("mia_attack")
 def mia_attack(params: dict, ctx: TaskContext) -> Rows:
-    """Features, attack models, metrics and figures of one scenario."""
+    """One scenario: the registered ``membership`` attack (shadow pairs fit, target pairs'
+    records are the candidates), its scorer's rows, and the figures."""
     spec: Spec = params["spec"]
     settings: MembershipParams = params["params"]
     entry = spec.unlearning[params["method_index"]]
@@ -128,11 +135,13 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
                            settings.unlearned_eval_size)
     acc_t = _side_accuracy(store, params["pairs"]["target"], params["seed"],
                            settings.unlearned_eval_size)
-    results = run_attacks(shadow, target, params["features"], params["attack_models"],
-                          settings.output_defence, settings.output_defence_params,
-                          settings.attack_seed, settings.shuffled_control)
-    classical = {r.attack_model: r for r in results
-                 if r.feature == CLASSICAL and r.control == "none"}
+    case, truth = posterior_case(target, shadow, settings.output_defence,
+                                 settings.output_defence_params)
+    scored = attack_and_score(
+        [case], [truth], {"features": tuple(params["features"]),
+                          "attack_models": tuple(params["attack_models"]),
+                          "shuffled_control": tuple(settings.shuffled_control)},
+        settings.attack_seed)
     akey = params["attack_key"]
     method = UNLEARNING.get(entry.method)
     num_shard = entry.typed_params().shards if method.returns_ensemble else None
@@ -157,41 +166,26 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
               "test_acc_unlearned": acc_t["test_acc_unlearned"], **privacy_columns(privacy),
               "code_version": _code_version()}
     mia_rows, member_rows = [], []
-    for r in results:
-        base = classical[r.attack_model]
-        c_auc = auc(target.label, base.test_scores)
-        row = {"key": _mia_row_key(akey, r.feature, r.attack_model, r.control), **common,
-               "feature": r.feature, "attack_model": r.attack_model, "control": r.control,
-               "auc": auc(target.label, r.test_scores),
-               "acc": attack_accuracy(target.label, r.test_scores),
-               "train_auc": auc(shadow.label, r.train_scores),
-               "train_acc": attack_accuracy(shadow.label, r.train_scores),
-               "tpr_at_1pct": tpr_at_fpr(target.label, r.test_scores, 0.01),
-               "tpr_at_0_1pct": tpr_at_fpr(target.label, r.test_scores, 0.001),
-               "classical_auc": c_auc,
-               "classical_acc": attack_accuracy(target.label, base.test_scores),
-               "classical_tpr_at_1pct": tpr_at_fpr(target.label, base.test_scores, 0.01)}
-        row["auc_gain"] = row["auc"] - c_auc
-        if r.feature == CLASSICAL or r.control != "none":
-            row["deg_count"] = row["deg_rate"] = None
-        else:
-            row["deg_count"], row["deg_rate"] = degradation(target.label, r.test_scores,
-                                                            base.test_scores)
+    arrays = scored.arrays
+    for e, scores in enumerate(scored.rows[0]):
+        row = {"key": _mia_row_key(akey, scores["feature"], scores["attack_model"],
+                                   scores["control"]), **common, **scores}
         row.update(spec.flat_config())
         mia_rows.append(row)
-        if settings.membership_rows and r.control == "none":
-            for i in range(len(target.label)):
+        if settings.membership_rows and scores["control"] == "none":
+            for i in range(len(truth.label)):
                 member_rows.append({
                     "key": f"{row['key']}:{i}", "experiment": spec.experiment,
                     "config_hash": spec.config_hash, "seed": params["seed"],
                     "dataset": spec.dataset.name, "model": spec.model.name,
                     "unlearning_method": entry.method, "scenario": params["scenario"],
-                    "feature": r.feature, "attack_model": r.attack_model, "side": "target",
-                    "set_index": int(target.meta["set_index"][i]),
-                    "pair_index": int(target.meta["pair_index"][i]),
-                    "record": int(target.meta["record"][i]), "label": int(target.label[i]),
-                    "score": float(r.test_scores[i]),
-                    "classical_score": float(base.test_scores[i]), "mia_key": row["key"]})
+                    "feature": scores["feature"], "attack_model": scores["attack_model"],
+                    "side": "target", "set_index": int(case.meta["set_index"][i]),
+                    "pair_index": int(case.meta["pair_index"][i]),
+                    "record": int(case.meta["record"][i]), "label": int(arrays["label"][i]),
+                    "score": float(arrays["score"][e, i]),
+                    "classical_score": float(arrays["classical_score"][e, i]),
+                    "mia_key": row["key"]})
     wall = time.perf_counter() - start
     for row in mia_rows:
         row["wall_s"] = wall
@@ -202,10 +196,8 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
     if settings.figures:
         from orchestrator import membership_figures as figs
 
-        curves = {(r.feature, r.attack_model): roc(target.label, r.test_scores)
-                  for r in results if r.control == "none"}
-        figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey, curves,
-                                    mia_rows)
+        figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey,
+                                    roc_curves(arrays), mia_rows)
     return {"mia": mia_rows, "membership": member_rows}
 
 
