@@ -9,93 +9,77 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
-from pathlib import Path
 
-from orchestrator.cli_support import fail, resolved_data_root, task_context
+from orchestrator.cli_support import (
+    BriefParser,
+    check_outputs,
+    fail,
+    positive_int,
+    resolved_data_root,
+)
+from orchestrator.run_driver import add_run_flags, drive
 from orchestrator.search.cli import add_tune_parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES: the spec's attack sections)
-    from orchestrator.execute import execute, start_ray, stop_ray
     from orchestrator.plan import plan_run
-    from orchestrator.report import describe
-    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.spec import SpecError, SpecFileError, load_spec
     from orchestrator.tables import Results
-    from tasks.data import MissingDataError
+    from tasks.data import DataError, MissingDataError
+    from tasks.params import one_line
     from tasks.registry import UnknownComponentError
 
     try:
         variants = load_spec(args.spec, args.set)
-    except SpecError as err:
-        return fail(f"spec error: {err}")
+    except SpecFileError as err:  # the file itself: "<path>: ..."
+        return fail(str(err))
+    except (SpecError, UnknownComponentError) as err:
+        return fail(f"spec error: {one_line(err)}")
+    # Before any other work: an output that cannot be written must cost nothing.
+    problem = check_outputs(args, variants[0].experiment, probe=not args.dry_run)
+    if problem:
+        return fail(problem)
     data_root = resolved_data_root(args)
     try:
         plans = [plan_run(v, data_root) for v in variants]
+    except DataError as err:  # a present but malformed data file (a ValueError: first)
+        return fail(f"data error: {err}")
     except MissingDataError as err:
         return fail(str(err))
     except (ValueError, UnknownComponentError) as err:
-        return fail(f"spec error: {err}")
+        return fail(f"spec error: {one_line(err)}")
     experiment = variants[0].experiment
     units = [u for _, us in plans for u in us]
     results = Results(args.results, experiment)
-    print(f"{experiment}: {len(variants)} variant(s), {len(units)} units -> "
-          f"{results.location.uri}/{experiment}")
+    header = (f"{experiment}: {len(variants)} variant(s), {len(units)} units -> "
+              f"{results.location.uri}/{experiment}")
     if args.dry_run:
         from collections import Counter
 
         from orchestrator.execute import dedupe, pending_units
 
+        print(header)
         units = dedupe(units)
         todo = pending_units(units, results)
         for fn, n in sorted(Counter(u.fn for u in units).items()):
             left = sum(1 for u in todo if u.fn == fn)
             print(f"  {fn:<20} {n:>5} units, {left:>5} to run")
         return 0
-    resources = variants[0].resources
-    start = time.perf_counter()
-    from orchestrator.execute import dedupe, pending_units
-
-    if not pending_units(dedupe(units), results):
-        # Everything is already in the tables: no need to start Ray at all.
-        print(describe(str(args.results), experiment))
-        print(f"\nall {len(dedupe(units))} units already done "
-              f"({time.perf_counter() - start:.1f}s); nothing to run")
-        return 0
-    info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
-    ctx = task_context(args, results, variants[0], data_root)
-    try:
-        report = execute(units, results, ctx, resources, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished units are saved; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    finally:
-        stop_ray()
-    wall = time.perf_counter() - start
-    print(describe(str(args.results), experiment))
-    print(f"\n{report.succeeded} units ran, {report.skipped} already done, "
-          f"{report.failed} failed, in {wall:.1f}s (Ray: {info['mode']})")
-    if report.failed:
-        print(f"see the errors table: unlearn-audit show {args.results}", file=sys.stderr)
-        return 1
-    return 0
+    # Ray, the capacity check, the experiment's lock, signals: orchestrator/run_driver.py.
+    return drive(args, units, results, variants[0], data_root, header)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (stages register their table summaries)
-    from orchestrator.report import describe
+    from orchestrator.report import NotResults, describe, locate
 
-    root = Path(args.results)
-    if "://" not in str(args.results) and not root.exists():
-        return fail(f"no results at {root}")
-    # Accept RESULTS/ as well as RESULTS/<experiment>/.
-    if "://" not in str(args.results) and not any(p.is_dir() and any(p.glob("*/*.parquet"))
-                                                    for p in root.iterdir()):
-        print(describe(str(root.parent), root.name))
-    else:
-        print(describe(str(root)))
+    # A path or a URI (file://, s3://, ...), handled as a string: Path() would mangle "//".
+    try:
+        root, experiment, table = locate(args.results)
+    except NotResults as err:
+        return fail(f"{args.results}: {err}")
+    print(describe(root, experiment, table))
     return 0
 
 
@@ -112,7 +96,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = BriefParser(
         prog="unlearn-audit",
         description="Measure how much machine unlearning leaks about forgotten data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,16 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec value, e.g. --set training.epochs=5 (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    run.add_argument("--num-cpus", type=int, default=None,
+    run.add_argument("--num-cpus", type=positive_int, default=None,
                      help="CPUs for the local Ray (default: all)")
     run.add_argument("--no-auth", action="store_true",
                      help="start the local Ray without token authentication (not advised)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="summarise result tables",
                           description="Print a readable summary of every table.")
-    show.add_argument("results", help="RESULTS or RESULTS/<experiment>")
+    show.add_argument("results", help="RESULTS, RESULTS/<experiment> or one table's folder; "
+                                      "a path or a URI (file://, s3://, ...)")
     show.set_defaults(func=cmd_show)
 
     datasets = sub.add_parser("datasets", help="list datasets and where they are read from",

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
-__all__ = ["EXIT_BAD_INPUT", "fail", "resolved_data_root", "task_context"]
+__all__ = ["EXIT_BAD_INPUT", "BriefParser", "check_outputs", "fail", "positive_int",
+           "resolved_data_root", "task_context"]
 
 EXIT_BAD_INPUT = 2
 
@@ -15,6 +17,47 @@ EXIT_BAD_INPUT = 2
 def fail(message: str) -> int:
     print(f"unlearn-audit: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+class BriefParser(argparse.ArgumentParser):
+    """argparse's refusals as one line, ``unlearn-audit: <what is wrong>``, exit 2, instead of
+    the usage block (``--help`` still prints it). Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument "):  # "argument --num-cpus: ..." names the flag
+            message = message[len("argument "):]
+        else:  # unknown flags, a missing argument: point at the help
+            message += f" (see: {self.prog} --help)"
+        self.exit(EXIT_BAD_INPUT, f"unlearn-audit: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (CPU counts, trial counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {value}")
+    return value
+
+
+def check_outputs(args: argparse.Namespace, experiment: str, *, probe: bool = True) -> str | None:
+    """The refusal line for a ``--results`` or ``--artifacts`` that cannot be written (a file,
+    a path under a file, a read-only folder, an unreachable store), else None. Run before any
+    work, so a bad output path costs nothing. ``probe=False`` (a dry run, which writes nothing)
+    checks only that the paths can be folders."""
+    from orchestrator.storage import OutputError, check_writable
+
+    checks = [("--results", args.results, (experiment,))]
+    if args.artifacts:
+        checks.append(("--artifacts", args.artifacts, ()))
+    for flag, target, parts in checks:
+        try:
+            check_writable(target, *parts, probe=probe)
+        except OutputError as err:
+            return f"{flag} {target}: {err}"
+    return None
 
 
 def resolved_data_root(args: argparse.Namespace) -> str | None:
@@ -28,7 +71,8 @@ def task_context(args: argparse.Namespace, results, spec, data_root: str | None)
     """Where workers read and write: absolute paths, so every worker (and node) agrees."""
     from orchestrator.units import TaskContext
 
-    artifacts = args.artifacts or os.path.join(results.location.uri, "_artifacts")
+    # A URI's ?query (an object store's options) stays at the end of the default's URI.
+    artifacts = args.artifacts or results.location.child_uri("_artifacts")
     if "://" not in artifacts:
         artifacts = os.path.abspath(artifacts)
     return TaskContext(spec.experiment, results.location.uri, artifacts, data_root,

@@ -2,24 +2,33 @@
 
 A unit's rows are buffered on the driver and written in whole Parquet parts every few seconds,
 so an interrupted run keeps what finished and a rerun resumes from there. A unit that fails
-after its retries becomes a row in the ``errors`` table; it never stops the run.
+after its retries becomes a row in the ``errors`` table; it never stops the run. Starting and
+stopping Ray lives in :mod:`orchestrator.ray_session`; what the cluster can run, in
+:mod:`orchestrator.capacity`.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.capacity import CapacityError, StallWatch, check_capacity
 from orchestrator.plan import Unit
+from orchestrator.ray_session import LOCAL_ENV, ClusterUnreachable, embedded, start_ray, stop_ray
 from orchestrator.spec import ResourcesSpec
 from orchestrator.tables import Results
 from orchestrator.units import TaskContext, run_unit_inline
+
+__all__ = ["LOCAL_ENV", "CapacityError", "ClusterUnreachable", "RunReport", "TransientError",
+           "dedupe", "execute", "execute_inline", "pending_units", "start_ray", "stop_ray"]
+
+DEFAULT_RESOURCE_WAIT_S = 600.0
 
 
 class TransientError(RuntimeError):
@@ -27,58 +36,17 @@ class TransientError(RuntimeError):
 
 
 RETRY_EXCEPTIONS = [TransientError, ConnectionError, TimeoutError]
-LOCAL_ENV = {
-    # Ray 2.60 on Linux binds to every interface unless this is 0; then a local Ray listens on
-    # 127.0.0.1 only (and refuses other nodes, which is right for the embedded mode).
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
-
-
-def start_ray(address: str | None = None, num_cpus: int | None = None, auth: bool = True,
-              quiet: bool = True) -> dict[str, Any]:
-    """Join ``address`` (or $RAY_ADDRESS), else start an embedded loopback-only Ray.
-
-    The environment is set before ``import ray``: Ray reads its auth mode once, when loaded.
-    """
-    address = address or os.environ.get("RAY_ADDRESS")
-    logging_kwargs = {"log_to_driver": not quiet, "logging_level": "ERROR" if quiet else "INFO"}
-    if address:
-        import ray
-
-        if ray.is_initialized():
-            return {"mode": "attached"}
-        # Joining a cluster: its token comes from $RAY_AUTH_TOKEN or ~/.ray/auth_token.
-        ray.init(address=address, **logging_kwargs)
-        return {"mode": "cluster", "address": address}
-    os.environ.update(LOCAL_ENV)
-    if auth:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
-            # A fresh secret for this embedded Ray only; workers inherit it.
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    else:
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-    import ray
-
-    if ray.is_initialized():
-        return {"mode": "attached"}
-    ray.init(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1",
-             **logging_kwargs)
-    return {"mode": "local", "auth": auth}
-
-
-def stop_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def _remote_runner():
     import ray
 
     @ray.remote
-    def run_unit(fn: str, params: dict, ctx: TaskContext, num_cpus: float, *deps: Any):
+    def run_unit(fn: str, params: dict, ctx: TaskContext, num_cpus: float, key: str,
+                 starts: Any, *deps: Any):
+        # First thing (imports take seconds): the driver tells queueing behind this run's own
+        # units from a stall by these marks.
+        starts.mark.remote(key)
         import torch
 
         import orchestrator.stages  # noqa: F401  (in the worker: registers the unit functions)
@@ -88,7 +56,21 @@ def _remote_runner():
         ctx = TaskContext(**{**ctx.__dict__, "node_id": node})
         return run_unit_inline(fn, params, ctx)
 
-    return run_unit
+    @ray.remote(num_cpus=0)
+    class Starts:
+        """The keys of units that began running since the driver last asked."""
+
+        def __init__(self) -> None:
+            self.keys: list[str] = []
+
+        def mark(self, key: str) -> None:
+            self.keys.append(key)
+
+        def take(self) -> list[str]:
+            keys, self.keys = self.keys, []
+            return keys
+
+    return run_unit, Starts
 
 
 @dataclass
@@ -100,6 +82,8 @@ class RunReport:
     wall_s: float = 0.0
     errors: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    not_run: int = 0  # units left unsubmitted or waiting when the run stopped on a stall
+    stalled: str = ""  # why: which units waited for what
 
 
 def dedupe(units: Iterable[Unit]) -> list[Unit]:
@@ -150,9 +134,70 @@ def _error_row(unit: Unit, err: BaseException) -> dict[str, Any]:
             "detail": text[:20000], "time": time.time()}
 
 
+def _not_run_row(unit: Unit, why: str) -> dict[str, Any]:
+    return {"key": unit.key, "unit": unit.label or unit.fn, "fn": unit.fn, "kind": unit.kind,
+            "error_type": "NotRun", "error": f"not run: {why}"[:2000], "detail": why,
+            "time": time.time()}
+
+
+class _SoftStop:
+    """While units run, SIGINT and SIGTERM only ask the loop to stop; the loop then stops at a
+    safe point (not inside a Ray call, which is what made Ray's own checks fail and dump). A
+    second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _SoftStop:  # noqa: PYI034
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle)
+                          for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+class _StartPoll:
+    """Asks the ``Starts`` actor for newly started units, every ``every`` seconds, without
+    ever blocking the loop on it."""
+
+    def __init__(self, starts: Any, every: float = 2.0) -> None:
+        self.starts, self.every = starts, every
+        self.ref: Any = starts.take.remote()
+        self.asked = time.monotonic()
+
+    def poll(self, watch: StallWatch) -> None:
+        """Pass any answer to ``watch``, with the time it was asked for."""
+        import ray
+
+        if self.ref is None:
+            if time.monotonic() - self.asked >= self.every:
+                self.ref, self.asked = self.starts.take.remote(), time.monotonic()
+            return
+        done, _ = ray.wait([self.ref], timeout=0)
+        if done:
+            keys, self.ref = ray.get(self.ref), None
+            watch.started(keys, self.asked)
+
+
 def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: ResourcesSpec,
-            progress: bool = True) -> RunReport:
-    """Submit every unfinished unit to Ray, wait, and write rows as units finish."""
+            progress: bool = True, resource_wait_s: float = DEFAULT_RESOURCE_WAIT_S
+            ) -> RunReport:
+    """Submit every unfinished unit to Ray, wait, and write rows as units finish.
+
+    Raises :class:`CapacityError` (before anything is written) when no node of the embedded
+    Ray can run some unit (a cluster may still gain such a node: the autoscaler, ``ray start``);
+    stops, recording the rest as not run, when units wait ``resource_wait_s`` for resources
+    while none of this run's units runs.
+    """
     import ray
     from tqdm import tqdm
 
@@ -160,8 +205,13 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
     units = dedupe(units)
     todo = pending_units(units, results)
     report = RunReport(total=len(units), skipped=len(units) - len(todo))
+    if todo and embedded():
+        check_capacity(todo, resources)
     results.clear("errors")  # the errors table describes the latest run only
-    runner = _remote_runner()
+    if not todo:
+        return report
+    runner, starts_cls = _remote_runner()
+    starts = starts_cls.remote()
     refs: dict[str, Any] = {}
     unit_of: dict[Any, Unit] = {}
     for u in todo:
@@ -171,42 +221,78 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
             num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
             max_retries=resources.max_retries, retry_exceptions=RETRY_EXCEPTIONS,
             name=f"{u.fn}:{u.label}"[:100],
-        ).remote(u.fn, u.params, ctx, res.cpus, *dep_refs)
+        ).remote(u.fn, u.params, ctx, res.cpus, u.key, starts, *dep_refs)
         refs[u.key] = ref
         unit_of[ref] = u
     buffer = _RowBuffer(results)
+    watch = StallWatch(todo, resource_wait_s)
+    poll = _StartPoll(starts)
     remaining = list(unit_of)
     bar = tqdm(total=len(todo), desc=ctx.experiment, unit="task", disable=not progress,
                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
     try:
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
-            for ref in ready:
-                unit = unit_of[ref]
-                try:
-                    buffer.add(ray.get(ref))
-                    report.succeeded += 1
-                # Whatever a unit raised (a RayTaskError wrapping it, or a lost worker's
-                # RayError) becomes its error row; the run goes on, as inline.
-                except Exception as err:  # noqa: BLE001
-                    row = _error_row(unit, err)
-                    report.errors.append(row)
-                    report.failed += 1
-                    buffer.add({"errors": [row]})
-                bar.update(1)
-                bar.set_postfix(failed=report.failed, refresh=False)
-            if not ready:
-                buffer.add({})
+        with _SoftStop() as stop:
+            while remaining:
+                if stop.signum:
+                    raise KeyboardInterrupt
+                ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    _collect(ref, unit_of[ref], buffer, report)
+                    watch.finished(unit_of[ref].key)
+                    bar.update(1)
+                    bar.set_postfix(failed=report.failed, refresh=False)
+                if not ready:
+                    buffer.add({})
+                poll.poll(watch)
+                stuck = watch.stalled()
+                if stuck:
+                    _stop_stalled(stuck, [unit_of[r] for r in remaining], watch, resources,
+                                  buffer, report)
+                    break
     except KeyboardInterrupt:
+        # Nothing is cancelled here: cancelling while results arrive tripped Ray's own checks
+        # (a crash dump); stop_ray ends the remaining tasks with the embedded Ray.
         report.interrupted = True
-        for ref in remaining:
-            ray.cancel(ref, force=True)
         raise
     finally:
         buffer.flush()
         bar.close()
         report.wall_s = time.perf_counter() - start
     return report
+
+
+def _collect(ref: Any, unit: Unit, buffer: _RowBuffer, report: RunReport) -> None:
+    import ray
+
+    try:
+        buffer.add(ray.get(ref))
+        report.succeeded += 1
+    # Whatever a unit raised (a RayTaskError wrapping it, or a lost worker's RayError)
+    # becomes its error row; the run goes on, as inline.
+    except Exception as err:  # noqa: BLE001
+        row = _error_row(unit, err)
+        report.errors.append(row)
+        report.failed += 1
+        buffer.add({"errors": [row]})
+
+
+def _stop_stalled(stuck: list[Unit], left: list[Unit], watch: StallWatch,
+                  resources: ResourcesSpec, buffer: _RowBuffer, report: RunReport) -> None:
+    """Record every unit not finished as not run, and say which waited for what."""
+    import ray
+
+    try:
+        free: dict[str, Any] | None = ray.available_resources()
+    except Exception:  # noqa: BLE001  only for the message
+        free = None
+    reason = watch.reason(stuck, resources, free)
+    print(f"unlearn-audit: warning: {reason}; stopping", file=sys.stderr, flush=True)
+    waiting = {u.key for u in stuck}
+    rows = [_not_run_row(u, reason if u.key in waiting else
+                         "the run stopped while the units it needs waited for resources")
+            for u in left]
+    buffer.add({"errors": rows})
+    report.not_run, report.stalled = len(rows), reason
 
 
 def execute_inline(units: list[Unit], results: Results, ctx: TaskContext) -> RunReport:

@@ -4,7 +4,8 @@
   one panel per attack model, one curve per feature, classical MIA dashed.
 - ``gain_vs_gap.png``: AUC gain of each unlearning feature over classical MIA (same attack
   model) against the target originals' generalisation gap, one point per (variant, attack
-  model). Each attack unit adds its points (``figures/points/<key>.json``) and redraws it.
+  model). Each attack unit adds its points (``_arrays/mia/gain-<key>.json``, beside the
+  tables) and redraws it.
 
 Redraw everything from the tables with ``python -m orchestrator.membership_figures RESULTS
 EXPERIMENT`` (e.g. after a run interrupted between an attack and its figure).
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.storage import Location
+from orchestrator.tables import ARRAYS_DIR, FIGURES_DIR
 
 
 def _plt():
@@ -126,19 +128,19 @@ def write_scenario_figures(ctx, spec, scenario: str, method: str, attack_key: st
     short = attack_key.rsplit("-", 1)[-1][:8]
     name = f"roc_{spec.dataset.name}_{spec.model.name}_{method}_{scenario}_{short}.png"
     title = f"{spec.dataset.name} / {spec.model.name} / {method} / {scenario}"
-    written = [_save(roc_figure(curves, title), loc, exp, "figures", name)]
+    written = [_save(roc_figure(curves, title), loc, exp, FIGURES_DIR, name)]
     points = _points_from_rows(mia_rows)
-    loc.write_bytes(json.dumps(points).encode(), exp, "figures", "points", f"{short}.json")
+    loc.write_bytes(json.dumps(points).encode(), exp, ARRAYS_DIR, "mia", f"gain-{short}.json")
     written.append(redraw_gain(loc, exp))
     return written
 
 
 def redraw_gain(loc: Location, experiment: str) -> str:
     points = []
-    for path in loc.list_files(experiment, "figures", "points", suffix=".json"):
+    for path in loc.list_files(experiment, ARRAYS_DIR, "mia", suffix=".json"):
         with loc.fs.open_input_file(path) as fh:
             points.extend(json.loads(fh.read()))
-    return _save(gain_figure(points), loc, experiment, "figures", "gain_vs_gap.png")
+    return _save(gain_figure(points), loc, experiment, FIGURES_DIR, "gain_vs_gap.png")
 
 
 def redraw_from_tables(results_root: str, experiment: str) -> list[str]:
@@ -163,9 +165,10 @@ def redraw_from_tables(results_root: str, experiment: str) -> list[str]:
                 f"{first['scenario']}_{key.rsplit('-', 1)[-1][:8]}.png")
         title = (f"{first['dataset']} / {first['model']} / {first['unlearning_method']} / "
                  f"{first['scenario']}")
-        written.append(_save(roc_figure(curves, title), loc, experiment, "figures", name))
+        written.append(_save(roc_figure(curves, title), loc, experiment, FIGURES_DIR, name))
     points = _points_from_rows(mia.to_dict("records"))
-    written.append(_save(gain_figure(points), loc, experiment, "figures", "gain_vs_gap.png"))
+    written.append(_save(gain_figure(points), loc, experiment, FIGURES_DIR,
+                         "gain_vs_gap.png"))
     return written
 
 

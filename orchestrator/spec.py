@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,16 @@ import yaml
 
 from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
-from tasks.params import ParamError, build, convert, to_dict
+from tasks.params import (
+    FieldError,
+    ParamError,
+    build,
+    check,
+    check_seed,
+    convert,
+    one_line,
+    to_dict,
+)
 from tasks.registry import UnknownComponentError
 from tasks.training import TrainConfig
 from tasks.unlearning import UNLEARNING, ForgetConfig
@@ -36,6 +46,11 @@ class SpecError(ValueError):
     """A spec that cannot run; the message starts with the offending key path."""
 
 
+class SpecFileError(SpecError):
+    """The spec file itself is unreadable (missing, a folder, binary, not a mapping); the
+    message starts with the file's path."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str = "digits"
@@ -43,6 +58,15 @@ class DatasetSpec:
     pool_size: int | None = None
     # N: samples drawn (seeded) from the pool to train theta; null = the whole pool.
     train_size: int | None = None
+
+    def __post_init__(self) -> None:
+        # Upper bounds depend on the data: plan_core checks them (tasks.splits).
+        check("pool_size", self.pool_size, low=1, integer=True, optional=True)
+        check("train_size", self.train_size, low=1, integer=True, optional=True)
+        if (self.pool_size is not None and self.train_size is not None
+                and self.train_size > self.pool_size):
+            raise FieldError("train_size", f"must be at most pool_size ({self.pool_size}), "
+                                           f"got {self.train_size}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,13 @@ class TaskResources:
     # Custom Ray resources a task needs, e.g. {"gpu_node": 1}.
     custom: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Negative or infinite demands make Ray fail (or wait forever) after it started.
+        check("cpus", self.cpus, low=0)
+        check("gpus", self.gpus, low=0)
+        for name, amount in self.custom.items():
+            check(f"custom.{name}", amount, low=0)
+
 
 @dataclass(frozen=True)
 class ResourcesSpec:
@@ -71,12 +102,53 @@ class ResourcesSpec:
     # Retries of a task whose worker died or raised a transient error.
     max_retries: int = 3
 
+    def __post_init__(self) -> None:
+        check("max_retries", self.max_retries, low=0, integer=True)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     requests_per_task: int = 8  # forget requests unlearned in one Ray task
     deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.fullmatch(self.device):
+            raise FieldError("device", f"must be one of {DEVICES}, got {self.device!r}")
+        check("requests_per_task", self.requests_per_task, low=1, integer=True)
+
+
+def available_devices() -> list[str]:
+    """The torch devices of this machine (``cpu`` always)."""
+    import torch
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(runtime: RuntimeSpec, resources: ResourcesSpec) -> None:
+    """Refuse a device this machine lacks, unless the spec's tasks ask Ray for GPUs: then the
+    cluster holds them, and the run's resource check against the cluster decides."""
+    device = runtime.device
+    if device in ("auto", "cpu"):
+        return
+    if device.startswith("cuda") and any(
+            getattr(resources, f.name).gpus > 0 for f in dataclasses.fields(resources)
+            if isinstance(getattr(resources, f.name), TaskResources)):
+        return
+    have = available_devices()
+    if device not in have:
+        raise ParamError("runtime.device", f"{device!r} does not exist on this machine; "
+                                           f"available: {', '.join(have)}")
 
 
 @dataclass(frozen=True)
@@ -127,32 +199,72 @@ def flatten(obj: Any, prefix: str) -> dict[str, Any]:
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested mappings and lists; SpecError naming the key when the path
+    does not fit the data (a list index that is not a number or out of range, a value where a
+    section should be)."""
     keys = dotted.split(".")
-    node = data
-    for i, k in enumerate(keys[:-1]):
+    if not dotted or any(not k for k in keys):
+        raise SpecError(f"{dotted!r}: expected a key path such as training.epochs")
+    node: Any = data
+    for i, k in enumerate(keys):
+        here = ".".join(keys[:i + 1])
+        last = i == len(keys) - 1
         if isinstance(node, list):
             try:
-                node = node[int(k)]
-                continue
+                index = int(k)
+                if not -len(node) <= index < len(node):
+                    raise IndexError
             except (ValueError, IndexError):
-                raise SpecError(f"{'.'.join(keys[:i + 1])}: no such list item") from None
-        nxt = node.get(k)
-        if nxt is None:
-            nxt = node[k] = {}
+                raise SpecError(f"{here}: no such list item (the list has {len(node)} "
+                                f"item(s), numbered from 0)") from None
+            if last:
+                node[index] = value
+                return
+            nxt = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+                return
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+        else:
+            raise SpecError(f"{'.'.join(keys[:i])}: is a value, not a section")
         if not isinstance(nxt, (dict, list)):
-            raise SpecError(f"{'.'.join(keys[:i + 1])}: is a value, not a section")
+            raise SpecError(f"{here}: is a value, not a section")
         node = nxt
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` -> (key path, the value read as YAML)."""
     if "=" not in text:
-        raise SpecError(f"--set {text!r}: expected key.path=value")
+        raise SpecError(f"--set {text}: expected key.path=value")
     key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise SpecError(f"--set {text}: the value is not valid YAML "
+                        f"({_yaml_problem(err)})") from None
+    if not key.strip():
+        raise SpecError(f"--set {text}: expected key.path=value")
+    return key.strip(), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``--set`` overrides in place; errors name the override."""
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            _set_path(data, key, value)
+        except SpecError as err:
+            raise SpecError(f"--set {text}: {err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where."""
+    problem = getattr(err, "problem", None) or one_line(str(err))
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _flat_component(data: Any, path: str, name_key: str) -> tuple[str, dict]:
@@ -167,8 +279,32 @@ def _flat_component(data: Any, path: str, name_key: str) -> tuple[str, dict]:
     return str(data[name_key]), rest
 
 
-def build_variant(data: Mapping[str, Any]) -> Spec:
-    """Validate one variant (no grid left) into a Spec."""
+def _seeds(data: Mapping[str, Any]) -> tuple[int, ...]:
+    """``seed: 3`` or ``seeds: [0, 1]``: integers in [0, 2**32), each once."""
+    if "seeds" in data:
+        raw = data["seeds"]
+        if not isinstance(raw, list) or not raw:
+            raise ParamError("seeds", f"expected a non-empty list of integers, got {raw!r}")
+        paths = [f"seeds[{i}]" for i in range(len(raw))]
+    else:
+        raw, paths = [data.get("seed", 0)], ["seed"]
+    seeds = []
+    for value, path in zip(raw, paths):
+        seed = convert(int, value, path)
+        try:
+            check_seed(path, seed)
+        except FieldError:
+            raise ParamError(path, f"must be an integer in [0, 2**32), got {value!r}") from None
+        seeds.append(seed)
+    if len(set(seeds)) != len(seeds):
+        raise ParamError("seeds", f"each seed may appear once, got {raw!r}")
+    return tuple(seeds)
+
+
+def build_variant(data: Mapping[str, Any], local_devices: bool = True) -> Spec:
+    """Validate one variant (no grid left) into a Spec. ``local_devices=False`` skips the
+    check that ``runtime.device`` exists here (a worker rebuilding a spec the driver checked:
+    its GPUs are what Ray gave the task)."""
     allowed = set(_CORE_KEYS) | set(STAGES.names())
     for key in data:
         if key not in allowed:
@@ -184,8 +320,7 @@ def build_variant(data: Mapping[str, Any]) -> Spec:
             raise ParamError("experiment", "expected a name of letters, digits, '-' and '_'")
         if "seed" in data and "seeds" in data:
             raise ParamError("seed", "give either seed or seeds, not both")
-        seeds = data.get("seeds", [data.get("seed", 0)])
-        seeds = tuple(convert(list[int], seeds, "seeds"))
+        seeds = _seeds(data)
         name, mparams = _flat_component(data.get("model", {"name": "mlp"}), "model", "name")
         model = ModelConfig(name, mparams)
         try:
@@ -212,6 +347,10 @@ def build_variant(data: Mapping[str, Any]) -> Spec:
                 # A section's settings: a dataclass, or any annotation (``attacks`` is a
                 # mapping of names to entries).
                 stages[stage] = convert(STAGES.get(stage).params, data[stage], stage)
+        resources = build(ResourcesSpec, data.get("resources"), "resources")
+        runtime = build(RuntimeSpec, data.get("runtime"), "runtime")
+        if local_devices:
+            check_device(runtime, resources)
         return Spec(
             experiment=experiment,
             seeds=seeds,
@@ -222,25 +361,28 @@ def build_variant(data: Mapping[str, Any]) -> Spec:
                          if data.get("pretraining") is not None else None),
             forget=build(ForgetConfig, data.get("forget"), "forget"),
             unlearning=tuple(unlearning),
-            resources=build(ResourcesSpec, data.get("resources"), "resources"),
-            runtime=build(RuntimeSpec, data.get("runtime"), "runtime"),
+            resources=resources,
+            runtime=runtime,
             stages=stages,
             raw=copy.deepcopy(dict(data)),
         )
     except ParamError as err:
-        raise SpecError(str(err)) from None
+        raise SpecError(one_line(str(err))) from None
 
 
-def expand(data: Mapping[str, Any], overrides: list[str] = ()) -> list[Spec]:
-    """Apply overrides, expand the grid, validate every variant."""
+def expand(data: Mapping[str, Any], overrides: list[str] = (),
+           local_devices: bool = True) -> list[Spec]:
+    """Apply overrides, expand the grid, validate every variant (see :func:`build_variant`)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"<root>: a spec is a mapping of sections, got {data!r}")
     data = copy.deepcopy(dict(data))
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_path(data, key, value)
+    apply_overrides(data, overrides)
     grid = data.pop("grid", None) or {}
     if not isinstance(grid, Mapping):
         raise SpecError("grid: expected a mapping of key paths to lists of values")
     for key, values in grid.items():
+        if not isinstance(key, str):
+            raise SpecError(f"grid.{key}: expected a key path such as training.epochs")
         if not isinstance(values, list) or not values:
             raise SpecError(f"grid.{key}: expected a non-empty list of values")
     data.pop("description", None)
@@ -253,21 +395,35 @@ def expand(data: Mapping[str, Any], overrides: list[str] = ()) -> list[Spec]:
                 _set_path(variant, key, value)
             except SpecError as err:
                 raise SpecError(f"grid.{err}") from None
-        variants.append(build_variant(variant))
+        variants.append(build_variant(variant, local_devices))
     return variants
 
 
 def read_spec_file(path: str | Path) -> Mapping[str, Any]:
-    """The YAML mapping of a spec file, or a SpecError saying why it is not one."""
+    """The YAML mapping of a spec file, or a SpecFileError saying why it is not one."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: spec file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecFileError(f"{path}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecFileError(f"{path}: is a folder, not a spec file") from None
+    except UnicodeDecodeError:
+        raise SpecFileError(f"{path}: not a text file (a spec is UTF-8 YAML)") from None
+    except OSError as err:
+        raise SpecFileError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
+        raise SpecFileError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
+    if data is None:
+        raise SpecFileError(f"{path}: the spec file is empty")
     if not isinstance(data, Mapping):
-        raise SpecError(f"{path}: a spec is a mapping of sections")
+        raise SpecFileError(f"{path}: a spec is a mapping of sections, got a "
+                            f"{type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise SpecFileError(f"{path}: section names must be strings, got {bad[0]!r}")
     return data
 
 

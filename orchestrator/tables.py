@@ -3,6 +3,11 @@
 Every row has a ``key``. Parts are written whole and atomically (see :class:`Location`), and a
 part's name is the hash of the keys it holds, so a resumed run that writes the same rows again
 replaces the file instead of adding a copy; readers also keep one row per key.
+
+All parts of a table share one schema, so any reader takes the folder as one dataset (pandas,
+pyarrow, polars, duckdb read ``RESULTS/<experiment>/<table>`` directly): a column keeps one
+type, and when a later part widens it (a column that was all null gets a type, ints meet
+floats, a new column appears) the earlier parts are rewritten to match.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _column(values: list) -> pa.Array:
+    # Straight to Arrow, not through pandas: ints with a None stay int64 (pandas makes them
+    # float64 in one part and not in the next), so parts agree on types.
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds of value: keep them as text
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
 def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
     columns: dict[str, list] = {}
     for i, row in enumerate(rows):
@@ -38,8 +52,39 @@ def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
             columns.setdefault(name, [None] * i)
         for name, col in columns.items():
             col.append(_cell(row.get(name)))
-    frame = pd.DataFrame(columns)
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.table({name: _column(col) for name, col in columns.items()})
+
+
+def _wider(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """One type holding both: null gives way, numbers widen to float64, else text."""
+    if a == b or pa.types.is_null(b):
+        return a
+    if pa.types.is_null(a):
+        return b
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    if any(f(a) for f in numeric) and any(f(b) for f in numeric):
+        return pa.float64()
+    return pa.string()
+
+
+def unify_schemas(old: pa.Schema | None, new: pa.Schema) -> pa.Schema:
+    if old is None:
+        return new
+    fields = {f.name: f.type for f in old}
+    for f in new:
+        fields[f.name] = _wider(fields[f.name], f.type) if f.name in fields else f.type
+    return pa.schema(list(fields.items()))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order and types (missing: null)."""
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            columns.append(table.column(f.name).cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class Results:
@@ -48,6 +93,8 @@ class Results:
     def __init__(self, root: str | os.PathLike, experiment: str) -> None:
         self.location = Location(root)
         self.experiment = experiment
+        self._schemas: dict[str, pa.Schema | None] = {}  # table -> its parts' common schema
+        self._mixed: set[str] = set()  # tables whose parts disagree (written before this rule)
 
     def table_dir(self, table: str) -> str:
         return self.location.path(self.experiment, table)
@@ -59,9 +106,39 @@ class Results:
         keys = [r["key"] for r in rows]
         if len(set(keys)) != len(keys):
             raise ValueError(f"table {table}: duplicate keys in one write")
-        buf = io.BytesIO()
-        pq.write_table(rows_to_arrow(rows), buf)
+        data = rows_to_arrow(rows)
         name = f"part-{stable_hash(sorted(keys), 20)}.parquet"
+        old = self._schema(table)
+        schema = unify_schemas(old, data.schema)
+        if old is not None and (not schema.equals(old) or table in self._mixed):
+            # Widen the parts already written (under the experiment's lock: one writer).
+            for part in self.parts(table):
+                if part.rsplit("/", 1)[-1] != name:
+                    self._write_part(conform(self._read_part(part), schema), table,
+                                     part.rsplit("/", 1)[-1])
+        self._schemas[table] = schema
+        self._mixed.discard(table)
+        return self._write_part(conform(data, schema), table, name)
+
+    def _schema(self, table: str) -> pa.Schema | None:
+        if table not in self._schemas:
+            schema, seen = None, []
+            for part in self.parts(table):
+                with self.location.fs.open_input_file(part) as fh:
+                    seen.append(pq.read_schema(fh))
+                schema = unify_schemas(schema, seen[-1])
+            if any(not s.equals(schema) for s in seen):
+                self._mixed.add(table)
+            self._schemas[table] = schema
+        return self._schemas[table]
+
+    def _read_part(self, part: str) -> pa.Table:
+        with self.location.fs.open_input_file(part) as fh:
+            return pq.read_table(fh)
+
+    def _write_part(self, data: pa.Table, table: str, name: str) -> str:
+        buf = io.BytesIO()
+        pq.write_table(data.replace_schema_metadata(None), buf)
         return self.location.write_bytes(buf.getvalue(), self.experiment, table, name)
 
     def parts(self, table: str) -> list[str]:
@@ -91,11 +168,17 @@ class Results:
     def clear(self, table: str) -> None:
         for part in self.parts(table):
             self.location.fs.delete_file(part)
+        self._schemas.pop(table, None)
+        self._mixed.discard(table)
 
 
 # Arrays, JSON points and images a stage keeps for its figures live in
 # RESULTS/<experiment>/_arrays/<table>/, beside the tables: a table folder holds Parquet only.
 ARRAYS_DIR = "_arrays"
+# The PNGs stay where users look for them, RESULTS/<experiment>/figures/ (a folder of images,
+# not a table); the table listing them is figure_index, so no table folder holds a PNG.
+FIGURES_DIR = "figures"
+FIGURE_INDEX = "figure_index"
 
 
 def list_experiments(root: str | os.PathLike) -> list[str]:

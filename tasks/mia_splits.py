@@ -75,20 +75,35 @@ def paper_split(n_records: int, split_seed: int = 100, replace_seed: int = 0,
     return MiaSplit(*halves)
 
 
-def effective_set_size(set_size: int, pool_size: int, max_fraction: float) -> int:
-    """``set_size`` capped at ``max_fraction`` of the positive pool (small datasets).
+def max_set_size(pool_size: int, max_fraction: float) -> int:
+    """The largest S_i a positive pool of ``pool_size`` records allows: ``max_fraction`` of it.
 
     A set as large as its pool makes every "different" original train on the same records
-    (ATTACKS.md 6.3, the STL-10 pitfall); the cap keeps the S_i distinct.
+    (ATTACKS.md 6.3, the STL-10 pitfall); the bound keeps the S_i distinct.
     """
-    cap = int(np.floor(pool_size * max_fraction))
-    if cap < 2:
-        raise ValueError(f"the positive pool holds {pool_size} records: too few for a training "
-                         f"set (max_set_fraction {max_fraction})")
-    if min(set_size, cap) >= pool_size:
+    return int(np.floor(pool_size * max_fraction))
+
+
+def effective_set_size(set_size: int, pool_size: int, max_fraction: float,
+                       key: str = "membership.set_size", cap: bool = False) -> int:
+    """``set_size``, checked against :func:`max_set_size` of the positive pool.
+
+    A larger request is an error naming ``key`` and the largest allowed value, never silently
+    capped; ``cap=True`` (the spec's ``cap_set_size: true``, asked for explicitly: a grid over
+    datasets of different sizes) reduces it to that value instead.
+    """
+    largest = max_set_size(pool_size, max_fraction)
+    if largest < 2:
+        raise ValueError(f"{key}: the positive pool holds {pool_size} records, too few for a "
+                         f"training set (max_set_fraction {max_fraction}); use more data")
+    if set_size > largest and not cap:
+        raise ValueError(f"{key}: at most {largest} for this dataset (max_set_fraction "
+                         f"{max_fraction} of the {pool_size}-record positive pool), "
+                         f"got {set_size}; or set cap_set_size: true")
+    if min(set_size, largest) >= pool_size:
         warnings.warn(f"set_size {set_size} equals the positive pool: every original trains on "
                       "the same records", stacklevel=2)
-    return min(set_size, cap)
+    return min(set_size, largest)
 
 
 @dataclass(frozen=True)
@@ -124,12 +139,14 @@ def sample_sets(split: MiaSplit, side: str, set_num: int, set_size: int, unlearn
     ``unlearning_num`` records. Identical arguments give identical plans."""
     half = split.side(side)
     if set_size > len(half.positive):
-        raise ValueError(f"set_size {set_size} exceeds the {side} positive pool "
-                         f"({len(half.positive)} records)")
+        raise ValueError(f"membership.set_size: at most the {side} positive pool "
+                         f"({len(half.positive)} records), got {set_size}")
     need = unlearning_size * unlearning_num
     if deletion_sampling == "without_replacement" and need > set_size - 1:
-        raise ValueError(f"{unlearning_size} deletions of {unlearning_num} need {need} distinct "
-                         f"records plus one remaining, S_i holds {set_size}")
+        raise ValueError(f"membership.unlearning_size: {unlearning_size} deletions of "
+                         f"{unlearning_num} need {need} distinct records plus one remaining, "
+                         f"S_i holds {set_size}; at most {(set_size - 1) // unlearning_num} "
+                         f"deletions fit")
     if len(half.negative) == 0:
         raise ValueError(f"the {side} negative pool is empty")
     plans = []

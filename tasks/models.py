@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.params import build
+from tasks.params import FieldError, build, check, check_each
 from tasks.registry import Registry
 
 
@@ -67,6 +67,9 @@ class MLPParams:
     hidden: tuple[int, ...] = (128,)
     activation: Literal["relu", "tanh", "sigmoid"] = "relu"
 
+    def __post_init__(self) -> None:
+        check_each("hidden", self.hidden, low=1, integer=True)
+
 
 @_register("mlp", "torch", MLPParams)
 def mlp(input_shape, num_classes, params: MLPParams, mean=None, std=None) -> nn.Module:
@@ -87,6 +90,9 @@ class ConvNetParams:
     width: int = 64
     # Parity with the reference definition, whose repeated conv6 name leaves 8 effective layers.
     batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        check("width", self.width, low=1, integer=True)
 
 
 def _conv_block(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
@@ -124,6 +130,14 @@ class SimpleCNNParams:
     channels: tuple[int, ...] = (32, 64)
     hidden: int = 128
     dropout: tuple[float, ...] = (0.25, 0.5)
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 2 or len(self.dropout) != 2:
+            raise FieldError("channels" if len(self.channels) != 2 else "dropout",
+                             "must hold exactly two values (one per convolution / dropout)")
+        check_each("channels", self.channels, low=1, integer=True)
+        check("hidden", self.hidden, low=1, integer=True)
+        check_each("dropout", self.dropout, low=0, high=1, high_open=True)
 
 
 @_register("simple_cnn", "torch", SimpleCNNParams)
@@ -166,6 +180,12 @@ class BasicBlock(nn.Module):
 class ResNetParams:
     width: int = 64
     blocks: tuple[int, ...] = (2, 2, 2, 2)
+
+    def __post_init__(self) -> None:
+        check("width", self.width, low=1, integer=True)
+        if not self.blocks:
+            raise FieldError("blocks", "must hold at least one stage")
+        check_each("blocks", self.blocks, low=1, integer=True)
 
 
 @_register("resnet18", "torch", ResNetParams)
@@ -215,6 +235,10 @@ class DecisionTreeParams:
     max_depth: int | None = None
     min_samples_leaf: int = 1
 
+    def __post_init__(self) -> None:
+        check("max_depth", self.max_depth, low=1, integer=True, optional=True)
+        check("min_samples_leaf", self.min_samples_leaf, low=1, integer=True)
+
 
 @dataclass(frozen=True)
 class RandomForestParams:
@@ -222,11 +246,20 @@ class RandomForestParams:
     min_samples_leaf: int = 1
     max_depth: int | None = None
 
+    def __post_init__(self) -> None:
+        check("n_estimators", self.n_estimators, low=1, integer=True)
+        check("min_samples_leaf", self.min_samples_leaf, low=1, integer=True)
+        check("max_depth", self.max_depth, low=1, integer=True, optional=True)
+
 
 @dataclass(frozen=True)
 class LogisticParams:
     C: float = 1.0
     max_iter: int = 400
+
+    def __post_init__(self) -> None:
+        check("C", self.C, low=0, low_open=True)
+        check("max_iter", self.max_iter, low=1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -234,6 +267,11 @@ class SkMLPParams:
     hidden: tuple[int, ...] = (64,)
     max_iter: int = 200
     learning_rate_init: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_each("hidden", self.hidden, low=1, integer=True)
+        check("max_iter", self.max_iter, low=1, integer=True)
+        check("learning_rate_init", self.learning_rate_init, low=0, low_open=True)
 
 
 @_register("dt", "sklearn", DecisionTreeParams)

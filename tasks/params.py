@@ -8,6 +8,7 @@ a :class:`ParamError` whose ``path`` names the offending key (``unlearning[1].lr
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -23,10 +24,79 @@ class ParamError(ValueError):
         self.message = message
 
 
+class FieldError(ValueError):
+    """A range check of one field, raised in ``__post_init__``; :func:`build` prefixes the
+    dataclass's own key path, so the message names the full key (``unlearning[1].lr``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
+
+
+def _join_relative(path: str, rel: str) -> str:
+    """``attacks.a`` + ``config.lr`` or ``[0].lr``: a nested error's path below ``path``."""
+    if not rel:
+        return path
+    if not path or rel.startswith("["):
+        return f"{path}{rel}"
+    return f"{path}.{rel}"
+
+
+SEED_LIMIT = 2**32  # numpy and torch seed generators take seeds in [0, 2**32)
+
+
+def check(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False, high_open: bool = False, integer: bool = False,
+          optional: bool = False) -> None:
+    """Raise :class:`FieldError` unless ``value`` is a finite number in the range.
+
+    ``low``/``high`` are inclusive unless ``low_open``/``high_open``; ``integer`` also asks
+    for a whole number; ``optional`` lets ``None`` through. ``check("lr", lr, low=0,
+    low_open=True)`` -> ``lr: must be > 0, got -1.0``.
+    """
+    if value is None and optional:
+        return
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FieldError(name, f"must be an integer, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(name, f"must be a number, got {value!r}")
+    elif not math.isfinite(value):
+        raise FieldError(name, f"must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise FieldError(name, f"must be {_range_text(low, high, low_open, high_open)}, "
+                               f"got {value!r}")
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def check_seed(name: str, value: Any, *, optional: bool = False) -> None:
+    """A seed: an integer in [0, 2**32)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise FieldError(name, f"must be an integer in [0, 2**32), got {value!r}")
+
+
+def check_each(name: str, values: Any, **limits: Any) -> None:
+    """:func:`check` on every item of a list (``hidden[1]: must be >= 1, got 0``)."""
+    for i, v in enumerate(values or ()):
+        check(f"{name}[{i}]", v, **limits)
 
 
 def _describe(tp: Any) -> str:
@@ -63,6 +133,8 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 return convert(arg, value, path)
             except ParamError as err:
                 errors.append(err)
+        if len(errors) == 1:  # ``X | None``: X's own error names the exact key and range
+            raise errors[0]
         raise ParamError(path, f"expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
@@ -129,10 +201,17 @@ def build(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
             raise ParamError(_join(path, name), "required key is missing")
     try:
         return cls(**kwargs)
-    except ValueError as err:  # __post_init__ range checks
-        if isinstance(err, ParamError):
-            raise
-        raise ParamError(path, str(err)) from None
+    except FieldError as err:  # __post_init__ range checks of one field
+        raise ParamError(_join_relative(path, err.field), err.message) from None
+    except ParamError as err:  # a nested build inside __post_init__, relative to this one
+        raise ParamError(_join_relative(path, err.path), err.message) from None
+    except ValueError as err:  # other __post_init__ checks
+        raise ParamError(path, one_line(str(err))) from None
+
+
+def one_line(text: str) -> str:
+    """Error text on one line (YAML and plugin errors span several)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def to_dict(obj: Any) -> Any:

@@ -20,13 +20,15 @@ def select_training_set(n_train: int, pool_size: int | None, train_size: int | N
     Hu et al.); the rest are public. ``train_size`` samples are drawn from the pool, seeded."""
     pool_size = n_train if pool_size is None else pool_size
     if not 0 < pool_size <= n_train:
-        raise ValueError(f"dataset.pool_size must be in 1..{n_train}, got {pool_size}")
+        raise ValueError(f"dataset.pool_size: must be in 1..{n_train} (the dataset's training "
+                         f"samples), got {pool_size}")
     pool = np.arange(pool_size)
     public = np.arange(pool_size, n_train)
     if train_size is None or train_size == pool_size:
         train = pool
     else:
         if not 0 < train_size <= pool_size:
-            raise ValueError(f"dataset.train_size must be in 1..{pool_size}, got {train_size}")
+            raise ValueError(f"dataset.train_size: must be in 1..{pool_size} (the private pool), "
+                             f"got {train_size}")
         train = np.sort(np.random.default_rng([seed, 3]).choice(pool, train_size, replace=False))
     return Selection(train=train, public=public, pool=pool)

@@ -32,8 +32,18 @@ class TrainConfig:
     lr_decay: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        from tasks.params import FieldError, check, check_each
+
+        check("epochs", self.epochs, low=0, integer=True)
+        check("lr", self.lr, low=0, low_open=True)
+        check("batch_size", self.batch_size, low=1, integer=True)
+        check("momentum", self.momentum, low=0, high=1, high_open=True)
+        check("weight_decay", self.weight_decay, low=0)
+        check("lr_decay", self.lr_decay, low=0, low_open=True)
+        check_each("lr_milestones", self.lr_milestones, low=1, integer=True)
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+            raise FieldError("lr_milestones", f"must be increasing epochs, got "
+                                              f"{list(self.lr_milestones)}")
 
 
 def seed_everything(seed: int) -> None:

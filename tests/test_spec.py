@@ -64,3 +64,42 @@ def test_cli_exits_2_naming_a_missing_dataset_path(tmp_path, repo):
                          capture_output=True, text=True, cwd=repo, check=False)
     assert out.returncode == 2
     assert str(tmp_path / "mnist") in out.stderr and "train-images-idx3-ubyte.gz" in out.stderr
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"seeds": [0, -1]}, "seeds[1]: must be an integer in [0, 2**32), got -1"),
+    ({"seeds": [3, 3]}, "seeds: each seed may appear once"),
+    ({"seeds": []}, "seeds: expected a non-empty list"),
+    ({"seed": 0, "seeds": [1]}, "seed: give either seed or seeds"),
+    ({"attacks": {"a": {"attack": "inversion", "forget": {"kind": "single", "count": 1},
+                        "unlearning": [{"method": "gradient_ascent", "steps": 0}]}}},
+     "attacks.a.unlearning[0].steps: must be >= 1, got 0"),
+    ({"membership": {"output_defence": "top_k", "output_defence_params": {"k": 0}}},
+     "membership.output_defence_params.k: must be >= 1, got 0"),
+    ({"membership": {"set_size": 1}}, "membership.set_size: must be >= 2, got 1"),
+    ({"label_inference": {"unlearning": [{"method": "finetune", "epochs": 0}]}},
+     "label_inference.unlearning[0].epochs: must be >= 1, got 0"),
+])
+def test_range_errors_name_the_full_key_path(patch, message):
+    import orchestrator.stages  # noqa: F401  (the attack sections)
+
+    with pytest.raises(SpecError) as info:
+        expand({**BASE, **patch})
+    assert message in str(info.value), str(info.value)
+
+
+def test_override_errors_name_the_override():
+    with pytest.raises(SpecError, match=r"^--set unlearning\.7=1: unlearning\.7: no such"):
+        expand(BASE, ["unlearning.7=1"])
+    with pytest.raises(SpecError, match=r"^--set training\.epochs=\[: the value is not valid"):
+        expand(BASE, ["training.epochs=["])
+    with pytest.raises(SpecError, match=r"^grid\.unlearning\.x: no such list item"):
+        expand({**BASE, "grid": {"unlearning.x": [1]}})
+
+
+def test_a_cuda_device_is_left_to_the_cluster_when_tasks_ask_for_gpus():
+    """No GPU here, but the spec's tasks ask Ray for one: the cluster's resources decide."""
+    gpu_tasks = {"resources": {"train": {"gpus": 1}, "unlearn": {"gpus": 1}},
+                 "runtime": {"device": "cuda"}}
+    (spec,) = expand({**BASE, **gpu_tasks})
+    assert spec.runtime.device == "cuda"

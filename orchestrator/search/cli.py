@@ -9,27 +9,42 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.cli_support import fail, resolved_data_root, task_context
+from orchestrator.cli_support import (
+    check_outputs,
+    fail,
+    positive_int,
+    resolved_data_root,
+    task_context,
+)
 
 __all__ = ["add_tune_parser", "cmd_tune"]
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES before the spec is parsed)
+    from orchestrator.capacity import CapacityError
     from orchestrator.execute import start_ray, stop_ray
+    from orchestrator.lock import ExperimentLock, LockHeld
+    from orchestrator.ray_session import ClusterUnreachable
     from orchestrator.search.spec import load_search_file
     from orchestrator.search.study import SearchStateError, open_study, search_dir
     from orchestrator.search.tune import run_search
-    from orchestrator.spec import SpecError
+    from orchestrator.spec import SpecError, SpecFileError
     from orchestrator.tables import Results
-    from tasks.data import MissingDataError
+    from tasks.data import DataError, MissingDataError
+    from tasks.params import one_line
+    from tasks.registry import UnknownComponentError
 
     try:
         plan = load_search_file(args.spec, args.set)
-    except SpecError as err:
-        return fail(f"spec error: {err}")
-    if args.num_samples is not None and args.num_samples < 1:
-        return fail("--num-samples: must be at least 1")
+    except SpecFileError as err:  # the file itself: "<path>: ..."
+        return fail(str(err))
+    except (SpecError, UnknownComponentError) as err:
+        return fail(f"spec error: {one_line(err)}")
+    # Before any other work: an output that cannot be written must cost nothing.
+    problem = check_outputs(args, plan.base.experiment)
+    if problem:
+        return fail(problem)
     data_root = resolved_data_root(args)
     results = Results(args.results, plan.base.experiment)
     try:
@@ -37,28 +52,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from orchestrator.plan import plan_core
 
         plan_core(plan.base, data_root)  # fails early on missing data
-    except (SearchStateError, MissingDataError, ValueError) as err:
+    except DataError as err:  # a present but malformed data file (a ValueError: first)
+        return fail(f"data error: {err}")
+    except (SearchStateError, MissingDataError) as err:
         return fail(str(err))
+    except (ValueError, UnknownComponentError) as err:  # sizes the data cannot hold
+        return fail(f"spec error: {one_line(err)}")
     ctx = task_context(args, results, plan.base, data_root)
     try:
         # Refuse an existing study without --resume before starting anything.
         open_study(plan, results, args.resume)
     except SearchStateError as err:
         return fail(str(err))
-    info = None
+    lock = ExperimentLock(args.results, plan.base.experiment)  # one writer per experiment
     try:
-        info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
+        lock.acquire()
+    except LockHeld as err:
+        return fail(str(err))
+    try:
+        start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
         outcome = run_search(plan, results, ctx, resume=args.resume,
                              num_samples=args.num_samples, progress=not args.quiet)
-    except SearchStateError as err:
+    except (SearchStateError, ClusterUnreachable) as err:
         return fail(str(err))
+    except CapacityError as err:
+        return fail(f"spec error: {err}")
     except KeyboardInterrupt:
         print("\ninterrupted: the study is saved; rerun with --resume to continue",
               file=sys.stderr)
         return 130
     finally:
-        if info is not None:
-            stop_ray()
+        stop_ray()  # also after an interrupted start: no Ray process of this run is left
+        lock.release()
     print(f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.ran} this run) "
           f"in {outcome.wall_s:.1f}s")
     for row in outcome.best:
@@ -81,10 +106,11 @@ def add_tune_parser(sub) -> None:
                     "in RESULTS/<experiment>/_search/study.journal; --resume continues it.")
     tune.add_argument("spec", help="YAML spec with a search: section, e.g. "
                                    "search_spaces/inversion_search.yaml")
-    tune.add_argument("--results", default="RESULTS", help="results directory (default: RESULTS)")
+    tune.add_argument("--results", default="RESULTS",
+                      help="results directory or file:// URI (default: RESULTS)")
     tune.add_argument("--artifacts", default=None,
                       help="artifact store (default: <results>/_artifacts)")
-    tune.add_argument("--num-samples", type=int, default=None,
+    tune.add_argument("--num-samples", type=positive_int, default=None,
                       help="finished trials wanted (default: search.budget.trials)")
     tune.add_argument("--resume", action="store_true",
                       help="continue the study in the results directory")
@@ -94,7 +120,7 @@ def add_tune_parser(sub) -> None:
     tune.add_argument("--data-root", default=None, help="folder holding the datasets")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a spec value, e.g. --set search.budget.trials=10")
-    tune.add_argument("--num-cpus", type=int, default=None,
+    tune.add_argument("--num-cpus", type=positive_int, default=None,
                       help="CPUs for the local Ray (default: all)")
     tune.add_argument("--no-auth", action="store_true",
                       help="start the local Ray without token authentication (not advised)")

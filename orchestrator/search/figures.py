@@ -9,7 +9,7 @@ import numpy as np
 
 from orchestrator.search.heldout import pareto_front
 from orchestrator.search.spec import SearchPlan
-from orchestrator.tables import Results
+from orchestrator.tables import FIGURES_DIR, Results
 
 __all__ = ["write_figures"]
 
@@ -20,7 +20,8 @@ def _save(fig, results: Results, name: str) -> str:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return results.location.write_bytes(buf.getvalue(), results.experiment, "figures", name)
+    return results.location.write_bytes(buf.getvalue(), results.experiment, FIGURES_DIR,
+                                             name)
 
 
 def write_figures(study, plan: SearchPlan, results: Results, best: list[dict]) -> list[str]:

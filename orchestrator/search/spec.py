@@ -49,12 +49,12 @@ from orchestrator.spec import (
     Spec,
     SpecError,
     _set_path,
+    apply_overrides,
     expand,
-    parse_override,
     read_spec_file,
     stable_hash,
 )
-from tasks.params import ParamError, build, to_dict
+from tasks.params import ParamError, build, check, check_seed, to_dict
 
 __all__ = ["ATTACK_PREFIX", "BudgetSpec", "Metric", "SamplerSpec", "SchedulerSpec", "SearchPlan",
            "SearchSpec", "attack_settings", "load_search", "load_search_file", "parse_search"]
@@ -75,6 +75,10 @@ class SamplerSpec:
     startup_trials: int = 10  # TPE: random trials before the model-based ones
     multivariate: bool = False  # TPE only
 
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        check("startup_trials", self.startup_trials, low=0, integer=True)
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -88,10 +92,9 @@ class SchedulerSpec:
     def __post_init__(self) -> None:
         if not self.metric:
             raise ValueError("metric: required (an intermediate metric of the objective)")
-        if self.grace_period < 1 or self.max_t < self.grace_period:
-            raise ValueError("need 1 <= grace_period <= max_t")
-        if self.reduction_factor <= 1:
-            raise ValueError("reduction_factor must be > 1")
+        check("grace_period", self.grace_period, low=1, integer=True)
+        check("max_t", self.max_t, low=self.grace_period, integer=True)
+        check("reduction_factor", self.reduction_factor, low=1, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,8 @@ class BudgetSpec:
     time_s: float | None = None  # wall-clock budget of one tune invocation
 
     def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise ValueError("trials must be at least 1")
-        if self.time_s is not None and self.time_s <= 0:
-            raise ValueError("time_s must be positive")
+        check("trials", self.trials, low=1, integer=True)
+        check("time_s", self.time_s, low=0, low_open=True, optional=True)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class SearchPlan:
         data = copy.deepcopy(self.raw)
         for key, value in spec_params.items():
             _set_path(data, key, value)
-        (spec,) = expand(data)
+        # Trials run on workers; the driver checked the device when it loaded the spec.
+        (spec,) = expand(data, local_devices=False)
         return spec
 
     def attack_settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,9 +259,7 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
     Raises :class:`SpecError` whose message starts with the offending key path.
     """
     data = copy.deepcopy(dict(data))
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_path(data, key, value)
+    apply_overrides(data, overrides)
     if "search" not in data:
         raise SpecError("search: required key is missing (tune needs a search: section)")
     if data.get("grid"):

@@ -44,9 +44,14 @@ def open_study(plan: SearchPlan, results: Results, resume: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = search_dir(results)
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "study.journal")
     existed = os.path.exists(path) and os.path.getsize(path) > 0
+    if resume and not existed:
+        # Checked before anything is made: a mistyped --results must not start a new study.
+        raise SearchStateError(
+            f"--resume: nothing to resume: {results.location.uri} holds no study of "
+            f"{results.experiment!r}; run without --resume to start one")
+    os.makedirs(folder, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     name = plan.base.experiment
     search = plan.search

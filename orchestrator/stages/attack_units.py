@@ -20,11 +20,11 @@ from orchestrator.provider import (
     load_torch_model,
     provider_state,
 )
-from orchestrator.report import summary
+from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec, flatten, stable_hash
 from orchestrator.stages.attacks import row_key
 from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR
+from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis import SCORERS, ScoringContext
 from tasks.cases import Case, PublicMetadata, QueryAccess
@@ -172,15 +172,15 @@ def attack_figure(params: dict, ctx: TaskContext) -> Rows:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
-        path = loc.write_bytes(buf.getvalue(), spec.experiment, "figures",
+        path = loc.write_bytes(buf.getvalue(), spec.experiment, FIGURES_DIR,
                                f"{table}-{spec.config_hash}.png")
     row = {"key": params["key"], "experiment": spec.experiment, "config_hash": spec.config_hash,
            "seed": spec.seeds[0], "figure": table, "path": path}
     row.update(spec.flat_config())
-    return {"figures": [row]}
+    return {FIGURE_INDEX: [row]}
 
 
 @summary("prepared")
 def _prepared_summary(df):
-    return df.groupby(["attack", "attack_config"], sort=True).agg(
-        originals=("key", "count"), queries=("queries", "sum"), wall_s=("wall_s", "max"))
+    return df.groupby(by(df, "attack", "attack_config"), sort=True).agg(**present(
+        df, originals=("key", "count"), queries=("queries", "sum"), wall_s=("wall_s", "max")))

@@ -32,9 +32,10 @@ from orchestrator.plan import CorePlan, ModelPair, Unit, original_key, recipe_id
 from orchestrator.spec import Spec, UnlearningSpec, stable_hash
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.store import artifact_key
+from orchestrator.tables import FIGURE_INDEX
 from tasks.analysis import SCORERS, Scorer
 from tasks.attacks import ATTACKS, Attack, ThreatModel
-from tasks.params import ParamError, build, to_dict
+from tasks.params import FieldError, ParamError, build, check, to_dict
 from tasks.registry import UnknownComponentError
 from tasks.unlearning import UNLEARNING, ForgetConfig, make_requests
 
@@ -60,30 +61,29 @@ class AttackEntry:
     figure: bool = True
 
     def __post_init__(self) -> None:
-        if self.targets_per_task < 1:
-            raise ValueError("targets_per_task must be at least 1")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise ValueError("max_requests must be at least 1")
+        # Errors name the field below the entry (FieldError, or a ParamError of a nested
+        # build); tasks.params.build prefixes the entry's own key path.
+        check("targets_per_task", self.targets_per_task, low=1, integer=True)
+        check("max_requests", self.max_requests, low=1, integer=True, optional=True)
         if self.unlearning is not None and self.forget is None:
-            raise ValueError("unlearning: give the entry's own forget requests too (forget:)")
+            raise FieldError("unlearning", "give the entry's own forget requests too (forget:)")
         try:
             attack = ATTACKS.get(self.attack)
         except UnknownComponentError as err:
-            raise ValueError(f"attack: {err}") from None
+            raise FieldError("attack", str(err)) from None
         try:
             SCORERS.get(attack.scorer)
         except UnknownComponentError as err:
-            raise ValueError(f"attack: {self.attack!r} names scorer {attack.scorer!r}: "
-                             f"{err}") from None
-        try:
-            build(attack.Config, self.config, "config")
-        except ParamError as err:
-            raise ValueError(str(err)) from None
+            raise FieldError("attack", f"{self.attack!r} names scorer {attack.scorer!r}: "
+                                       f"{err}") from None
+        build(attack.Config, self.config, "config")
         if self.forget is not None:
-            try:
-                build(ForgetConfig, self.forget, "forget")
-            except ParamError as err:
-                raise ValueError(str(err)) from None
+            build(ForgetConfig, self.forget, "forget")
+        if self.unlearning is not None:
+            if not self.unlearning:
+                raise FieldError("unlearning", "expected a non-empty list of methods")
+            for i, item in enumerate(self.unlearning):
+                _own_method(item, f"unlearning[{i}]")
 
     def attack_class(self) -> type[Attack]:
         return ATTACKS.get(self.attack)
@@ -101,23 +101,23 @@ class AttackEntry:
     def own_methods(self, spec: Spec, path: str) -> tuple[UnlearningSpec, ...]:
         if self.unlearning is None:
             return spec.unlearning
-        out = []
-        for i, item in enumerate(self.unlearning):
-            item = dict(item)
-            if "method" not in item:
-                raise ValueError(f"{path}.unlearning[{i}].method: required key is missing")
-            name = str(item.pop("method"))
-            try:
-                UNLEARNING.get(name)
-            except UnknownComponentError as err:
-                raise ValueError(f"{path}.unlearning[{i}].method: {err}") from None
-            entry = UnlearningSpec(name, item)
-            try:
-                entry.typed_params(f"{path}.unlearning[{i}]")
-            except ParamError as err:
-                raise ValueError(str(err)) from None
-            out.append(entry)
-        return tuple(out)
+        return tuple(_own_method(item, f"{path}.unlearning[{i}]")
+                     for i, item in enumerate(self.unlearning))
+
+
+def _own_method(item: dict[str, Any], path: str) -> UnlearningSpec:
+    """An entry's own unlearning method, checked like the spec's (ParamError naming ``path``)."""
+    item = dict(item)
+    if "method" not in item:
+        raise ParamError(f"{path}.method", "required key is missing")
+    name = str(item.pop("method"))
+    try:
+        UNLEARNING.get(name)
+    except UnknownComponentError as err:
+        raise ParamError(f"{path}.method", str(err)) from None
+    entry = UnlearningSpec(name, item)
+    entry.typed_params(path)
+    return entry
 
 
 AttacksSection = dict[str, AttackEntry]
@@ -283,7 +283,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
         units.append(Unit(fkey, "attack", "attack_figure",
                           {"spec": spec, "key": fkey, "table": table, "scorer": scorer_name,
                            "units": deps},
-                          "figures", (fkey,), deps=tuple(deps), label=f"{table} figure"))
+                          FIGURE_INDEX, (fkey,), deps=tuple(deps), label=f"{table} figure"))
     return units
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.plan import CorePlan, Unit
-from orchestrator.report import summary
+from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stage_registry import STAGES, StageEntry
-from orchestrator.stages.attacks import AttackEntry, plan_entries
+from orchestrator.stages.attacks import AttackEntry, _own_method, plan_entries
 from tasks.attacks.probing import ProbeConfig
-from tasks.params import to_dict
+from tasks.params import FieldError, check, check_each, to_dict
 
 TABLE = "label_inference"
 
@@ -39,12 +39,18 @@ class LabelInferenceStage:
     figure: bool = True
 
     def __post_init__(self) -> None:
-        if not self.shares or any(not 0 < s <= 1 for s in self.shares):
-            raise ValueError("shares must be a non-empty list of values in (0, 1]")
+        if not self.shares:
+            raise FieldError("shares", "must hold at least one share in (0, 1]")
+        check_each("shares", self.shares, low=0, low_open=True, high=1)
+        check_each("classes", self.classes, low=0, integer=True)
         if not self.boxes or not self.scores:
             raise ValueError("boxes and scores must not be empty")
-        if self.requests_per_task < 1:
-            raise ValueError("requests_per_task must be at least 1")
+        check("requests_per_task", self.requests_per_task, low=1, integer=True)
+        if self.unlearning is not None:
+            if not self.unlearning:
+                raise FieldError("unlearning", "expected a non-empty list of methods")
+            for i, item in enumerate(self.unlearning):
+                _own_method(item, f"unlearning[{i}]")
 
     def entries(self) -> dict[str, AttackEntry]:
         forget = {"kind": "class_share", "shares": list(self.shares),
@@ -65,10 +71,10 @@ def plan_label_inference(spec: Spec, core: CorePlan, params: LabelInferenceStage
 
 @summary(TABLE)
 def _summary(df):
-    grouped = df.groupby(["unlearning_method", "attack_config", "p"], sort=True)
-    return grouped.agg(settings=("key", "count"), accuracy=("correct", "mean"),
-                       queries=("queries", "mean"),
-                       probes_failed=("probes_failed", "mean")).round(3)
+    grouped = df.groupby(by(df, "unlearning_method", "attack_config", "p"), sort=True)
+    return grouped.agg(**present(df, settings=("key", "count"), accuracy=("correct", "mean"),
+                                 queries=("queries", "mean"),
+                                 probes_failed=("probes_failed", "mean"))).round(3)
 
 
 STAGES.register("label_inference")(StageEntry(LabelInferenceStage, plan_label_inference))

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.plan import CorePlan, Unit
-from orchestrator.report import summary
+from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.stages.attacks import AttackEntry, plan_entries
 from tasks.attacks.inversion import InversionConfig
-from tasks.params import to_dict
+from tasks.params import check, to_dict
 
 TABLE = "recoveries"
 
@@ -40,8 +40,8 @@ class RecoveryStage:
         names = [c.name for c in self.configs]
         if len(set(names)) != len(names):
             raise ValueError(f"configs: names must be unique, got {names}")
-        if self.targets_per_task < 1:
-            raise ValueError("targets_per_task must be at least 1")
+        check("targets_per_task", self.targets_per_task, low=1, integer=True)
+        check("max_requests", self.max_requests, low=1, integer=True, optional=True)
 
     def entries(self) -> dict[str, AttackEntry]:
         return {c.name: AttackEntry("inversion", to_dict(c), methods=self.methods,
@@ -56,19 +56,19 @@ def plan_recovery(spec: Spec, core: CorePlan, params: RecoveryStage) -> list[Uni
 
 @summary(TABLE)
 def _summary(df):
-    cols = [c for c in ("unlearning_method", "attack_config", "n_finetune", "k")
-            if c in df.columns]
+    cols = by(df, "unlearning_method", "attack_config", "n_finetune", "k")
     grouped = df.groupby(cols, sort=False, dropna=False)
-    out = grouped.agg(samples=("key", "count"), psnr=("psnr", "mean"),
-                      psnr_max=("psnr", "max"), ssim=("ssim", "mean"),
-                      psnr_mean_image=("psnr_mean_image", "mean"),
-                      psnr_random=("psnr_random", "mean"), cos=("cos_final", "mean"),
-                      label_acc=("label_used", lambda s: float(np.nan)),
-                      wall_s=("wall_s", "sum"))
-    hits = (df["label_used"] == df["true_label"]).groupby([df[c] for c in cols],
-                                                          sort=False, dropna=False).mean()
-    out["label_acc"] = hits
-    out["gain_db"] = out["psnr"] - out["psnr_mean_image"]
+    out = grouped.agg(**present(
+        df, samples=("key", "count"), psnr=("psnr", "mean"), psnr_max=("psnr", "max"),
+        ssim=("ssim", "mean"), psnr_mean_image=("psnr_mean_image", "mean"),
+        psnr_random=("psnr_random", "mean"), cos=("cos_final", "mean"),
+        label_acc=("label_used", lambda s: float(np.nan)), wall_s=("wall_s", "sum")))
+    if {"label_used", "true_label"} <= set(df.columns):
+        hits = (df["label_used"] == df["true_label"]).groupby([df[c] for c in cols],
+                                                              sort=False, dropna=False).mean()
+        out["label_acc"] = hits
+    if {"psnr", "psnr_mean_image"} <= set(out.columns):
+        out["gain_db"] = out["psnr"] - out["psnr_mean_image"]
     return out.round(3)
 
 

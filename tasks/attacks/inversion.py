@@ -81,12 +81,14 @@ class InversionConfig:
     callback_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.restarts < 1 or self.iterations < 1 or self.k < 1:
-            raise ValueError("restarts, iterations and k must be at least 1")
-        if self.lr <= 0 or self.tv_weight < 0:
-            raise ValueError("lr must be > 0 and tv_weight >= 0")
-        if self.callback_every < 1:
-            raise ValueError("callback_every must be at least 1")
+        from tasks.params import check, check_each
+
+        for name in ("restarts", "iterations", "k", "callback_every"):
+            check(name, getattr(self, name), low=1, integer=True)
+        check("lr", self.lr, low=0, low_open=True)
+        check("tv_weight", self.tv_weight, low=0)
+        check("lr_decay", self.lr_decay, low=0, low_open=True)
+        check_each("lr_decay_divisors", self.lr_decay_divisors, low=0, low_open=True)
 
     @property
     def steps(self) -> int:

@@ -166,10 +166,11 @@ class MembershipConfig:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
+        from tasks.params import FieldError, check
+
         if not self.features or not self.attack_models:
             raise ValueError("features and attack_models must not be empty")
-        if self.shuffles < 1:
-            raise ValueError("shuffles must be at least 1")
+        check("shuffles", self.shuffles, low=1, integer=True)
         try:  # unknown names raise with the list of known ones
             for f in self.features:
                 FEATURES.get(f)
@@ -177,6 +178,11 @@ class MembershipConfig:
                 ATTACK_MODELS.get(m)
         except UnknownComponentError as err:
             raise ValueError(str(err)) from None
+        for m, params in self.model_params.items():
+            try:  # scikit-learn refuses unknown parameter names here, not at fit time
+                attack_model(m, 0, params)
+            except (ValueError, TypeError) as err:
+                raise FieldError(f"model_params.{m}", str(err).splitlines()[0]) from None
 
     def entries(self) -> tuple[tuple[str, str, str], ...]:
         """(feature, attack model, control) of every fitted attack, in output order."""

@@ -80,14 +80,16 @@ class ProbeConfig:
     query_chunk: int = 4096
 
     def __post_init__(self) -> None:
-        if min(self.probes_per_class, self.iterations_per_call, self.max_calls,
-               self.coordinates, self.top_k, self.query_chunk) < 1:
-            raise ValueError("probes_per_class, iterations_per_call, max_calls, coordinates, "
-                             "top_k and query_chunk must be at least 1")
-        if not 0 < self.accept <= 1 or self.h <= 0 or self.lr <= 0:
-            raise ValueError("accept in (0, 1], h > 0 and lr > 0 are required")
-        if self.importance_floor <= 0:
-            raise ValueError("importance_floor must be > 0 (every coordinate stays reachable)")
+        from tasks.params import check
+
+        for name in ("probes_per_class", "iterations_per_call", "max_calls", "coordinates",
+                     "top_k", "query_chunk", "early_abort_every"):
+            check(name, getattr(self, name), low=1, integer=True)
+        check("accept", self.accept, low=0, low_open=True, high=1)
+        for name in ("h", "lr", "lr_low"):
+            check(name, getattr(self, name), low=0, low_open=True)
+        # > 0: every coordinate stays reachable.
+        check("importance_floor", self.importance_floor, low=0, low_open=True)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from tasks.data import loaders as _loaders  # noqa: F401  (fills the registry)
 from tasks.data.base import (
     DATA_ROOT_ENV,
     DATASETS,
+    DataError,
     Dataset,
     DatasetInfo,
     MissingDataError,
@@ -22,6 +23,7 @@ from tasks.data.base import (
 __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
+    "DataError",
     "Dataset",
     "DatasetInfo",
     "MissingDataError",

@@ -28,6 +28,15 @@ class MissingDataError(FileNotFoundError):
         )
 
 
+class DataError(ValueError):
+    """A dataset file is present but malformed: truncated, wrong format, wrong shape or dtype,
+    or a pickle naming a global it may not load. ``str()`` is ``<file>: <what is wrong>``."""
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        self.path, self.message = Path(path), message
+        super().__init__(f"{self.path}: {message}")
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A dataset with its official (or seeded) train/test split.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,15 @@ from tasks.data.base import (
     seeded_split,
     standardise,
 )
-from tasks.data.safe_pickle import safe_load
+from tasks.data.formats import (
+    check_labels,
+    check_pixels,
+    check_same_count,
+    read_cifar_batch,
+    read_idx,
+    read_npz,
+    read_rows,
+)
 
 # Datasets without an official test split get a fixed, documented one.
 SPLIT_SEED = 0
@@ -82,6 +90,18 @@ def _cifar_to_images(flat: np.ndarray) -> np.ndarray:
     return (np.asarray(flat, dtype=np.uint8).reshape(-1, 3, 32, 32) / 255.0).astype(np.float32)
 
 
+def _read_cifar_npz(archive: Path) -> tuple[np.ndarray, ...]:
+    d = read_npz(archive, ["x_train", "y_train", "x_test", "y_test"])
+    out = []
+    for split in ("train", "test"):
+        x = check_pixels(archive, d[f"x_{split}"], 3 * 32 * 32, f"array 'x_{split}'")
+        y = check_labels(archive, d[f"y_{split}"], 10, f"array 'y_{split}'")
+        check_same_count(archive, len(y), archive, len(x), f"y_{split} labels",
+                         f"x_{split} images")
+        out += [x, y]
+    return tuple(out)
+
+
 @_register(
     "cifar10", "image", "CIFAR-10, 32x32 RGB, 10 classes (official batches or the subset archive)",
     folder="cifar10",
@@ -93,35 +113,18 @@ def load_cifar10(root: Path | None) -> Dataset:
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck"]
     if all((folder / b).exists() for b in _CIFAR_BATCHES):
-        xs, ys = [], []
-        for batch in _CIFAR_BATCHES[:5]:
-            with open(folder / batch, "rb") as fh:
-                d = safe_load(fh, encoding="bytes")
-            xs.append(_cifar_to_images(d[b"data"]))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
-        with open(folder / "test_batch", "rb") as fh:
-            d = safe_load(fh, encoding="bytes")
-        return _image_dataset("cifar10", np.concatenate(xs), np.concatenate(ys),
-                              _cifar_to_images(d[b"data"]),
-                              np.asarray(d[b"labels"], dtype=np.int64), 10, names)
-    archive = folder / "cifar10_subset.npz"
-    if not archive.exists():
-        raise MissingDataError("cifar10", folder, list(info.expected))
-    with np.load(archive, allow_pickle=False) as d:
-        return _image_dataset("cifar10", _cifar_to_images(d["x_train"]), d["y_train"],
-                              _cifar_to_images(d["x_test"]), d["y_test"], 10, names)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a (gzipped) IDX file: magic 0x000008NN, then NN big-endian dimension sizes."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+        # Read every batch before converting any: a bad test_batch is reported at once.
+        batches = [read_cifar_batch(folder / b) for b in _CIFAR_BATCHES]
+        x_tr = np.concatenate([x for x, _ in batches[:5]])
+        y_tr = np.concatenate([y for _, y in batches[:5]])
+        x_te, y_te = batches[5]
+    else:
+        archive = folder / "cifar10_subset.npz"
+        if not archive.exists():
+            raise MissingDataError("cifar10", folder, list(info.expected))
+        x_tr, y_tr, x_te, y_te = _read_cifar_npz(archive)
+    return _image_dataset("cifar10", _cifar_to_images(x_tr), y_tr, _cifar_to_images(x_te), y_te,
+                          10, names)
 
 
 _IDX_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -134,9 +137,13 @@ def _load_idx_dataset(name: str, root: Path | None, class_names) -> Dataset:
     paths = [folder / f for f in _IDX_FILES]
     if not all(p.exists() for p in paths):
         raise MissingDataError(name, folder, list(info.expected))
-    x_tr, y_tr, x_te, y_te = (read_idx(p) for p in paths)
-    to_float = lambda x: (x[:, None, :, :] / 255.0).astype(np.float32)
-    return _image_dataset(name, to_float(x_tr), y_tr, to_float(x_te), y_te, 10, class_names)
+    splits = []
+    for images, labels in (paths[:2], paths[2:]):
+        x = read_idx(images, 3, (28, 28))
+        y = check_labels(labels, read_idx(labels, 1), 10)
+        check_same_count(labels, len(y), images, len(x))
+        splits += [(x[:, None, :, :] / 255.0).astype(np.float32), y]
+    return _image_dataset(name, *splits, 10, class_names)
 
 
 @_register("mnist", "image", "MNIST, 28x28 grey, 60k + 10k, 10 classes (IDX)",
@@ -172,6 +179,14 @@ def _encode_table(rows: np.ndarray, numeric: list[int]) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+_ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status",
+                  "occupation", "relationship", "race", "sex", "capital_gain", "capital_loss",
+                  "hours_per_week", "native_country", "income"]
+_ADULT_NUMERIC = [0, 2, 4, 10, 11, 12]
+# adult.test writes its classes with a trailing dot.
+_ADULT_CLASSES = {"<=50K": 0, ">50K": 1, "<=50K.": 0, ">50K.": 1}
+
+
 @_register("adult", "tabular", "UCI Adult census income, 48,842 x 14, 2 classes",
            folder="adult", expected=["adult.data + adult.test"])
 def load_adult(root: Path | None) -> Dataset:
@@ -180,21 +195,24 @@ def load_adult(root: Path | None) -> Dataset:
     train_path, test_path = folder / "adult.data", folder / "adult.test"
     if not (train_path.exists() and test_path.exists()):
         raise MissingDataError("adult", folder, list(info.expected))
-
-    def read(path: Path, skip: int) -> np.ndarray:
-        lines = path.read_text().splitlines()[skip:]
-        rows = [[c.strip() for c in ln.split(",")] for ln in lines if ln.strip()]
-        return np.array(rows, dtype=str)
-
-    tr, te = read(train_path, 0), read(test_path, 1)
-    both = np.concatenate([tr, te])
-    y = (np.char.rstrip(both[:, -1], ".") == ">50K").astype(np.int64)
+    read = functools.partial(read_rows, columns=_ADULT_COLUMNS, numeric=_ADULT_NUMERIC,
+                             classes=_ADULT_CLASSES)
+    tr, y_tr = read(train_path)
+    te, y_te = read(test_path, skip=1)  # its line 1 is "|1x3 Cross validator"
     # Encode train and test together so category codes agree; scale with train statistics.
-    x = _encode_table(both[:, :-1], numeric=[0, 2, 4, 10, 11, 12])
+    x = _encode_table(np.concatenate([tr, te]), numeric=_ADULT_NUMERIC)
     n = len(tr)
     x_tr, x_te = standardise(x[:n], x[n:])
-    return Dataset("adult", "tabular", x_tr, y[:n], x_te, y[n:], 2,
+    return Dataset("adult", "tabular", x_tr, y_tr, x_te, y_te, 2,
                    class_names=("<=50K", ">50K"))
+
+
+_GERMAN_COLUMNS = ["status", "duration", "credit_history", "purpose", "amount", "savings",
+                   "employment", "installment_rate", "personal_status", "other_debtors",
+                   "residence_since", "property", "age", "other_installment_plans", "housing",
+                   "existing_credits", "job", "people_liable", "telephone", "foreign_worker",
+                   "class"]
+_GERMAN_NUMERIC = [1, 4, 7, 10, 12, 15, 17]
 
 
 @_register("german_credit", "tabular",
@@ -206,13 +224,17 @@ def load_german_credit(root: Path | None) -> Dataset:
     path = folder / "german.data"
     if not path.exists():
         raise MissingDataError("german_credit", folder, list(info.expected))
-    rows = np.array([ln.split() for ln in path.read_text().splitlines() if ln.strip()], dtype=str)
-    y = (rows[:, -1] == "2").astype(np.int64)  # 1 = bad credit risk
-    x = _encode_table(rows[:, :-1], numeric=[1, 4, 7, 10, 12, 15, 17])
+    # Space-separated; class 1 = good, 2 = bad credit risk (the positive class here).
+    rows, y = read_rows(path, columns=_GERMAN_COLUMNS, numeric=_GERMAN_NUMERIC,
+                        classes={"1": 0, "2": 1}, sep=None)
+    x = _encode_table(rows, numeric=_GERMAN_NUMERIC)
     tr, te = seeded_split(len(y), TEST_FRACTION, SPLIT_SEED)
     x_tr, x_te = standardise(x[tr], x[te])
     return Dataset("german_credit", "tabular", x_tr, y[tr], x_te, y[te], 2,
                    class_names=("good", "bad"))
+
+
+_PIMA_COLUMNS = ["preg", "plas", "pres", "skin", "insu", "mass", "pedi", "age", "class"]
 
 
 @_register("pima_diabetes", "tabular", "Pima Indians diabetes, 768 x 8, 2 classes (medical, ARFF)",
@@ -223,11 +245,10 @@ def load_pima(root: Path | None) -> Dataset:
     path = folder / "diabetes.arff"
     if not path.exists():
         raise MissingDataError("pima_diabetes", folder, list(info.expected))
-    lines = path.read_text().splitlines()
-    start = [ln.strip().lower() for ln in lines].index("@data") + 1
-    rows = [ln.split(",") for ln in lines[start:] if ln.strip() and not ln.startswith("%")]
-    x = np.array([r[:8] for r in rows], dtype=np.float64)
-    y = np.array([r[8].strip() == "tested_positive" for r in rows], dtype=np.int64)
+    rows, y = read_rows(path, columns=_PIMA_COLUMNS, numeric=list(range(8)),
+                        classes={"tested_negative": 0, "tested_positive": 1},
+                        after="@data", comment="%")
+    x = _encode_table(rows, numeric=list(range(8)))
     tr, te = seeded_split(len(y), TEST_FRACTION, SPLIT_SEED)
     x_tr, x_te = standardise(x[tr], x[te])
     return Dataset("pima_diabetes", "tabular", x_tr, y[tr], x_te, y[te], 2,

@@ -30,18 +30,24 @@ _ALLOWED_GLOBALS = frozenset(
 )
 
 
+ALLOWED_KINDS = "only containers, strings, numbers and numpy arrays are allowed"
+
+
 class UnsafePickleError(pickle.UnpicklingError):
-    """The file asked to load a global outside the allow-list."""
+    """The file asked to load a global outside the allow-list; ``global_name`` is
+    ``module.name`` as the file spells it (``os.system`` pickles as ``posix.system``)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.global_name = f"{module}.{name}"
+        super().__init__(f"refusing to load {self.global_name} from a data file: "
+                         + ALLOWED_KINDS)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"refusing to load {module}.{name} from a data file: only plain containers, "
-            "strings, numbers and numpy arrays are allowed"
-        )
+        raise UnsafePickleError(module, name)
 
 
 def safe_load(file: BinaryIO, *, encoding: str = "ASCII") -> Any:

@@ -72,12 +72,11 @@ class DPParams:
     noise: Literal["fresh", "shared"] = "fresh"
 
     def __post_init__(self) -> None:
-        if not self.noise_multiplier >= 0:
-            raise ValueError("noise_multiplier must be >= 0")
-        if not self.max_grad_norm > 0:
-            raise ValueError("max_grad_norm must be > 0")
-        if not 0 < self.delta < 1:
-            raise ValueError("delta must lie in (0, 1)")
+        from tasks.params import check
+
+        check("noise_multiplier", self.noise_multiplier, low=0)
+        check("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
+        check("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 
 from tasks.attacks.membership import OUTPUT_TRANSFORMS
 from tasks.defences.base import DEFENCES, DefenceError, OutputDefence
+from tasks.params import check
 
 
 def _check(logits: np.ndarray) -> np.ndarray:
@@ -73,8 +74,8 @@ class TopK(OutputDefence):
         k: int = 1
 
         def __post_init__(self) -> None:
-            if self.k < 1:
-                raise ValueError("k must be >= 1")
+            # The upper bound, below the number of classes, depends on the data.
+            check("k", self.k, low=1, integer=True)
 
     def apply(self, logits, params: Params):
         z = _check(logits)
@@ -107,8 +108,7 @@ class Temperature(OutputDefence):
         temperature: float = 1.0
 
         def __post_init__(self) -> None:
-            if not self.temperature > 0:
-                raise ValueError("temperature must be > 0")
+            check("temperature", self.temperature, low=0, low_open=True)
 
     def apply(self, logits, params: Params):
         return softmax(_check(logits) / params.temperature)

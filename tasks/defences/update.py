@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tasks.defences.base import DEFENCES, DefenceError, UpdateContext, UpdateDefence
+from tasks.params import check
 from tasks.training import train_model
 
 
@@ -61,8 +62,7 @@ class ParameterObfuscation(UpdateDefence):
         sigma: float = 0.0
 
         def __post_init__(self) -> None:
-            if not self.sigma >= 0:
-                raise ValueError("sigma must be >= 0")
+            check("sigma", self.sigma, low=0)
 
     def apply(self, theta, theta_u, params: Params, *, seed: int = 0, context=None):
         _check_pair(theta, theta_u)
@@ -104,8 +104,7 @@ class MagnitudePruning(UpdateDefence):
         scope: Literal["weights", "all"] = "weights"
 
         def __post_init__(self) -> None:
-            if not 0 <= self.ratio <= 1:
-                raise ValueError("ratio must lie in [0, 1]")
+            check("ratio", self.ratio, low=0, high=1)
 
     def apply(self, theta, theta_u, params: Params, *, seed: int = 0, context=None):
         out = _copy(theta_u)
@@ -147,14 +146,10 @@ class FineTuning(UpdateDefence):
         bn_mode: Literal["train", "eval"] = "eval"
 
         def __post_init__(self) -> None:
-            if self.epochs < 0:
-                raise ValueError("epochs must be >= 0")
-            if self.lr is not None and self.lr <= 0:
-                raise ValueError("lr must be > 0")
-            if self.batch_size is not None and self.batch_size < 1:
-                raise ValueError("batch_size must be >= 1")
-            if self.max_samples is not None and self.max_samples < 1:
-                raise ValueError("max_samples must be >= 1")
+            check("epochs", self.epochs, low=0, integer=True)  # 0: the undefended strength
+            check("lr", self.lr, low=0, low_open=True, optional=True)
+            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
+            check("max_samples", self.max_samples, low=1, integer=True, optional=True)
 
     def apply(self, theta, theta_u, params: Params, *, seed: int = 0,
               context: UpdateContext | None = None):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.params import check
 from tasks.training import train_model
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -36,6 +37,12 @@ class GradientAscent(UnlearningMethod):
         lr: float = 1e-3
         steps: int | None = None
         batch_size: int = 128
+
+        def __post_init__(self) -> None:
+            # lr <= 0 would descend (or stand still), steps 0 would publish theta itself.
+            check("lr", self.lr, low=0, low_open=True)
+            check("steps", self.steps, low=1, integer=True, optional=True)
+            check("batch_size", self.batch_size, low=1, integer=True)
 
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)
@@ -73,6 +80,11 @@ class Finetune(UnlearningMethod):
         epochs: int = 1
         lr: float | None = None
         batch_size: int | None = None
+
+        def __post_init__(self) -> None:
+            check("epochs", self.epochs, low=1, integer=True)
+            check("lr", self.lr, low=0, low_open=True, optional=True)
+            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)

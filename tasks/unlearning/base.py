@@ -31,10 +31,14 @@ class ForgetConfig:
     replace: bool = False
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.size < 1:
-            raise ValueError("count and size must be at least 1")
-        if any(not 0 < s <= 1 for s in self.shares):
-            raise ValueError("shares must lie in (0, 1]")
+        from tasks.params import FieldError, check, check_each
+
+        check("count", self.count, low=1, integer=True)
+        check("size", self.size, low=1, integer=True)
+        if not self.shares:
+            raise FieldError("shares", "must hold at least one share")
+        check_each("shares", self.shares, low=0, low_open=True, high=1)
+        check_each("classes", self.classes, low=0, integer=True)
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ def make_requests(cfg: ForgetConfig, train_indices: np.ndarray, y: np.ndarray, s
         size = 1 if cfg.kind == "single" else cfg.size
         need = cfg.count * size
         if need > len(train_indices):
-            raise ValueError(f"forget: {cfg.count} requests of {size} need {need} samples, "
-                             f"the training set has {len(train_indices)}")
+            raise ValueError(f"forget.count: {cfg.count} requests of {size} sample(s) need "
+                             f"{need} samples, the training set has {len(train_indices)}; "
+                             f"at most {len(train_indices) // size} requests fit")
         chosen = rng.choice(train_indices, size=need, replace=False)
         repl = None
         if cfg.replace:
@@ -83,6 +88,12 @@ def make_requests(cfg: ForgetConfig, train_indices: np.ndarray, y: np.ndarray, s
                 tuple(int(i) for i in repl[part]) if repl is not None else ()))
         return requests
     classes = cfg.classes if cfg.classes is not None else sorted(set(y[train_indices].tolist()))
+    # A class the dataset lacks is a typo; one a small training set lacks yields no request.
+    labels = sorted(set(np.asarray(y).tolist()))
+    unknown = [c for c in classes if c not in labels]
+    if unknown:
+        raise ValueError(f"forget.classes: the dataset has no class {unknown[0]} (its labels: "
+                         f"{labels[0]}..{labels[-1]})")
     for c in classes:
         members = train_indices[y[train_indices] == c]
         for share in cfg.shares:
@@ -92,6 +103,9 @@ def make_requests(cfg: ForgetConfig, train_indices: np.ndarray, y: np.ndarray, s
             requests.append(ForgetRequest(f"class{c}-p{share:g}", "class_share",
                                           tuple(int(i) for i in members[:n]),
                                           forgotten_class=int(c), share=float(share)))
+    if not requests:
+        raise ValueError(f"forget.shares: no share of any class holds a whole sample "
+                         f"(shares {list(cfg.shares)})")
     return requests
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.params import check
 from tasks.training import train_model
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -81,8 +82,9 @@ class Sisa(UnlearningMethod):
         slices: int = 1
 
         def __post_init__(self) -> None:
-            if self.shards < 1 or self.slices < 1:
-                raise ValueError("shards and slices must be at least 1")
+            # Upper bound: at most one shard per training sample (checked when planned).
+            check("shards", self.shards, low=1, integer=True)
+            check("slices", self.slices, low=1, integer=True)
 
     def original_recipe(self, params: Params) -> dict:
         return {"sisa_shards": params.shards, "sisa_slices": params.slices}

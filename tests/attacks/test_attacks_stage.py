@@ -65,7 +65,7 @@ def test_exact_reference_target_plans_for_one_full_batch_step():
     ({"attack": "inversion", "config": {"iterashuns": 3}}, "config.iterashuns: unknown key"),
     ({"attack": "probing"}, "give the entry forget: {kind: class_share"),
     ({"attack": "inversion", "methods": ["sisa"]}, "'sisa' is not among"),
-    ({"attack": "inversion", "targets_per_task": 0}, "targets_per_task must be at least 1"),
+    ({"attack": "inversion", "targets_per_task": 0}, "targets_per_task: must be >= 1"),
 ])
 def test_bad_entries_are_refused_with_the_key(entry, message):
     if entry["attack"] == "inversion" and "config" not in entry:

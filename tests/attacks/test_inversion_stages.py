@@ -79,7 +79,7 @@ def test_recovery_and_label_inference_stages(tmp_path):
     for request in prob.index:
         assert not np.allclose(_vector(prob[request]), _vector(logodds[request]),
                                equal_nan=True)
-    figures = results.read("figures")
+    figures = results.read("figure_index")
     assert set(figures["figure"]) == {"recoveries", "label_inference"}
     pngs = sorted((tmp_path / "res" / "inv_tiny" / "figures").glob("*.png"))
     assert len(pngs) == len(figures) and all(p.stat().st_size > 1000 for p in pngs)

@@ -209,7 +209,9 @@ def test_sampled_sets_are_seeded_and_deletions_distinct():
 
 def test_set_size_is_capped_for_small_pools():
     assert effective_set_size(2000, 13024, 0.5) == 2000
-    assert effective_set_size(2000, 182, 0.5) == 91
+    assert effective_set_size(2000, 182, 0.5, cap=True) == 91  # only when asked to
+    with pytest.raises(ValueError, match=r"membership.set_size: at most 91 .*got 2000"):
+        effective_set_size(2000, 182, 0.5)
     assert effective_set_size(50, 182, 0.5) == 50
     with pytest.raises(ValueError, match="too few"):
         effective_set_size(10, 3, 0.5)

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.data import DATASETS, MissingDataError, dataset_status, load_dataset
+from tasks.data import DATASETS, DataError, MissingDataError, dataset_status, load_dataset
 from tasks.data.loaders import load_cifar10
 from tests.conftest import require_shared
 
@@ -71,8 +71,12 @@ def test_cifar_batch_that_would_run_code_is_refused(tmp_path):
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DataError) as info:
         load_cifar10(tmp_path)
+    # The refusal names the file and the global; the command never ran.
+    assert info.value.path == folder / "data_batch_1"
+    assert "refused pickle global posix.system" in str(info.value)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
 
 
 @pytest.mark.parametrize("name,folder,file,n_train,shape", [

@@ -112,7 +112,7 @@ def test_tiny_recovery_sweep_end_to_end(tmp_path):
     noisy = df[(df.defence == "obfuscation") & (df.strength == 1e-2)].iloc[0]
     assert noisy.attack_metric != none.attack_metric
     assert set(df.attack) == {"recovery"} and df.epsilon.isna().all()
-    figs = results.read("figures")
+    figs = results.read("figure_index")
     assert figs.path.notna().all() and (tmp_path / "R" / spec.experiment / "figures").is_dir()
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 
-from orchestrator.report import summary
+from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.defences.common import point_name
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR
+from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 
 
@@ -81,21 +81,20 @@ def defence_figure(params: dict, ctx: TaskContext) -> Rows:
     path = None
     if points:
         png = draw_figure(points, spec.experiment)
-        path = loc.write_bytes(png, spec.experiment, "figures",
+        path = loc.write_bytes(png, spec.experiment, FIGURES_DIR,
                                f"defences-{spec.config_hash}.png")
     row = {"key": params["key"], "experiment": spec.experiment, "config_hash": spec.config_hash,
            "seed": spec.seeds[0], "figure": "defences", "path": path, "points": len(points)}
     row.update(spec.flat_config())
-    return {"figures": [row]}
+    return {FIGURE_INDEX: [row]}
 
 
 @summary(TABLE)
 def _summary(df):
-    cols = [c for c in ("attack", "unlearning_method", "attack_model", "defence", "strength")
-            if c in df]
-    agg = {"rows": ("key", "count"), "leakage": ("attack_metric", "mean"),
-           "test_acc_orig": ("test_acc_original", "mean"),
-           "test_acc_unl": ("test_acc_unlearned", "mean")}
+    cols = by(df, "attack", "unlearning_method", "attack_model", "defence", "strength")
+    agg = present(df, rows=("key", "count"), leakage=("attack_metric", "mean"),
+                  test_acc_orig=("test_acc_original", "mean"),
+                  test_acc_unl=("test_acc_unlearned", "mean"))
     if "classical_auc" in df:
         agg["classical_auc"] = ("classical_auc", "mean")
     for col in ("epsilon", "epsilon_pair"):

@@ -13,6 +13,7 @@ from orchestrator.spec import Spec, UnlearningSpec, stable_hash
 from orchestrator.stages.attacks import AttackEntry, plan_entries
 from orchestrator.stages.defences.settings import TABLE, DefencesStage, _points
 from orchestrator.stages.membership import MembershipParams, plan_membership
+from orchestrator.tables import FIGURE_INDEX
 from tasks.defences import DEFENCES, DPParams, defend_outputs
 from tasks.params import to_dict
 
@@ -34,7 +35,7 @@ def plan_defences(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[Unit
     if stage.figure and unit_keys:
         fkey = "deffig-" + stable_hash([spec.config_hash, row_keys], 24)
         units.append(Unit(fkey, "attack", "defence_figure",
-                          {"spec": spec, "key": fkey, "row_keys": row_keys}, "figures",
+                          {"spec": spec, "key": fkey, "row_keys": row_keys}, FIGURE_INDEX,
                           (fkey,), deps=tuple(unit_keys), label="defences figure"))
     return units
 

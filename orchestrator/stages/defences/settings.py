@@ -13,6 +13,8 @@ from tasks.attacks.inversion import InversionConfig
 from tasks.attacks.membership import CLASSICAL
 from tasks.attacks.probing import ProbeConfig
 from tasks.defences import DEFENCES
+from tasks.defences.base import DefenceError
+from tasks.params import FieldError, ParamError, check
 from tasks.registry import UnknownComponentError
 
 TABLE = "defenses"
@@ -40,12 +42,20 @@ class Sweep:
         try:
             cls = DEFENCES.get(self.defence)
         except UnknownComponentError as err:
-            raise ValueError(str(err)) from None
+            raise FieldError("defence", str(err)) from None
         if not self.strengths:
-            raise ValueError(f"{self.defence}: strengths must not be empty")
+            raise FieldError("strengths", "must not be empty (null: a defence without one)")
         d = cls()
-        for s in self.strengths:
-            d.params(s, self.params, self.defence)  # ParamError/DefenceError: a ValueError
+        for i, s in enumerate(self.strengths):
+            try:
+                d.params(s, self.params, "params")
+            except ParamError as err:  # the swept field: name the strength that set it
+                if s is not None and err.path == f"params.{cls.strength_field}":
+                    raise FieldError(f"strengths[{i}]",
+                                     f"{cls.strength_field} {err.message}") from None
+                raise
+            except DefenceError as err:
+                raise FieldError("strengths" if s is not None else "params", str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class DefencesStage:
 
     def __post_init__(self) -> None:
         if not self.sweeps:
-            raise ValueError("sweeps: give at least one {defence, strengths} entry")
+            raise FieldError("sweeps", "give at least one {defence, strengths} entry")
         clash = sorted(set(self.attacks) & set(ATTACKS))
         if clash:
             raise ValueError(f"attacks: {clash} are built-in attack names; rename the entries")
@@ -85,29 +95,28 @@ class DefencesStage:
             attack = sw.attack or self.attack
             kind = DEFENCES.get(sw.defence).acts_on
             if attack not in ATTACKS and attack not in self.attacks:
-                raise ValueError(f"sweeps[{i}].attack: {attack!r} is neither a built-in attack "
+                raise FieldError(f"sweeps[{i}].attack", f"{attack!r} is neither a built-in attack "
                                  f"({', '.join(ATTACKS)}) nor a key of attacks "
                                  f"({', '.join(sorted(self.attacks)) or 'none given'})")
             if attack in self.attacks:
                 entry = self.attacks[attack]
                 threat = entry.attack_class()().threat_model(entry.typed_config())
                 if kind == "training" or (kind == "outputs" and threat.white_box):
-                    raise ValueError(
-                        f"sweeps[{i}]: defence {sw.defence!r} acts on {kind}; attack "
+                    raise FieldError(
+                        f"sweeps[{i}]", f"defence {sw.defence!r} acts on {kind}; attack "
                         f"{attack!r} ({'white' if threat.white_box else 'black'}-box) is not "
                         "measured against it (output defences: black-box attacks; DP-SGD: "
                         "membership)")
                 continue
             if attack not in SUPPORTED[kind]:
-                raise ValueError(
-                    f"sweeps[{i}]: defence {sw.defence!r} acts on {kind}; it is measured "
+                raise FieldError(
+                    f"sweeps[{i}]", f"defence {sw.defence!r} acts on {kind}; it is measured "
                     f"against {' or '.join(SUPPORTED[kind])} here, not {attack!r} "
                     "(DP-SGD against the Hu et al. attacks is not implemented)")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise ValueError("max_requests must be at least 1")
+        check("max_requests", self.max_requests, low=1, integer=True, optional=True)
         if self.membership.output_defence != "none":
-            raise ValueError("membership.output_defence: the defences stage sets it per sweep; "
-                             "leave it 'none'")
+            raise FieldError("membership.output_defence", "the defences stage sets it per "
+                                                          "sweep; leave it 'none'")
         if self.primary_feature not in (*self.membership.features, CLASSICAL):
             raise ValueError(f"primary_feature {self.primary_feature!r} is not among "
                              f"membership.features {list(self.membership.features)}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.report import summary
+from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.params import (
     MembershipParams,
@@ -206,15 +206,16 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
 @summary("mia")
 def _mia_summary(df):
     df = df[df["control"] == "none"] if "control" in df else df
-    cols = ["dataset", "model", "unlearning_method", "scenario", "feature"]
+    cols = by(df, "dataset", "model", "unlearning_method", "scenario", "feature")
     pivot = df.pivot_table(index=cols, columns="attack_model", values="auc", aggfunc="mean")
-    extra = df.groupby(cols).agg(classical_auc=("classical_auc", "mean"),
-                                 deg_count=("deg_count", "mean"), deg_rate=("deg_rate", "mean"),
-                                 gap=("generalisation_gap", "mean"))
-    return pivot.join(extra).round(3)
+    extra = present(df, classical_auc=("classical_auc", "mean"),
+                    deg_count=("deg_count", "mean"), deg_rate=("deg_rate", "mean"),
+                    gap=("generalisation_gap", "mean"))
+    return (pivot.join(df.groupby(cols).agg(**extra)) if extra else pivot).round(3)
 
 
 @summary("membership")
 def _membership_summary(df):
-    return df.groupby(["scenario", "feature", "attack_model"]).agg(
-        rows=("key", "count"), members=("label", "sum"), mean_score=("score", "mean")).head(12)
+    return df.groupby(by(df, "scenario", "feature", "attack_model")).agg(**present(
+        df, rows=("key", "count"), members=("label", "sum"),
+        mean_score=("score", "mean"))).head(12)

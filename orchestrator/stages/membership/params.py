@@ -13,6 +13,7 @@ from tasks.attacks.membership import (
     OUTPUT_TRANSFORMS,
     UNLEARNING_FEATURES,
 )
+from tasks.params import FieldError, check, check_seed
 from tasks.registry import UnknownComponentError
 
 SCENARIOS = ("single", "in_in", "group", "online", "chain")
@@ -23,8 +24,11 @@ class MembershipParams:
     """Settings of the ``membership`` section (reference values of ATTACKS.md 6.2-6.5)."""
 
     set_num: int = 10  # originals per side
-    set_size: int = 2000  # |S_i|, capped at max_set_fraction of the positive pool
+    # |S_i|; at most max_set_fraction of the positive pool (checked when planned: a larger
+    # request is an error unless cap_set_size, e.g. for a grid over datasets of several sizes).
+    set_size: int = 2000
     max_set_fraction: float = 0.5
+    cap_set_size: bool = False
     unlearning_size: int = 20  # unlearned models (pairs) per original
     scenarios: tuple[str, ...] = ("single",)
     group_size: int = 10  # records per deletion in the group scenario
@@ -45,15 +49,22 @@ class MembershipParams:
     figures: bool = True
 
     def __post_init__(self) -> None:
-        if self.set_num < 1 or self.set_size < 2 or self.unlearning_size < 1:
-            raise ValueError("set_num >= 1, set_size >= 2 and unlearning_size >= 1 are required")
-        if self.group_size < 1 or self.deletions_per_task < 1:
-            raise ValueError("group_size and deletions_per_task must be at least 1")
-        if not 0 < self.max_set_fraction <= 1:
-            raise ValueError("max_set_fraction must lie in (0, 1]")
-        for s in self.scenarios:
+        check("set_size", self.set_size, low=2, integer=True)
+        for name in ("set_num", "unlearning_size", "group_size", "deletions_per_task",
+                     "unlearned_eval_size"):
+            check(name, getattr(self, name), low=1, integer=True)
+        check("max_set_fraction", self.max_set_fraction, low=0, low_open=True, high=1)
+        for name in ("split_seed", "replace_seed", "attack_seed"):
+            check_seed(name, getattr(self, name))
+        if not self.scenarios:
+            raise FieldError("scenarios", f"give at least one of {', '.join(SCENARIOS)}")
+        if not self.features or not self.attack_models:
+            raise FieldError("features" if not self.features else "attack_models",
+                             "must not be empty")
+        for i, s in enumerate(self.scenarios):
             if s not in SCENARIOS:
-                raise ValueError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+                raise FieldError(f"scenarios[{i}]", f"unknown scenario {s!r}; known: "
+                                                    f"{', '.join(SCENARIOS)}")
         try:  # unknown names raise with the list of known ones
             for f in self.features:
                 FEATURES.get(f)
@@ -62,6 +73,18 @@ class MembershipParams:
             OUTPUT_TRANSFORMS.get(self.output_defence)
         except UnknownComponentError as err:
             raise ValueError(str(err)) from None
+        self._check_defence_params()
+
+    def _check_defence_params(self) -> None:
+        """The output defence's settings, checked now rather than in every attack unit."""
+        from tasks.defences import DEFENCES
+
+        if self.output_defence == "none":
+            if self.output_defence_params:
+                raise FieldError("output_defence_params", "output_defence 'none' takes none")
+        elif self.output_defence in DEFENCES.names():
+            DEFENCES.get(self.output_defence)().params(None, self.output_defence_params,
+                                                       "output_defence_params")
 
 
 @dataclass(frozen=True)

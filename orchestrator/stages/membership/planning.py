@@ -70,8 +70,10 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                 pairs_by_side: dict[str, list[dict]] = {}
                 for side in SIDES:
                     half = split.side(side)
-                    size = effective_set_size(params.set_size, len(half.positive),
-                                              params.max_set_fraction)
+                    # The smaller pool of the two sides bounds set_size for both.
+                    size = effective_set_size(params.set_size, min(
+                        len(split.side(s).positive) for s in SIDES), params.max_set_fraction,
+                        cap=params.cap_set_size)
                     plans = sample_sets(split, side, params.set_num, size,
                                         params.unlearning_size, sc.k, seed,
                                         params.deletion_sampling)

@@ -1,0 +1,116 @@
+"""The part of ``unlearn-audit run`` that holds Ray and the results folder: join or start Ray
+(with a deadline), refuse a plan no node can run, take the experiment's lock, run, and leave
+nothing behind however it ends (Ctrl-C, SIGTERM, an error).
+
+Light at import (the parser imports :func:`seconds`): Ray and torch load inside :func:`drive`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Any
+
+from orchestrator.cli_support import fail, task_context
+
+__all__ = ["add_run_flags", "drive", "seconds"]
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}"
+                                          ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
+    return value
+
+
+def add_run_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--connect-timeout", type=seconds, default=30.0, metavar="SECONDS",
+                     help="give up joining --address after this long (default: 30)")
+    run.add_argument("--resource-wait", type=seconds, default=600.0, metavar="SECONDS",
+                     help="stop when units ready to run wait this long for resources while "
+                          "none of the run's units runs (default: 600)")
+
+
+def _check_capacity(todo: list, resources: Any, embedded: bool, wait_s: float) -> None:
+    """Refuse what the embedded Ray can never run. A cluster may still gain the node (its
+    autoscaler, a ``ray start`` elsewhere): say so, and let ``--resource-wait`` bound the wait."""
+    from orchestrator.capacity import CapacityError, check_capacity
+
+    try:
+        check_capacity(todo, resources)
+    except CapacityError as err:
+        if embedded:
+            raise
+        print(f"unlearn-audit: warning: {err}; waiting up to {wait_s:g} s (--resource-wait) "
+              f"for a node that has it to join", file=sys.stderr, flush=True)
+
+
+def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
+          data_root: str | None, header: str) -> int:
+    """Run ``units`` (every variant's) into ``results``; the exit code of ``run``."""
+    from orchestrator.capacity import CapacityError
+    from orchestrator.execute import dedupe, execute, pending_units
+    from orchestrator.lock import ExperimentLock, LockHeld
+    from orchestrator.ray_session import ClusterUnreachable, embedded, start_ray, stop_ray
+    from orchestrator.report import describe
+
+    start = time.perf_counter()
+    experiment = spec.experiment
+    units = dedupe(units)
+    todo = pending_units(units, results)
+    if not todo:
+        # Everything is already in the tables: no need to start Ray at all.
+        print(header)
+        print(describe(str(args.results), experiment))
+        print(f"\nall {len(units)} units already done "
+              f"({time.perf_counter() - start:.1f}s); nothing to run")
+        return 0
+    lock = ExperimentLock(args.results, experiment)
+    try:
+        lock.check_free()  # a busy folder is refused before Ray starts, and writes nothing
+    except LockHeld as err:
+        return fail(str(err))
+    info: dict[str, Any] = {}
+    try:
+        try:
+            info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
+                             connect_timeout=args.connect_timeout)
+            _check_capacity(todo, spec.resources, embedded(), args.resource_wait)
+            lock.acquire()  # after the checks: a refused run leaves no lock file
+        except ClusterUnreachable as err:
+            return fail(str(err))
+        except CapacityError as err:
+            return fail(f"spec error: {err}")
+        except LockHeld as err:
+            return fail(str(err))
+        print(header)
+        ctx = task_context(args, results, spec, data_root)
+        report = execute(units, results, ctx, spec.resources, progress=not args.quiet,
+                         resource_wait_s=args.resource_wait)
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (cli.main makes it one)
+        print("\ninterrupted: finished units are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        stop_ray()  # also after an interrupted start: no Ray process of this run outlives it
+        lock.release()
+    wall = time.perf_counter() - start
+    print(describe(str(args.results), experiment))
+    print(f"\n{report.succeeded} units ran, {report.skipped} already done, "
+          f"{report.failed} failed, {report.not_run} not run, in {wall:.1f}s "
+          f"(Ray: {info.get('mode')})")
+    if report.stalled:
+        fail(f"{report.not_run} units not run: {report.stalled} (see the errors table: "
+             f"unlearn-audit show {args.results})")
+        return 1
+    if report.failed:
+        print(f"see the errors table: unlearn-audit show {args.results}", file=sys.stderr)
+        return 1
+    return 0
