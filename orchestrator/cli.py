@@ -1,4 +1,4 @@
-"""``unlearn-audit``: run | show | datasets | tune.
+"""``unlearn-audit``: run | show | report | datasets | tune.
 
 Nothing heavy is imported at module level or while building the parsers: ``--help`` answers
 without loading torch, Ray or Optuna. Each command imports what it needs.
@@ -83,6 +83,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import orchestrator.stages  # noqa: F401  (stages register their table summaries)
+    from orchestrator.html_report import write_report
+    from orchestrator.report import NotResults, locate
+    from orchestrator.tables import Results, list_experiments
+
+    try:
+        root, experiment, table = locate(args.results)
+    except NotResults as err:
+        return fail(f"{args.results}: {err}")
+    if table is not None:
+        return fail(f"{args.results}: is one table's folder; give RESULTS/<experiment>")
+    if experiment is None:
+        found = [e for e in list_experiments(root) if Results(root, e).tables()]
+        if len(found) != 1:
+            what = "no result tables in it" if not found else (
+                f"holds {len(found)} experiments ({', '.join(found)}); give RESULTS/<experiment>")
+            return fail(f"{args.results}: {what}")
+        experiment = found[0]
+    try:
+        where = write_report(root, experiment, args.out)
+    except OSError as err:
+        return fail(f"{args.out or args.results}: cannot write the report ({err})")
+    print(f"report: {where}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from tasks.data import DATA_ROOT_ENV, dataset_status, resolve_data_root
 
@@ -131,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("results", help="RESULTS, RESULTS/<experiment> or one table's folder; "
                                       "a path or a URI (file://, s3://, ...)")
     show.set_defaults(func=cmd_show)
+
+    report = sub.add_parser("report", help="write a self-contained HTML audit report",
+                            description="Write one HTML file (figures embedded, nothing "
+                                        "fetched from a network): verdicts with bootstrap "
+                                        "intervals, figures, tables, spec, seeds, versions.")
+    report.add_argument("results", help="RESULTS/<experiment> (or RESULTS holding one "
+                                        "experiment); a path or a URI")
+    report.add_argument("--out", default=None, metavar="FILE",
+                        help="where to write it (default: RESULTS/<experiment>/report.html)")
+    report.set_defaults(func=cmd_report)
 
     datasets = sub.add_parser("datasets", help="list datasets and where they are read from",
                               description="List every registered dataset, whether its files "

@@ -181,7 +181,8 @@ def _run(code: str) -> str:
 HEAVY = ("torch", "ray", "optuna", "sklearn", "pandas", "matplotlib")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["tune", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["tune", "--help"], ["run", "--help"],
+                                  ["report", "--help"]])
 def test_help_imports_nothing_heavy(argv):
     code = (f"import sys\nfrom orchestrator.cli import main\ntry:\n    main({argv!r})\n"
             "except SystemExit:\n    pass\n"
