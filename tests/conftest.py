@@ -55,3 +55,20 @@ def digits_state(digits):
     tc = TrainConfig(epochs=5, lr=0.05, batch_size=64)
     train_model(model, digits.x_train, digits.y_train, idx, tc, 0)
     return TrainingState(digits, cfg, tc, idx, 0, original=model)
+
+
+def reduced_quickstart() -> dict:
+    """The quickstart spec with every stage kept and every size cut to seconds (as a dict)."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
+    spec["experiment"] = "qs"
+    spec["dataset"]["train_size"] = 300
+    spec["training"]["epochs"] = 3
+    spec["forget"]["count"] = 2
+    spec["runtime"]["requests_per_task"] = 2
+    for entry in spec["attacks"].values():
+        entry["config"].update(iterations=10, restarts=1)
+    spec["label_inference"]["shares"] = [0.5]
+    spec["label_inference"]["probes"] = {"probes_per_class": 2, "coordinates": 64}
+    return spec

@@ -16,26 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from orchestrator import verdicts as vd
 from orchestrator.cli import main
 
 
 def _reduced_quickstart() -> dict:
-    from tests.conftest import REPO
+    from tests.conftest import reduced_quickstart
 
-    spec = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
-    spec["experiment"] = "qs"
-    spec["dataset"]["train_size"] = 300
-    spec["training"]["epochs"] = 3
-    spec["forget"]["count"] = 2
-    spec["runtime"]["requests_per_task"] = 2
-    for entry in spec["attacks"].values():
-        entry["config"].update(iterations=10, restarts=1)
-    spec["label_inference"]["shares"] = [0.5]
-    spec["label_inference"]["probes"] = {"probes_per_class": 2, "coordinates": 64}
-    return spec
+    return reduced_quickstart()
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ EXPECTED = {"models", "recoveries", "label_inference", "prepared", "figure_index
 
 
 def _reduced_quickstart(repo: Path, folder: Path) -> Path:
-    spec = yaml.safe_load((repo / "search_spaces" / "quickstart.yaml").read_text())
-    spec["experiment"] = "qs"
-    spec["dataset"]["train_size"] = 300
-    spec["training"]["epochs"] = 3
-    spec["forget"]["count"] = 2
-    spec["runtime"]["requests_per_task"] = 2
-    for entry in spec["attacks"].values():
-        entry["config"].update(iterations=10, restarts=1)
-    spec["label_inference"]["shares"] = [0.5]
-    spec["label_inference"]["probes"] = {"probes_per_class": 2, "coordinates": 64}
+    from tests.conftest import reduced_quickstart
+
+    spec = reduced_quickstart()
     path = folder / "qs.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
