@@ -15,6 +15,7 @@ from orchestrator.cli_support import (
     check_outputs,
     fail,
     positive_int,
+    refusal,
     resolved_data_root,
 )
 from orchestrator.run_driver import add_run_flags, drive
@@ -24,18 +25,15 @@ from orchestrator.search.cli import add_tune_parser
 def cmd_run(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES: the spec's attack sections)
     from orchestrator.plan import plan_run
-    from orchestrator.spec import SpecError, SpecFileError, load_spec
+    from orchestrator.spec import load_spec
     from orchestrator.tables import Results
-    from tasks.data import DataError, MissingDataError
-    from tasks.params import one_line
-    from tasks.registry import UnknownComponentError
 
     try:
         variants = load_spec(args.spec, args.set)
-    except SpecFileError as err:  # the file itself: "<path>: ..."
-        return fail(str(err))
-    except (SpecError, UnknownComponentError) as err:
-        return fail(f"spec error: {one_line(err)}")
+    except Exception as err:
+        if (line := refusal(err)) is None:
+            raise
+        return fail(line)
     # Before any other work: an output that cannot be written must cost nothing.
     problem = check_outputs(args, variants[0].experiment, probe=not args.dry_run)
     if problem:
@@ -43,12 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root = resolved_data_root(args)
     try:
         plans = [plan_run(v, data_root) for v in variants]
-    except DataError as err:  # a present but malformed data file (a ValueError: first)
-        return fail(f"data error: {err}")
-    except MissingDataError as err:
-        return fail(str(err))
-    except (ValueError, UnknownComponentError) as err:
-        return fail(f"spec error: {one_line(err)}")
+    except Exception as err:  # sizes the data cannot hold, data files, plug-ins
+        if (line := refusal(err)) is None:
+            raise
+        return fail(line)
     experiment = variants[0].experiment
     units = [u for _, us in plans for u in us]
     results = Results(args.results, experiment)

@@ -8,10 +8,32 @@ import os
 import sys
 from typing import NoReturn
 
-__all__ = ["EXIT_BAD_INPUT", "BriefParser", "check_outputs", "fail", "positive_int",
+__all__ = ["EXIT_BAD_INPUT", "BriefParser", "check_outputs", "fail", "positive_int", "refusal",
            "resolved_data_root", "task_context"]
 
 EXIT_BAD_INPUT = 2
+
+
+def refusal(err: BaseException, as_is: tuple[type[BaseException], ...] = ()) -> str | None:
+    """The one line a bad input ends in (``fail`` prints it), or None for anything else — a
+    bug, which should surface as one. ``as_is``: further exceptions whose text is the line."""
+    from orchestrator.capacity import CapacityError
+    from orchestrator.lock import LockHeld
+    from orchestrator.ray_session import ClusterUnreachable
+    from orchestrator.spec import SpecError, SpecFileError
+    from tasks.data import DataError, MissingDataError
+    from tasks.params import one_line
+    from tasks.registry import UnknownComponentError
+
+    if isinstance(err, (SpecFileError, MissingDataError, LockHeld, ClusterUnreachable, *as_is)):
+        return str(err)  # "<path>: ..." / "<folder> is in use ..." / "--address ...: ..."
+    if isinstance(err, DataError):  # a present but malformed data file (also a ValueError)
+        return f"data error: {err}"
+    if isinstance(err, CapacityError):
+        return f"spec error: {err}"
+    if isinstance(err, (SpecError, UnknownComponentError, ValueError)):
+        return f"spec error: {one_line(err)}"
+    return None
 
 
 def fail(message: str) -> int:

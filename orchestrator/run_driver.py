@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from orchestrator.cli_support import fail, task_context
+from orchestrator.cli_support import fail, refusal, task_context
 
 __all__ = ["add_run_flags", "drive", "seconds"]
 
@@ -84,12 +84,8 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
                              connect_timeout=args.connect_timeout)
             _check_capacity(todo, spec.resources, embedded(), args.resource_wait)
             lock.acquire()  # after the checks: a refused run leaves no lock file
-        except ClusterUnreachable as err:
-            return fail(str(err))
-        except CapacityError as err:
-            return fail(f"spec error: {err}")
-        except LockHeld as err:
-            return fail(str(err))
+        except (ClusterUnreachable, CapacityError, LockHeld) as err:
+            return fail(refusal(err) or str(err))
         print(header)
         ctx = task_context(args, results, spec, data_root)
         report = execute(units, results, ctx, spec.resources, progress=not args.quiet,

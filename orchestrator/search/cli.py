@@ -13,6 +13,7 @@ from orchestrator.cli_support import (
     check_outputs,
     fail,
     positive_int,
+    refusal,
     resolved_data_root,
     task_context,
 )
@@ -24,23 +25,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES before the spec is parsed)
     from orchestrator.capacity import CapacityError
     from orchestrator.execute import start_ray, stop_ray
-    from orchestrator.lock import ExperimentLock, LockHeld
+    from orchestrator.lock import ExperimentLock
     from orchestrator.ray_session import ClusterUnreachable
     from orchestrator.search.spec import load_search_file
     from orchestrator.search.study import SearchStateError, open_study, search_dir
     from orchestrator.search.tune import run_search
-    from orchestrator.spec import SpecError, SpecFileError
     from orchestrator.tables import Results
-    from tasks.data import DataError, MissingDataError
-    from tasks.params import one_line
-    from tasks.registry import UnknownComponentError
+
+    study_errors = (SearchStateError,)  # "--resume: nothing to resume ..." and the like
 
     try:
         plan = load_search_file(args.spec, args.set)
-    except SpecFileError as err:  # the file itself: "<path>: ..."
-        return fail(str(err))
-    except (SpecError, UnknownComponentError) as err:
-        return fail(f"spec error: {one_line(err)}")
+    except Exception as err:
+        if (line := refusal(err, as_is=study_errors)) is None:
+            raise
+        return fail(line)
     # Before any other work: an output that cannot be written must cost nothing.
     problem = check_outputs(args, plan.base.experiment)
     if problem:
@@ -52,31 +51,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from orchestrator.plan import plan_core
 
         plan_core(plan.base, data_root)  # fails early on missing data
-    except DataError as err:  # a present but malformed data file (a ValueError: first)
-        return fail(f"data error: {err}")
-    except (SearchStateError, MissingDataError) as err:
-        return fail(str(err))
-    except (ValueError, UnknownComponentError) as err:  # sizes the data cannot hold
-        return fail(f"spec error: {one_line(err)}")
-    ctx = task_context(args, results, plan.base, data_root)
-    try:
+        ctx = task_context(args, results, plan.base, data_root)
         # Refuse an existing study without --resume before starting anything.
         open_study(plan, results, args.resume)
-    except SearchStateError as err:
-        return fail(str(err))
-    lock = ExperimentLock(args.results, plan.base.experiment)  # one writer per experiment
-    try:
+        lock = ExperimentLock(args.results, plan.base.experiment)  # one writer per experiment
         lock.acquire()
-    except LockHeld as err:
-        return fail(str(err))
+    except Exception as err:
+        if (line := refusal(err, as_is=study_errors)) is None:
+            raise
+        return fail(line)
     try:
         start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
         outcome = run_search(plan, results, ctx, resume=args.resume,
                              num_samples=args.num_samples, progress=not args.quiet)
-    except (SearchStateError, ClusterUnreachable) as err:
-        return fail(str(err))
-    except CapacityError as err:
-        return fail(f"spec error: {err}")
+    except (SearchStateError, ClusterUnreachable, CapacityError) as err:
+        return fail(refusal(err, as_is=study_errors) or str(err))
     except KeyboardInterrupt:
         print("\ninterrupted: the study is saved; rerun with --resume to continue",
               file=sys.stderr)

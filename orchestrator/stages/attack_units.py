@@ -113,12 +113,13 @@ def attack_batch(params: dict, ctx: TaskContext) -> Rows:
     result = attack.run(cases, config, seeds=seeds, prepared=prepared)
     wall = time.perf_counter() - start
     scored = scorer.score(result, truths, config, scoring_context(spec, state.dataset, seed))
-    config_cols = flatten(to_dict(config), "attack")
+    settings = to_dict(config)
+    config_cols = flatten(settings, "attack")
     common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
               "dataset": spec.dataset.name, "model": spec.model.name,
               "unlearning_method": provider.method, "exact": provider.exact,
               "n_finetune": len(state.train_indices), "attack": entry.attack,
-              "attack_config": name, "attack_config_hash": stable_hash(to_dict(config), 12),
+              "attack_config": name, "attack_config_hash": stable_hash(settings, 12),
               "knowledge": threat.knowledge, "white_box": threat.white_box,
               "wall_s": wall / len(cases), "batch_wall_s": wall,
               "batch_targets": len(cases), "node_id": ctx.node_id}
@@ -126,7 +127,7 @@ def attack_batch(params: dict, ctx: TaskContext) -> Rows:
     for pair, case_rows in zip(params["pairs"], scored.rows):
         for row in case_rows:
             part = row.get("sample_index") if scorer.per_sample else None
-            full = {"key": row_key(pair.unlearned_key, entry, name, part),
+            full = {"key": row_key(pair.unlearned_key, entry, settings, name, part),
                     "request_id": pair.request.request_id, "forget_kind": pair.request.kind,
                     **common, **row, **config_cols}
             full.update(spec.flat_config())

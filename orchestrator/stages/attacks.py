@@ -213,9 +213,10 @@ def _own_pairs(spec: Spec, core: CorePlan, entry: AttackEntry, methods, units: l
     return lspec, pairs
 
 
-def row_key(unlearned: str, entry: AttackEntry, name: str, part: int | None) -> str:
-    return "atk-" + stable_hash([unlearned, entry.attack, to_dict(entry.typed_config()), name,
-                                 part], 24)
+def row_key(unlearned: str, entry: AttackEntry, settings: dict, name: str,
+            part: int | None) -> str:
+    """``settings``: ``to_dict`` of the entry's typed config (computed once per entry)."""
+    return "atk-" + stable_hash([unlearned, entry.attack, settings, name, part], 24)
 
 
 def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
@@ -229,6 +230,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
         attack_cls = entry.attack_class()
         scorer = SCORERS.get(attack_cls.scorer)
         config = entry.typed_config()
+        settings = to_dict(config)
         if entry.forget is not None:
             aspec, pairs = _own_pairs(spec, core, entry, methods, units, seen)
         else:
@@ -260,10 +262,10 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
             for start in range(0, len(group), entry.targets_per_task):
                 batch = group[start: start + entry.targets_per_task]
                 if scorer.per_sample:
-                    row_keys = tuple(row_key(p.unlearned_key, entry, name, int(i))
+                    row_keys = tuple(row_key(p.unlearned_key, entry, settings, name, int(i))
                                      for p in batch for i in p.request.indices)
                 else:
-                    row_keys = tuple(row_key(p.unlearned_key, entry, name, None)
+                    row_keys = tuple(row_key(p.unlearned_key, entry, settings, name, None)
                                      for p in batch)
                 key = "attack-" + stable_hash([spec.config_hash, row_keys], 24)
                 deps = tuple(dict.fromkeys(p.unlearn_unit for p in batch)) + (
