@@ -165,6 +165,18 @@ class _SoftStop:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+def _on_driver_node() -> Any:
+    """Prefer the driver's own node for the bookkeeping actor: a worker node may die mid-run
+    (and take the actor with it); the driver's node lives as long as the run."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    except Exception:  # noqa: BLE001  (a Ray Client driver has no node of its own)
+        return "DEFAULT"
+
+
 class _StartPoll:
     """Asks the ``Starts`` actor for newly started units, every ``every`` seconds, without
     ever blocking the loop on it."""
@@ -173,18 +185,27 @@ class _StartPoll:
         self.starts, self.every = starts, every
         self.ref: Any = starts.take.remote()
         self.asked = time.monotonic()
+        self.lost = False
 
     def poll(self, watch: StallWatch) -> None:
         """Pass any answer to ``watch``, with the time it was asked for."""
         import ray
 
+        if self.lost:
+            return
         if self.ref is None:
             if time.monotonic() - self.asked >= self.every:
                 self.ref, self.asked = self.starts.take.remote(), time.monotonic()
             return
         done, _ = ray.wait([self.ref], timeout=0)
         if done:
-            keys, self.ref = ray.get(self.ref), None
+            try:
+                keys, self.ref = ray.get(self.ref), None
+            except ray.exceptions.RayActorError:
+                # Its node died. Without start reports ``watch`` never calls a stall (it needs
+                # fresh reports), so the run goes on, only without stall detection.
+                self.lost, self.ref = True, None
+                return
             watch.started(keys, self.asked)
 
 
@@ -211,7 +232,7 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
     if not todo:
         return report
     runner, starts_cls = _remote_runner()
-    starts = starts_cls.remote()
+    starts = starts_cls.options(scheduling_strategy=_on_driver_node()).remote()
     refs: dict[str, Any] = {}
     unit_of: dict[Any, Unit] = {}
     for u in todo:
