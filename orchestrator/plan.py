@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.spec import Spec, stable_hash
 from orchestrator.stage_registry import STAGES
 from orchestrator.store import artifact_key
-from tasks.data import Dataset, load_dataset
+from tasks.data import Dataset
 from tasks.params import to_dict
 from tasks.splits import Selection, select_training_set
 from tasks.unlearning import UNLEARNING, ForgetRequest, make_requests
@@ -63,14 +63,14 @@ def recipe_id(spec: Spec, method_index: int) -> str:
 
 
 def _base_determinants(spec: Spec, seed: int) -> dict[str, Any]:
-    return {"dataset": to_dict(spec.dataset), "model": to_dict(spec.model),
+    return {"dataset": spec.dataset.determinant(), "model": to_dict(spec.model),
             "training": to_dict(spec.training), "seed": seed}
 
 
 def pretrain_key(spec: Spec, seed: int) -> str | None:
     if spec.pretraining is None:
         return None
-    return artifact_key("pretrain", dataset=spec.dataset.name, pool_size=spec.dataset.pool_size,
+    return artifact_key("pretrain", dataset=spec.dataset.identity(), pool_size=spec.dataset.pool_size,
                         model=to_dict(spec.model), pretraining=to_dict(spec.pretraining),
                         seed=seed)
 
@@ -94,7 +94,7 @@ def unlearned_key(spec: Spec, seed: int, method_index: int, request: ForgetReque
 def plan_core(spec: Spec, data_root: str | None, dataset: Dataset | None = None) -> CorePlan:
     # ``dataset``: an already loaded dataset (the defences stage, which replaces the core plan
     # for membership attacks, rebuilds it for recovery attacks from its CorePlan.dataset).
-    dataset = dataset if dataset is not None else load_dataset(spec.dataset.name, data_root)
+    dataset = dataset if dataset is not None else spec.dataset.load(data_root)
     core = CorePlan(spec, dataset)
     res_batch = max(1, spec.runtime.requests_per_task)
     for seed in spec.seeds:
@@ -142,7 +142,7 @@ def plan_core(spec: Spec, data_root: str | None, dataset: Dataset | None = None)
 def plan_run(spec: Spec, data_root: str | None) -> tuple[CorePlan, list[Unit]]:
     """All units of one variant: the core plan, then every stage the spec enables."""
     if any(STAGES.get(stage).replaces_core for stage in spec.stages):
-        core = CorePlan(spec, load_dataset(spec.dataset.name, data_root))
+        core = CorePlan(spec, spec.dataset.load(data_root))
     else:
         core = plan_core(spec, data_root)
     units = list(core.units)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from tasks.cases import build_case
-from tasks.data import load_dataset
 from tasks.models import SklearnModel
 from tasks.splits import select_training_set
 from tasks.training import deterministic_mode, predict_logits, seed_everything
@@ -33,7 +32,7 @@ def provider_state(spec: Spec, seed: int, ctx: TaskContext, pretrain_key: str | 
     device = ctx.torch_device()
     if spec.runtime.deterministic and spec.model.family == "torch":
         deterministic_mode(device)
-    dataset = load_dataset(spec.dataset.name, ctx.data_root)
+    dataset = spec.dataset.load(ctx.data_root)
     if members is None:
         members = select_training_set(len(dataset.y_train), spec.dataset.pool_size,
                                       spec.dataset.train_size, seed).train

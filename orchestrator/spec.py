@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.fingerprint import file_fingerprint
 from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
 from tasks.params import (
@@ -58,8 +59,29 @@ class DatasetSpec:
     pool_size: int | None = None
     # N: samples drawn (seeded) from the pool to train theta; null = the whole pool.
     train_size: int | None = None
+    # The ``files`` dataset (a user's own data): the NPZ, CSV or Parquet file (local path or
+    # pyarrow URI), the test file of tabular data, and its label column.
+    path: str | None = None
+    test: str | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
+        if self.name == "files":
+            if not self.path:
+                raise FieldError("path", "required for dataset 'files': an .npz of x_train, "
+                                         "y_train, x_test, y_test, or a .csv/.parquet file "
+                                         "(with test: and label:)")
+            # Workers may run elsewhere: local paths travel absolute (relative to the cwd).
+            for name in ("path", "test"):
+                value = getattr(self, name)
+                if value is not None and not isinstance(value, str):
+                    raise FieldError(name, f"expected a path or URI, got {value!r}")
+                if value and "://" not in value:
+                    object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
+        elif self.path or self.test or self.label:
+            given = next(k for k in ("path", "test", "label") if getattr(self, k))
+            raise FieldError(given, f"only the 'files' dataset reads files; {self.name!r} is "
+                                    "a registered dataset read from the data root")
         # Upper bounds depend on the data: plan_core checks them (tasks.splits).
         check("pool_size", self.pool_size, low=1, integer=True, optional=True)
         check("train_size", self.train_size, low=1, integer=True, optional=True)
@@ -67,6 +89,31 @@ class DatasetSpec:
                 and self.train_size > self.pool_size):
             raise FieldError("train_size", f"must be at most pool_size ({self.pool_size}), "
                                            f"got {self.train_size}")
+
+
+    def identity(self) -> Any:
+        """What names the data in artifact keys: the registered name, or the user's files
+        with a fingerprint of their content (a changed file is a different dataset)."""
+        if self.name != "files":
+            return self.name
+        return {"files": [file_fingerprint(p) for p in (self.path, self.test) if p],
+                "label": self.label}
+
+    def determinant(self) -> dict[str, Any]:
+        """The section as artifact keys hold it (keys made before ``files`` existed stay)."""
+        out = {"name": self.name, "pool_size": self.pool_size, "train_size": self.train_size}
+        if self.name == "files":
+            out["data"] = self.identity()
+        return out
+
+    def load(self, data_root: str | None = None):
+        """The dataset this section names (``files``: the user's own files)."""
+        from tasks.data import load_dataset
+
+        if self.name == "files":
+            return load_dataset("files", data_root, path=self.path, test=self.test,
+                                label=self.label)
+        return load_dataset(self.name, data_root)
 
 
 @dataclass(frozen=True)
@@ -279,6 +326,18 @@ def _flat_component(data: Any, path: str, name_key: str) -> tuple[str, dict]:
     return str(data[name_key]), rest
 
 
+def _pair_model(data: Mapping[str, Any]) -> dict | None:
+    """A spec auditing a brought pair trains its shadow models with the pair's architecture
+    unless ``model:`` says otherwise (``{factory: ...}`` is the registered ``factory``)."""
+    pair = data.get("pair")
+    model = pair.get("model") if isinstance(pair, Mapping) else None
+    if not isinstance(model, Mapping):
+        return None
+    if "factory" in model and "name" not in model:
+        return {"name": "factory", **model}
+    return dict(model)
+
+
 def _seeds(data: Mapping[str, Any]) -> tuple[int, ...]:
     """``seed: 3`` or ``seeds: [0, 1]``: integers in [0, 2**32), each once."""
     if "seeds" in data:
@@ -321,7 +380,8 @@ def build_variant(data: Mapping[str, Any], local_devices: bool = True) -> Spec:
         if "seed" in data and "seeds" in data:
             raise ParamError("seed", "give either seed or seeds, not both")
         seeds = _seeds(data)
-        name, mparams = _flat_component(data.get("model", {"name": "mlp"}), "model", "name")
+        name, mparams = _flat_component(data.get("model", _pair_model(data) or {"name": "mlp"}),
+                                        "model", "name")
         model = ModelConfig(name, mparams)
         try:
             MODELS.get(name)

@@ -17,6 +17,7 @@ import pandas as pd
 RESAMPLES = 1000
 SEED = 0
 KNOWN_TABLES = {"models", "recoveries", "label_inference", "mia", "membership", "defenses",
+                "guesses", "membership_ranking",
                 "prepared", "figure_index", "errors"}
 
 

@@ -83,6 +83,46 @@ def mlp(input_shape, num_classes, params: MLPParams, mean=None, std=None) -> nn.
     return nn.Sequential(*layers)
 
 
+# --- a user's own architecture -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FactoryParams:
+    factory: str = ""  # "package.module:function" returning a torch.nn.Module
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the function
+
+    def __post_init__(self) -> None:
+        module, _, attr = self.factory.partition(":")
+        if not module or not attr:
+            raise FieldError("factory", f"expected package.module:function, got "
+                                        f"{self.factory!r}")
+
+
+@_register("factory", "torch", FactoryParams)
+def factory_model(input_shape, num_classes, params: FactoryParams, mean=None,
+                  std=None) -> nn.Module:
+    """The user's architecture: ``function(**kwargs)``, also given ``input_shape`` and
+    ``num_classes`` when its signature names them. No normalisation layer is added: the
+    function builds exactly the module whose weights the user brings."""
+    import importlib
+    import inspect
+
+    module_name, _, attr = params.factory.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise FieldError("factory", f"cannot import {params.factory!r} ({err})") from None
+    kwargs = dict(params.kwargs)
+    names = inspect.signature(fn).parameters
+    for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
+        if key in names and key not in kwargs:
+            kwargs[key] = value
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise FieldError("factory", f"{params.factory!r} returned a {type(model).__name__}, "
+                                    "not a torch.nn.Module")
+    return model
+
+
 # --- ConvNet of the gradient-inversion literature ---------------------------------------------
 
 @dataclass(frozen=True)

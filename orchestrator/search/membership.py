@@ -137,12 +137,11 @@ def membership_layout(spec: Spec, data_root: str | None) -> Layout:
     """Plan the membership stage for the spec's first seed and unlearning method (cached)."""
     from orchestrator.plan import CorePlan
     from orchestrator.stages.membership import plan_membership
-    from tasks.data import load_dataset
 
     cache_key = (spec.config_hash, data_root)
     if cache_key not in _LAYOUTS:
         params = spec.stages["membership"]
-        core = CorePlan(spec, load_dataset(spec.dataset.name, data_root))
+        core = CorePlan(spec, spec.dataset.load(data_root))
         units = plan_membership(spec, core, params)
         seed = spec.seeds[0]
         attacks = [u for u in units if u.fn == "mia_attack" and u.params["seed"] == seed

@@ -80,6 +80,9 @@ class Attack(abc.ABC):
     # Attributes of the progress objects ``run`` passes to ``callback`` that a search may
     # report as intermediate results (ASHA), e.g. ("matching_loss",).
     progress_metrics: ClassVar[tuple[str, ...]] = ()
+    # Configuration under the defaults when the attack audits a pair from outside (theta and
+    # theta_u alone, no recipe): e.g. {"knowledge": "paper"}.
+    pair_defaults: ClassVar[dict[str, Any]] = {}
 
     @abc.abstractmethod
     def threat_model(self, config: Any) -> ThreatModel:

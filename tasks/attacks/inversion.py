@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -424,6 +424,9 @@ class GradientInversion(Attack):
     Config = InversionConfig
     scorer = "image_recovery"
     progress_metrics = ("matching_loss",)
+
+    # A pair from outside: no theta_0, N or labels; labels are inferred from the gradient.
+    pair_defaults: ClassVar[dict[str, Any]] = {"knowledge": "paper", "label_mode": "inferred"}
 
     def threat_model(self, config: InversionConfig) -> ThreatModel:
         return ThreatModel(white_box=True, knowledge=config.knowledge, data_kind="image",

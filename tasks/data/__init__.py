@@ -3,10 +3,12 @@
 Images are float32 in [0, 1], shaped (n, C, H, W); the model's first layer normalises them with
 ``Dataset.mean``/``std``. Tabular features are label-encoded and standardised with statistics of
 the training split. Files are read from a data root (``--data-root`` or ``UNLEARN_AUDIT_DATA``).
+The ``files`` dataset reads the user's own files instead, as they are (:mod:`tasks.data.files`).
 """
 
 from __future__ import annotations
 
+from tasks.data import files as _files  # noqa: F401  ('files'; it imports loaders first)
 from tasks.data import loaders as _loaders  # noqa: F401  (fills the registry)
 from tasks.data.base import (
     DATA_ROOT_ENV,

@@ -34,7 +34,9 @@ class DataError(ValueError):
 
     def __init__(self, path: str | os.PathLike, message: str) -> None:
         self.path, self.message = Path(path), message
-        super().__init__(f"{self.path}: {message}")
+        # A URI (file:///x, s3://b/x) is shown as given: Path() would fold its "//".
+        shown = path if isinstance(path, str) and "://" in path else self.path
+        super().__init__(f"{shown}: {message}")
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,21 @@ def _load_cached(name: str, root: str | None) -> Dataset:
     return info.loader(Path(root) if root else None)
 
 
-def load_dataset(name: str, data_root: str | os.PathLike | None = None) -> Dataset:
-    """Load a registered dataset (cached per process: workers reuse it across tasks)."""
+def load_dataset(name: str, data_root: str | os.PathLike | None = None, *,
+                 path: str | os.PathLike | None = None, test: str | os.PathLike | None = None,
+                 label: str | None = None) -> Dataset:
+    """Load a registered dataset (cached per process: workers reuse it across tasks).
+
+    ``path``/``test``/``label`` name the user's own files and are read only by ``files``
+    (:func:`tasks.data.files.load_files_dataset`); any other dataset refuses them."""
+    if name == "files":
+        from tasks.data.files import load_files_dataset  # files imports this module
+
+        return load_files_dataset(path, test, label)
+    given = [k for k, v in (("path", path), ("test", test), ("label", label)) if v is not None]
+    if given:
+        raise ValueError(f"dataset {name!r} takes no {', '.join(given)}: only the 'files' "
+                         "dataset reads the user's own files")
     info = DATASETS.get(name)
     root = resolve_data_root(data_root) if info.folder else None
     return _load_cached(name, str(root) if root else None)
@@ -122,8 +137,9 @@ def dataset_status(data_root: str | os.PathLike | None = None) -> list[dict]:
     for name in DATASETS:
         info = DATASETS.get(name)
         if info.folder is None:
+            where = "your files (dataset.path)" if name == "files" else "bundled with scikit-learn"
             rows.append({"name": name, "kind": info.kind, "available": True,
-                         "where": "bundled with scikit-learn", "description": info.description})
+                         "where": where, "description": info.description})
             continue
         folder = root / info.folder if root else None
         present = folder is not None and any(

@@ -22,7 +22,7 @@ def mia_original_key(spec: Spec, method_index: int, plan: SetPlan) -> str:
     entry = spec.unlearning[method_index]
     method = UNLEARNING.get(entry.method)()
     torch_recipe = to_dict(spec.training) if spec.model.family == "torch" else None
-    return artifact_key("mia-original", dataset=spec.dataset.name, model=to_dict(spec.model),
+    return artifact_key("mia-original", dataset=spec.dataset.identity(), model=to_dict(spec.model),
                         training=torch_recipe, recipe=method.original_recipe(
                             entry.typed_params()), members=_members_hash(plan.members),
                         n_members=len(plan.members), train_seed=plan.train_seed)
@@ -68,34 +68,16 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                                      f"{entry.method!r}")
                 model_units: list[str] = []
                 pairs_by_side: dict[str, list[dict]] = {}
+                # The smaller pool of the two sides bounds set_size for both.
+                size = effective_set_size(params.set_size, min(
+                    len(split.side(s).positive) for s in SIDES), params.max_set_fraction,
+                    cap=params.cap_set_size)
                 for side in SIDES:
-                    half = split.side(side)
-                    # The smaller pool of the two sides bounds set_size for both.
-                    size = effective_set_size(params.set_size, min(
-                        len(split.side(s).positive) for s in SIDES), params.max_set_fraction,
-                        cap=params.cap_set_size)
-                    plans = sample_sets(split, side, params.set_num, size,
-                                        params.unlearning_size, sc.k, seed,
-                                        params.deletion_sampling)
-                    side_pairs = pairs_by_side.setdefault(side, [])
-                    for plan in plans:
-                        okey = mia_original_key(spec, m, plan)
-                        if (side, plan.index) not in originals:
-                            originals[(side, plan.index)] = okey
-                            query = np.unique(np.concatenate([plan.members, half.negative]))
-                            units.append(Unit(
-                                okey, "train", "mia_original",
-                                {"spec": spec, "method_index": m, "side": side,
-                                 "set_index": plan.index, "members": plan.members,
-                                 "train_seed": plan.train_seed, "model_key": okey,
-                                 "query": query, "seed": seed},
-                                "models", (okey,), label=f"mia original {side} {plan.index}"))
-                        model_units.append(okey)
-                        units_for_set, pairs = _unlearn_units(spec, m, plan, okey, sc, params,
-                                                              seed, side, size)
-                        units.extend(units_for_set)
-                        model_units.extend(u.key for u in units_for_set)
-                        side_pairs.extend(pairs)
+                    side_units, keys, pairs = plan_side(spec, m, split, side, params, sc, seed,
+                                                        size, originals)
+                    units.extend(side_units)
+                    model_units.extend(keys)
+                    pairs_by_side[side] = pairs
                 attack_params = {
                     "spec": spec, "seed": seed, "method_index": m, "scenario": name,
                     "k": sc.k, "pairs": pairs_by_side, "features": tuple(params.features),
@@ -103,7 +85,7 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                     "set_size": size}
                 akey = "mia-attack-" + stable_hash(
                     {"pairs": pairs_by_side, "scenario": name, "settings": to_dict(params),
-                     "seed": seed, "method": entry.method, "dataset": spec.dataset.name,
+                     "seed": seed, "method": entry.method, "dataset": spec.dataset.identity(),
                      "model": to_dict(spec.model), "code": _code_version()}, 24)
                 attack_params["attack_key"] = akey
                 row_keys = tuple(_mia_row_key(akey, f, a, "none")
@@ -113,6 +95,36 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                                   deps=tuple(dict.fromkeys(model_units)),
                                   label=f"mia attack {name} {entry.method} seed {seed}"))
     return units
+
+
+def plan_side(spec: Spec, m: int, split, side: str, params: MembershipParams, sc: Scenario,
+              seed: int, size: int, originals: dict[tuple[str, int], str]
+              ) -> tuple[list[Unit], list[str], list[dict]]:
+    """The model units of one side (originals not yet in ``originals``, then the unlearned
+    models), the keys its attack depends on, and its pairs."""
+    half = split.side(side)
+    plans = sample_sets(split, side, params.set_num, size, params.unlearning_size, sc.k, seed,
+                        params.deletion_sampling)
+    units: list[Unit] = []
+    keys: list[str] = []
+    side_pairs: list[dict] = []
+    for plan in plans:
+        okey = mia_original_key(spec, m, plan)
+        if (side, plan.index) not in originals:
+            originals[(side, plan.index)] = okey
+            query = np.unique(np.concatenate([plan.members, half.negative]))
+            units.append(Unit(
+                okey, "train", "mia_original",
+                {"spec": spec, "method_index": m, "side": side, "set_index": plan.index,
+                 "members": plan.members, "train_seed": plan.train_seed, "model_key": okey,
+                 "query": query, "seed": seed},
+                "models", (okey,), label=f"mia original {side} {plan.index}"))
+        keys.append(okey)
+        units_for_set, pairs = _unlearn_units(spec, m, plan, okey, sc, params, seed, side, size)
+        units.extend(units_for_set)
+        keys.extend(u.key for u in units_for_set)
+        side_pairs.extend(pairs)
+    return units, keys, side_pairs
 
 
 def _code_version() -> str:

@@ -1,0 +1,196 @@
+"""Planning of the ``pair`` section: load the pair once (every format problem refused before any
+work), choose the attacks its threat model allows, and plan one unit per attack plus the
+shadow pairs of membership inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from orchestrator.fingerprint import file_fingerprint
+from orchestrator.plan import CorePlan, Unit
+from orchestrator.spec import Spec, stable_hash
+from orchestrator.stages.membership.params import scenario
+from orchestrator.stages.membership.planning import plan_side
+from orchestrator.stages.pair.params import (
+    PairAttack,
+    PairParams,
+    check_ids,
+    model_config,
+    read_forget_ids,
+)
+from tasks.analysis import SCORERS
+from tasks.attacks import ATTACKS, ThreatModel
+from tasks.mia_splits import effective_set_size, paper_split
+from tasks.params import ParamError, to_dict
+from tasks.unlearning import UNLEARNING
+
+
+def load_user_pair(params: PairParams, dataset, device: str = "cpu"):
+    """The pair as :class:`tasks.pairs.UserPair`; state dicts get ``pair.model``'s module."""
+    from tasks.models import build_torch_model
+    from tasks.pairs import load_pair
+
+    builder = None
+    if params.model is not None:
+        config = model_config(params.model)
+
+        def builder():
+            return build_torch_model(config, dataset.input_shape, dataset.num_classes,
+                                     dataset.mean, dataset.std)
+
+    return load_pair(params.original, params.unlearned, params.format, dataset,
+                     model_builder=builder, trusted=params.trusted, device=device)
+
+
+def fits(threat: ThreatModel, pair, dataset) -> str:
+    """Why an attack with ``threat`` cannot run on ``pair`` ("" when it can)."""
+    if threat.knowledge != "paper":
+        return "it needs reference knowledge (theta_0, N, the step size), which a pair " \
+               "from outside does not come with"
+    if threat.data_kind not in ("any", dataset.kind):
+        return f"it attacks {threat.data_kind} data; this dataset is {dataset.kind}"
+    if threat.shadow_pairs:
+        return ""  # reads posteriors of chosen records: every format gives them
+    if threat.white_box and not pair.white_box:
+        return f"it needs the models' parameters; format {pair.format} gives queries only"
+    if not pair.queryable:
+        return f"it queries the models on inputs it crafts; format {pair.format} holds " \
+               "stored posteriors only"
+    return ""
+
+
+def chosen_attacks(params: PairParams, pair, dataset) -> list[tuple[str, PairAttack]]:
+    """(name, entry) of every attack to run: the listed ones (each must fit), else every
+    registered attack that fits with its default configuration."""
+    if params.attacks is not None:
+        out = []
+        for i, entry in enumerate(params.attacks):
+            why = fits(entry.threat_model(), pair, dataset)
+            if why:
+                raise ParamError(f"pair.attacks[{i}]", f"{entry.attack!r} cannot run on this "
+                                                       f"pair: {why}")
+            out.append((f"{entry.attack}-{i}" if _repeated(params, entry) else entry.attack,
+                        entry))
+        return out
+    out = []
+    for name in ATTACKS.names():
+        try:
+            entry = PairAttack(name)
+        except ValueError:  # an attack whose defaults need more than a pair gives
+            continue
+        if not fits(entry.threat_model(), pair, dataset):
+            out.append((name, entry))
+    return out
+
+
+def _repeated(params: PairParams, entry: PairAttack) -> bool:
+    return sum(e.attack == entry.attack for e in params.attacks or ()) > 1
+
+
+def pair_identity(spec: Spec, params: PairParams) -> dict[str, Any]:
+    """What the pair's results depend on: the files' contents, the data, what was forgotten."""
+    forget = list(read_forget_ids(params.forget)) if params.forget_known else "unknown"
+    return {"original": file_fingerprint(params.original),
+            "unlearned": file_fingerprint(params.unlearned), "format": params.format,
+            "model": params.model, "trusted": list(params.trusted),
+            "dataset": spec.dataset.identity(), "forget": forget}
+
+
+def plan_pair(spec: Spec, core: CorePlan, params: PairParams) -> list[Unit]:
+    others = sorted(set(spec.stages) - {"pair"})
+    if others:
+        raise ParamError(others[0], "a spec with a pair section audits that pair alone; put "
+                                    "attacks under pair.attacks and membership settings under "
+                                    "pair.membership")
+    dataset = core.dataset
+    ids = read_forget_ids(params.forget) if params.forget_known else None
+    if ids is not None:
+        check_ids(ids, len(dataset.y_train))
+    pair = load_user_pair(params, dataset)  # refuses a malformed pair before any work
+    identity = pair_identity(spec, params)
+    units: list[Unit] = []
+    for seed in spec.seeds:
+        for name, entry in chosen_attacks(params, pair, dataset):
+            cls = ATTACKS.get(entry.attack)
+            if entry.threat_model().shadow_pairs:
+                units.extend(_membership_units(spec, params, dataset, identity, name, entry,
+                                               seed))
+                continue
+            key = "pair-attack-" + stable_hash(
+                {"pair": identity, "attack": entry.attack, "config": entry.config,
+                 "name": name, "seed": seed, "code": _code_version()}, 24)
+            table, row_keys = "guesses", (key,)
+            if ids is not None:
+                scorer = SCORERS.get(cls.scorer)
+                table = scorer.table
+                if scorer.per_sample:
+                    row_keys = tuple(f"{key}:{i}" for i in ids)  # rows by record id
+            units.append(Unit(key, "attack", "pair_attack",
+                              {"spec": spec, "seed": seed, "name": name, "entry": entry,
+                               "params": params, "unit_key": key},
+                              table, row_keys, label=f"pair {name} seed {seed}"))
+    return units
+
+
+def candidate_records(params: PairParams, n_train: int, seed: int) -> np.ndarray:
+    """forget unknown: the training records membership inference ranks (seeded sample)."""
+    size = min(params.candidates, n_train)
+    return np.sort(np.random.default_rng([seed, 31]).choice(n_train, size, replace=False))
+
+
+def negative_records(params: PairParams, n_test: int, seed: int) -> np.ndarray:
+    """Test records scored as never-used candidates beside the forgotten ones."""
+    size = min(params.negatives, n_test)
+    return np.sort(np.random.default_rng([seed, 23]).choice(n_test, size, replace=False))
+
+
+def _membership_units(spec: Spec, params: PairParams, dataset, identity: dict, name: str,
+                      entry: PairAttack, seed: int) -> list[Unit]:
+    """Shadow pairs trained by the tool (the spec's model, training and unlearning, on the
+    shadow half of the data), then one attack unit per unlearning method."""
+    settings = params.membership_params()
+    split = paper_split(len(dataset.y_train), settings.split_seed, settings.replace_seed)
+    size = effective_set_size(settings.set_size, len(split.side("shadow").positive),
+                              settings.max_set_fraction, cap=settings.cap_set_size)
+    sc = scenario("single", settings)
+    units: list[Unit] = []
+    for m, method in enumerate(spec.unlearning):
+        cls = UNLEARNING.get(method.method)
+        if spec.model.family not in cls.families:
+            raise ParamError(f"unlearning[{m}].method",
+                             f"{method.method!r} cannot unlearn a {spec.model.family} model "
+                             f"({spec.model.name}), the shadow models' architecture")
+        if cls.requires_pretraining:
+            raise ParamError(f"unlearning[{m}].method",
+                             f"{method.method!r} needs a pretrained theta_0, which shadow "
+                             "pairs do not have; use retrain, sisa or a method without one")
+        side_units, keys, pairs = plan_side(spec, m, split, "shadow", settings, sc, seed, size,
+                                            {})
+        units.extend(side_units)
+        key = "pair-mia-" + stable_hash(
+            {"pair": identity, "config": entry.config, "shadow": pairs, "seed": seed,
+             "settings": to_dict(settings), "method": method.method,
+             "code": _code_version()}, 24)
+        config = entry.typed_config()
+        if params.forget_known:
+            table = "mia"
+            row_keys = tuple(f"{key}:{f}:{a}:{c}" for f, a, c in config.entries())
+        else:
+            table = "membership_ranking"
+            row_keys = tuple(f"{key}:{r}" for r in candidate_records(
+                params, len(dataset.y_train), seed))
+        units.append(Unit(key, "attack", "pair_membership",
+                          {"spec": spec, "seed": seed, "method_index": m, "name": name,
+                           "entry": entry, "params": params, "shadow_pairs": pairs,
+                           "attack_key": key, "set_size": size},
+                          table, row_keys, deps=tuple(dict.fromkeys(keys)),
+                          label=f"pair membership {method.method} seed {seed}"))
+    return units
+
+
+def _code_version() -> str:
+    from tasks import CODE_VERSION
+
+    return CODE_VERSION

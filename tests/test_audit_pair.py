@@ -1,0 +1,263 @@
+"""Audit a pair the user brings (issue 13): models trained and unlearned outside the package,
+saved in the user's formats, audited through the ``pair:`` section of a spec, end to end on
+the CLI with an embedded Ray.
+
+The digits pair: an MLP trained with plain torch in this module on the user's own NPZ, one
+sample unlearned by one gradient-ascent step, saved as a state dict (with the architecture
+named as ``module:function``) and as a ``torch.export`` program (no user code needed)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from tests.bad_inputs.harness import refused
+
+FORGOTTEN = 7
+
+# The user's own code, outside the package: workers import it through PYTHONPATH.
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+def make_mlp(input_shape, num_classes):
+    width = 1
+    for size in input_shape:
+        width *= size
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, 64), nn.ReLU(),
+                         nn.Linear(64, num_classes))
+'''
+
+
+def _user_module(site: Path):
+    site.mkdir(exist_ok=True)
+    (site / "user_models.py").write_text(USER_MODULE)
+    namespace: dict = {}
+    exec(compile(USER_MODULE, str(site / "user_models.py"), "exec"), namespace)  # noqa: S102
+    return namespace["make_mlp"]
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> nn.Module:
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y)).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    """A folder as a user would have it: data, code, theta and theta_u in two formats."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("byo")
+    make_mlp = _user_module(root / "site")
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)  # N x H x W in [0, 1]
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:1400], order[1400:]
+    np.savez(root / "digits.npz", x_train=x[train], y_train=digits.target[train],
+             x_test=x[test], y_test=digits.target[test])
+    xt = torch.from_numpy(x[train])[:, None]
+    yt = torch.from_numpy(digits.target[train]).long()
+    torch.manual_seed(0)
+    theta = _train(make_mlp((1, 8, 8), 10), xt, yt)
+    theta_u = copy.deepcopy(theta)  # one gradient-ascent step on the forgotten sample
+    loss = nn.functional.cross_entropy(theta_u(xt[FORGOTTEN:FORGOTTEN + 1]),
+                                       yt[FORGOTTEN:FORGOTTEN + 1])
+    grads = torch.autograd.grad(loss, list(theta_u.parameters()))
+    with torch.no_grad():
+        for p, g in zip(theta_u.parameters(), grads):
+            p.add_(g, alpha=1.0)
+    for name, model in (("theta", theta), ("theta_u", theta_u)):
+        torch.save(model.state_dict(), root / f"{name}.pt")
+        program = torch.export.export(model, (torch.rand(4, 1, 8, 8),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, root / f"{name}.pt2")
+        static = torch.export.export(model, (torch.rand(4, 1, 8, 8),))
+        torch.export.save(static, root / f"{name}_static.pt2")
+    (root / "forget.txt").write_text(f"{FORGOTTEN}\n")
+    return root
+
+
+ATTACKS = [{"attack": "inversion", "config": {"iterations": 300, "restarts": 2}},
+           {"attack": "probing", "config": {"box": "white", "probes_per_class": 3,
+                                            "max_calls": 3}}]
+
+
+def _spec(root: Path, name: str, pair: dict, **extra) -> Path:
+    data = {"experiment": name, "seed": 0, "dataset": {"name": "files", "path": "digits.npz"},
+            "pair": pair, **extra}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root / "site"), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def _run(root: Path, spec: Path) -> None:
+    done = _cli(root, "run", spec.name, "--results", "R", "--num-cpus", "2", "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torch_state_dict", "torch_export"])
+def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside, fmt):
+    pair = {"original": "theta.pt", "unlearned": "theta_u.pt", "format": fmt,
+            "model": {"factory": "user_models:make_mlp"}, "forget": "forget.txt",
+            "attacks": ATTACKS}
+    if fmt == "torch_export":
+        pair.update(original="theta.pt2", unlearned="theta_u.pt2")
+        del pair["model"]
+    _run(outside, _spec(outside, f"byo-{fmt.replace('_', '-')}", pair))
+    folder = outside / "R" / f"byo-{fmt.replace('_', '-')}"
+    rec = pd.read_parquet(folder / "recoveries")
+    assert len(rec) == 1 and int(rec["sample_index"].iloc[0]) == FORGOTTEN
+    gain = float(rec["psnr"].iloc[0] - rec["psnr_mean_image"].iloc[0])
+    assert gain >= 6.0, f"{gain:.1f} dB over the mean image"
+    labels = pd.read_parquet(folder / "label_inference")
+    assert len(labels) == 1 and labels["correct"].notna().all()
+    figures = pd.read_parquet(folder / "figure_index")
+    assert all(Path(p).is_file() for p in figures["path"])
+
+
+@pytest.mark.slow
+def test_forget_unknown_gives_guesses_and_a_ranking_but_no_scores(outside):
+    pair = {"original": "theta.pt2", "unlearned": "theta_u.pt2", "format": "torch_export",
+            "forget": "unknown", "candidates": 300, "attacks": [
+                ATTACKS[0], {"attack": "membership", "config": {
+                    "features": ["direct_diff"], "attack_models": ["lr"]}}],
+            "membership": {"set_num": 1, "set_size": 150, "unlearning_size": 4,
+                           "deletions_per_task": 4}}
+    _run(outside, _spec(outside, "byo-unknown", pair, model={"name": "mlp", "hidden": [16]},
+                        training={"epochs": 5, "lr": 0.05, "batch_size": 32}))
+    folder = outside / "R" / "byo-unknown"
+    tables = {p.name for p in folder.iterdir()}
+    assert "guesses" in tables and "membership_ranking" in tables
+    assert not tables & {"recoveries", "label_inference", "mia", "membership"}
+    guesses = pd.read_parquet(folder / "guesses")
+    assert list(guesses["attack"]) == ["inversion"]
+    assert not any(c in guesses for c in ("psnr", "correct", "auc"))
+    ranking = pd.read_parquet(folder / "membership_ranking")
+    assert len(ranking) == 300 and sorted(ranking["rank"]) == list(range(1, 301))
+
+
+def _skops_pair(root: Path) -> None:
+    """A random-forest pair on Adult: theta on 1500 records, theta_u retrained without 30."""
+    from sklearn.ensemble import RandomForestClassifier
+    from skops.io import dump
+
+    from tasks.data import load_dataset
+
+    adult = load_dataset("adult")
+    members = np.arange(1500)
+    forget = members[:30]
+    keep = members[30:]
+    for name, rows in (("rf", members), ("rf_u", keep)):
+        model = RandomForestClassifier(n_estimators=30, random_state=0, n_jobs=1)
+        model.fit(adult.x_train[rows], adult.y_train[rows])
+        dump(model, root / f"{name}.skops")
+    (root / "adult_forget.txt").write_text("\n".join(str(i) for i in forget) + "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(outside):
+    from tests.conftest import require_shared
+
+    require_shared("adult")
+    _skops_pair(outside)
+    pair = {"original": "rf.skops", "unlearned": "rf_u.skops", "format": "skops",
+            "trusted": ["sklearn.ensemble._forest.RandomForestClassifier",
+                        "sklearn.tree._classes.DecisionTreeClassifier",
+                        "sklearn.tree._tree.Tree"],
+            "forget": "adult_forget.txt", "negatives": 300,
+            "attacks": [{"attack": "membership", "config": {"features": ["direct_diff"],
+                                                             "attack_models": ["rf"]}}],
+            "membership": {"set_num": 2, "set_size": 300, "unlearning_size": 25,
+                           "deletions_per_task": 25}}
+    spec = outside / "adult.yaml"
+    spec.write_text(yaml.safe_dump({
+        "experiment": "byo-adult", "seed": 0, "dataset": {"name": "adult"}, "pair": pair,
+        "model": {"name": "rf", "n_estimators": 30}}, sort_keys=False))
+    _run(outside, spec)
+    mia = pd.read_parquet(outside / "R" / "byo-adult" / "mia")
+    row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")].iloc[0]
+    assert 0.0 <= row["auc_low"] <= row["auc"] <= row["auc_high"] <= 1.0
+    assert row["auc_high"] > row["auc_low"]
+    assert row["n_target_rows"] == 330 and row["forget_size"] == 30
+    records = pd.read_parquet(outside / "R" / "byo-adult" / "membership")
+    assert int(records[records["mia_key"] == row["key"]]["label"].sum()) == 30
+
+
+# --- refusals: one line, exit 2, before any work -------------------------------------------------
+
+def _bad(root: Path, pair: dict, **extra) -> Path:
+    return _spec(root, "bad-pair", pair, **extra)
+
+
+GOOD = {"original": "theta.pt", "unlearned": "theta_u.pt", "format": "torch_state_dict",
+        "model": {"factory": "user_models:make_mlp"}, "forget": "forget.txt"}
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    ({"format": "pickle"}, ("pair.format", "torch_state_dict")),
+    ({"original": "missing.pt"}, ("pair.original", "missing.pt", "no such file")),
+    ({"model": None}, ("pair.model", "required")),
+    ({"forget": "nowhere.txt"}, ("pair.forget", "no such file")),
+    ({"forget": "digits.npz"}, ("pair.forget", "not a text file")),
+    ({"original": "forget.txt"}, ("pair.original", "forget.txt")),  # wrong format: text
+    ({"format": "torch_export", "original": "theta.pt", "model": None},
+     ("pair.original", "theta.pt")),  # a state dict is not a torch.export program
+    ({"format": "torch_export", "original": "theta_static.pt2",
+      "unlearned": "theta_u_static.pt2", "model": None}, ("pair.original", "dynamic")),
+    ({"attacks": [{"attack": "inversion", "config": {"knowledge": "reference"}}]},
+     ("pair.attacks[0].config", "paper")),
+])
+def test_a_bad_pair_is_refused_in_one_line(outside, change, expect):
+    pair = {**GOOD, **change}
+    pair = {k: v for k, v in pair.items() if v is not None}
+    os.environ["PYTHONPATH"] = str(outside / "site")
+    sys.path.insert(0, str(outside / "site"))
+    try:
+        spec = _bad(outside, pair)
+        refused(["run", spec.name, "--results", "R-bad"], outside, expect, watch=outside / "R")
+    finally:
+        sys.path.remove(str(outside / "site"))
+
+
+def test_an_untrusted_skops_type_is_refused(outside, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+    from skops.io import dump
+
+    from tasks.data import load_dataset
+
+    digits = load_dataset("digits")
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(
+        digits.x_train.reshape(len(digits.x_train), -1), digits.y_train)
+    dump(model, tmp_path / "lr.skops")  # a forest holds sklearn.tree._tree.Tree, untrusted
+    (tmp_path / "forget.txt").write_text("3\n")
+    spec = _spec(tmp_path, "untrusted", {"original": "lr.skops", "unlearned": "lr.skops",
+                                         "format": "skops", "forget": "forget.txt"})
+    spec.write_text(spec.read_text().replace("name: files\n  path: digits.npz", "name: digits"))
+    refused(["run", spec.name, "--results", "R"], tmp_path,
+            ("pair.trusted", "lr.skops", "sklearn.tree._tree.Tree"))
