@@ -173,6 +173,11 @@ def render(results: Results) -> str:
         for attack, items in by_attack.items():
             parts.append(f"<h3>{_e(attack.capitalize())}</h3>")
             parts += [_verdict_html(v) for v in items]
+    elif {"guesses", "membership_ranking"} & set(frames):
+        parts.append("<p>The forget set is unknown (<code>pair.forget: unknown</code>): the "
+                     "attacks' guesses are below — recovered inputs, inferred classes, the "
+                     "training records ranked by membership score — and nothing is scored. "
+                     "Name the deleted records to get verdicts.</p>")
     else:
         parts.append("<p>No attack table with a verdict (recoveries, label_inference, mia, "
                      "defenses) in these results.</p>")

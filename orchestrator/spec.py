@@ -380,14 +380,16 @@ def build_variant(data: Mapping[str, Any], local_devices: bool = True) -> Spec:
         if "seed" in data and "seeds" in data:
             raise ParamError("seed", "give either seed or seeds, not both")
         seeds = _seeds(data)
+        borrowed = "model" not in data and _pair_model(data) is not None
+        where = "pair.model" if borrowed else "model"  # errors name the key the user wrote
         name, mparams = _flat_component(data.get("model", _pair_model(data) or {"name": "mlp"}),
-                                        "model", "name")
+                                        where, "name")
         model = ModelConfig(name, mparams)
         try:
             MODELS.get(name)
         except UnknownComponentError as err:
-            raise ParamError("model.name", str(err)) from None
-        model.typed_params("model")
+            raise ParamError(f"{where}.name", str(err)) from None
+        model.typed_params(where)
         unlearning = []
         raw_unlearning = data.get("unlearning", [{"method": "retrain"}])
         if not isinstance(raw_unlearning, list) or not raw_unlearning:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from tests.bad_inputs.harness import refused
 
+REPO = Path(__file__).resolve().parents[1]
 FORGOTTEN = 7
 
 # The user's own code, outside the package: workers import it through PYTHONPATH.
@@ -66,6 +68,8 @@ def outside(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("byo")
     make_mlp = _user_module(root / "site")
+    # The user's own unlearning method, for the shadow pairs of membership inference.
+    shutil.copy(REPO / "docs" / "examples" / "toy_plugins.py", root / "site" / "toy_plugins.py")
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # N x H x W in [0, 1]
     order = np.random.default_rng(0).permutation(len(x))
@@ -141,7 +145,7 @@ def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside, fmt
 
 
 @pytest.mark.slow
-def test_forget_unknown_gives_guesses_and_a_ranking_but_no_scores(outside):
+def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_method(outside):
     pair = {"original": "theta.pt2", "unlearned": "theta_u.pt2", "format": "torch_export",
             "forget": "unknown", "candidates": 300, "attacks": [
                 ATTACKS[0], {"attack": "membership", "config": {
@@ -149,7 +153,8 @@ def test_forget_unknown_gives_guesses_and_a_ranking_but_no_scores(outside):
             "membership": {"set_num": 1, "set_size": 150, "unlearning_size": 4,
                            "deletions_per_task": 4}}
     _run(outside, _spec(outside, "byo-unknown", pair, model={"name": "mlp", "hidden": [16]},
-                        training={"epochs": 5, "lr": 0.05, "batch_size": 32}))
+                        training={"epochs": 5, "lr": 0.05, "batch_size": 32},
+                        unlearning=[{"method": "toy_plugins:LastLayerAscent", "lr": 0.5}]))
     folder = outside / "R" / "byo-unknown"
     tables = {p.name for p in folder.iterdir()}
     assert "guesses" in tables and "membership_ranking" in tables
@@ -159,6 +164,15 @@ def test_forget_unknown_gives_guesses_and_a_ranking_but_no_scores(outside):
     assert not any(c in guesses for c in ("psnr", "correct", "auc"))
     ranking = pd.read_parquet(folder / "membership_ranking")
     assert len(ranking) == 300 and sorted(ranking["rank"]) == list(range(1, 301))
+    # The shadow pairs were unlearned with the user's own method, named module:Class.
+    assert set(ranking["unlearning_method"]) == {"toy_plugins:LastLayerAscent"}
+    models = pd.read_parquet(folder / "models")
+    assert set(models["unlearning_method"].dropna()) == {"toy_plugins:LastLayerAscent"}
+    assert (models["role"] == "unlearned").sum() == 4
+    done = _cli(outside, "report", "R/byo-unknown")
+    assert done.returncode == 0, done.stderr
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "forget set is unknown" in page and "guesses-inversion" in page
 
 
 def _skops_pair(root: Path) -> None:

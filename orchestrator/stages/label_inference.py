@@ -71,7 +71,9 @@ def plan_label_inference(spec: Spec, core: CorePlan, params: LabelInferenceStage
 
 @summary(TABLE)
 def _summary(df):
-    grouped = df.groupby(by(df, "unlearning_method", "attack_config", "p"), sort=True)
+    # p is None for requests that are not class shares (a pair from outside): keep them.
+    grouped = df.groupby(by(df, "unlearning_method", "attack_config", "p"), sort=True,
+                         dropna=False)
     return grouped.agg(**present(df, settings=("key", "count"), accuracy=("correct", "mean"),
                                  queries=("queries", "mean"),
                                  probes_failed=("probes_failed", "mean"))).round(3)

@@ -37,11 +37,16 @@ def recovery_figure(arrays: list[dict[str, np.ndarray]], title: str) -> Any:
     # Fixed cell size and explicit spacing: tight_layout shrinks the images to make room for
     # the row labels, leaving them a fraction of the figure.
     cell = 1.0
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.3, 1.3 * cell * rows),
+    # Wide enough for the longest row label (about 0.065 in per character at 8 pt): with few
+    # columns a label like "torch_export / inversion: originals ..." was cut off.
+    longest = max(len(f"{label}: originals (top), recoveries (below)") for label in by_label)
+    width = max(cell * cols + 0.3, 0.065 * longest + 0.3)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.3 * cell * rows),
                              squeeze=False, gridspec_kw={"wspace": 0.08, "hspace": 0.3})
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / rows, bottom=0.01)
     for ax in axes.flat:
         ax.axis("off")
+        ax.set_anchor("W")  # images from the left edge, under their row label
     for i, (label, (orig, rec, ps)) in enumerate(sorted(by_label.items())):
         for j in range(len(orig)):
             for r, img in ((2 * i, orig[j]), (2 * i + 1, rec[j])):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import textwrap
 import time
 from typing import Any
 
@@ -111,9 +112,11 @@ def _guesses(spec: Spec, ctx: TaskContext, key: str, name: str, guesses: dict[st
     images = None
     for field, values in guesses.items():
         value = values[0]
-        if isinstance(value, (np.ndarray, torch.Tensor)) and np.asarray(value).size > 64:
-            if field == "images":
-                images = np.asarray(value)
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray) and (value.ndim >= 3 or value.size > 64):
+            if field == "images":  # recovered inputs: a figure, not a cell
+                images = value
             continue
         row[f"guess_{field}"] = json.dumps(_plain(value))
     out: Rows = {"guesses": [row]}
@@ -147,14 +150,14 @@ def _image_grid(images: np.ndarray, title: str):
 
     images = images.reshape((-1, *images.shape[-3:])) if images.ndim >= 3 else images
     k = min(len(images), 16)
-    fig, axes = plt.subplots(1, k, figsize=(1.6 * k + 0.4, 2.2), squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(max(4.0, 1.6 * k + 0.4), 2.6), squeeze=False)
     for i, ax in enumerate(axes[0]):
         img = np.clip(images[i], 0, 1)
         ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
                   cmap="gray" if img.shape[0] == 1 else None)
         ax.set_title(f"guess {i}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 60), fontsize=9)
     fig.tight_layout()
     return fig
 
