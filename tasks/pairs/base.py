@@ -135,6 +135,13 @@ class PairSide:
     def key(self) -> str:
         return side_key(self.name)
 
+    def records(self, split: str, dataset) -> np.ndarray:
+        """The record ids of ``split`` this side can answer for: every record of a model, the
+        stored ones of posteriors."""
+        if self.posteriors is not None:
+            return self.posteriors.available(split)
+        return np.arange(len(getattr(dataset, f"y_{split}")))
+
     def logits(self, split: str, ids: np.ndarray, dataset) -> np.ndarray:
         """(len(ids), C) float32 logits on ``dataset.x_{split}[ids]``; for posteriors: the stored
         probabilities of those record ids (log, clipped); PairError naming the file and the
@@ -202,3 +209,8 @@ class UserPair:
     def queryable(self) -> bool:
         """White-box or a QUERY format: attacks may run the models on inputs they craft."""
         return self.format in WHITE_BOX or self.format in QUERY
+
+    def records(self, split: str, dataset) -> np.ndarray:
+        """Record ids of ``split`` both sides answer for (stored posteriors may hold few)."""
+        return np.intersect1d(self.original.records(split, dataset),
+                              self.unlearned.records(split, dataset))

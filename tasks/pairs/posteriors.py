@@ -116,6 +116,10 @@ class Posteriors:
     key: str
     rows: dict[str, np.ndarray]
 
+    def available(self, split: str) -> np.ndarray:
+        """Record ids of ``split`` with stored probabilities."""
+        return np.flatnonzero(~np.isnan(self.rows[split][:, 0]))
+
     def logits(self, split: str, ids: np.ndarray) -> np.ndarray:
         stored = self.rows[split]
         inside = (ids >= 0) & (ids < len(stored))

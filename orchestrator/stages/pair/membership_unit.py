@@ -70,7 +70,7 @@ def pair_membership(params: dict, ctx: TaskContext) -> Rows:
         return _ranking(spec, pp, pair, dataset, shadow, config, settings, akey, seed, common,
                         start)
     ids = np.asarray(read_forget_ids(pp.forget))
-    negatives = negative_records(pp, len(dataset.y_test), seed)
+    negatives = negative_records(pp, pair.records("test", dataset), seed)
     target = _target_rows(pair, dataset, [("train", ids, 1), ("test", negatives, 0)])
     case, truth = posterior_case(target, shadow, settings.output_defence,
                                  settings.output_defence_params)
@@ -110,7 +110,7 @@ def _ranking(spec, pp, pair, dataset, shadow, config, settings, akey, seed, comm
              start) -> Rows:
     """forget unknown: candidate training records ranked by P(deleted), the mean score over
     the fitted (feature, attack model) pairs."""
-    records = candidate_records(pp, len(dataset.y_train), seed)
+    records = candidate_records(pp, pair.records("train", dataset), seed)
     target = _target_rows(pair, dataset, [("train", records, 0)])
     case, _ = posterior_case(target, shadow, settings.output_defence,
                              settings.output_defence_params)

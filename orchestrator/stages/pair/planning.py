@@ -115,8 +115,9 @@ def plan_pair(spec: Spec, core: CorePlan, params: PairParams) -> list[Unit]:
         for name, entry in chosen_attacks(params, pair, dataset):
             cls = ATTACKS.get(entry.attack)
             if entry.threat_model().shadow_pairs:
-                units.extend(_membership_units(spec, params, dataset, identity, name, entry,
-                                               seed))
+                check_membership_records(params, pair, dataset, ids)
+                units.extend(_membership_units(spec, params, pair, dataset, identity, name,
+                                               entry, seed))
                 continue
             key = "pair-attack-" + stable_hash(
                 {"pair": identity, "attack": entry.attack, "config": entry.config,
@@ -134,20 +135,38 @@ def plan_pair(spec: Spec, core: CorePlan, params: PairParams) -> list[Unit]:
     return units
 
 
-def candidate_records(params: PairParams, n_train: int, seed: int) -> np.ndarray:
-    """forget unknown: the training records membership inference ranks (seeded sample)."""
-    size = min(params.candidates, n_train)
-    return np.sort(np.random.default_rng([seed, 31]).choice(n_train, size, replace=False))
+def candidate_records(params: PairParams, available: np.ndarray, seed: int) -> np.ndarray:
+    """forget unknown: the training records membership inference ranks (a seeded sample of
+    those the pair answers for)."""
+    size = min(params.candidates, len(available))
+    return np.sort(np.random.default_rng([seed, 31]).choice(available, size, replace=False))
 
 
-def negative_records(params: PairParams, n_test: int, seed: int) -> np.ndarray:
+def negative_records(params: PairParams, available: np.ndarray, seed: int) -> np.ndarray:
     """Test records scored as never-used candidates beside the forgotten ones."""
-    size = min(params.negatives, n_test)
-    return np.sort(np.random.default_rng([seed, 23]).choice(n_test, size, replace=False))
+    size = min(params.negatives, len(available))
+    return np.sort(np.random.default_rng([seed, 23]).choice(available, size, replace=False))
 
 
-def _membership_units(spec: Spec, params: PairParams, dataset, identity: dict, name: str,
-                      entry: PairAttack, seed: int) -> list[Unit]:
+def check_membership_records(params: PairParams, pair, dataset,
+                             ids: tuple[int, ...] | None) -> None:
+    """Stored posteriors must cover what membership inference scores (refused at planning)."""
+    if ids is not None:
+        missing = np.setdiff1d(np.asarray(ids), pair.records("train", dataset))
+        if len(missing):
+            raise ParamError("pair.forget", f"record {int(missing[0])} has no stored posteriors "
+                                            "of both models (split: train)")
+        if not len(pair.records("test", dataset)):
+            raise ParamError("pair.original", "membership inference compares the forgotten "
+                                              "records with never-used ones: store posteriors "
+                                              "of test records too (split: test)")
+    elif not len(pair.records("train", dataset)):
+        raise ParamError("pair.original", "no posteriors of training records (split: train) "
+                                          "to rank")
+
+
+def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: dict,
+                      name: str, entry: PairAttack, seed: int) -> list[Unit]:
     """Shadow pairs trained by the tool (the spec's model, training and unlearning, on the
     shadow half of the data), then one attack unit per unlearning method."""
     settings = params.membership_params()
@@ -180,7 +199,7 @@ def _membership_units(spec: Spec, params: PairParams, dataset, identity: dict, n
         else:
             table = "membership_ranking"
             row_keys = tuple(f"{key}:{r}" for r in candidate_records(
-                params, len(dataset.y_train), seed))
+                params, pair.records("train", dataset), seed))
         units.append(Unit(key, "attack", "pair_membership",
                           {"spec": spec, "seed": seed, "method_index": m, "name": name,
                            "entry": entry, "params": params, "shadow_pairs": pairs,
