@@ -1,0 +1,147 @@
+"""Ensemble vs one-at-a-time training of M digits MLPs, same epochs, same data, same seeds.
+
+    .venv/bin/python benchmarks/bench_ensemble.py [--members 128] [--epochs 20] [--threads 2]
+
+Member i trains on its own random half of the digits training set (719 of 1438 samples, as a
+shadow model would) from ``build_torch_model(seed=i)`` with data-order seed i, SGD lr 0.05,
+momentum 0.9, batch 64. Model building is timed everywhere.
+
+- one-at-a-time: one ``train_model`` call per member in this process (``--threads`` torch
+  threads; ``--single K`` times only the first K members and scales linearly to M, which the
+  output says);
+- one-at-a-time, parallel: the same calls spread over ``--workers`` processes of one thread
+  each (what Ray workers on the same cores would do; pool start-up is not timed);
+- ensemble, parallel: the members split into ``--workers`` ensembles, one per one-thread
+  process (the layout Ray would run), allocator tuned;
+- ensemble: one ``train_ensemble`` call (all members stacked, one vmap program per step),
+  first with the default allocator, then after ``tune_cpu_allocator()``.
+
+Prints wall seconds, the ratios, the largest parameter difference between the ensemble's
+members and the one-at-a-time models, and how often their test predictions agree. Results in
+docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from tasks.data import load_dataset
+from tasks.ensemble import ensemble_logits, train_ensemble, tune_cpu_allocator
+from tasks.models import ModelConfig, build_torch_model
+from tasks.training import TrainConfig, predict_logits, train_model
+
+MLP = ModelConfig("mlp", {"hidden": [64]})
+
+
+def _setup(members: int, epochs: int):
+    d = load_dataset("digits")
+    rng = np.random.default_rng(0)
+    sets = [rng.choice(len(d.y_train), len(d.y_train) // 2, replace=False)
+            for _ in range(members)]
+    return d, sets, TrainConfig(epochs=epochs, lr=0.05, batch_size=64)
+
+
+def _make(d):
+    return lambda s: build_torch_model(MLP, d.input_shape, d.num_classes, d.mean, d.std, seed=s)
+
+
+def _train_some(members: int, epochs: int, seeds: list[int]) -> int:
+    """One worker's share of the parallel one-at-a-time baseline (one torch thread)."""
+    torch.set_num_threads(1)
+    d, sets, tc = _setup(members, epochs)
+    for s in seeds:
+        train_model(_make(d)(s), d.x_train, d.y_train, sets[s], tc, s)
+    return len(seeds)
+
+
+def _ensemble_some(members: int, epochs: int, seeds: list[int]) -> int:
+    """One worker's share as one ensemble (one torch thread, tuned allocator)."""
+    torch.set_num_threads(1)
+    tune_cpu_allocator()
+    d, sets, tc = _setup(members, epochs)
+    train_ensemble(_make(d), d.x_train, d.y_train, [sets[s] for s in seeds], tc, seeds)
+    return len(seeds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--members", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--single", type=int, default=None,
+                    help="time only this many one-at-a-time models and extrapolate")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    m = args.members
+    d, sets, tc = _setup(m, args.epochs)
+    make, seeds = _make(d), list(range(m))
+    warm = TrainConfig(epochs=1, lr=0.05, batch_size=64)
+    train_ensemble(make, d.x_train, d.y_train, sets[:4], warm, seeds[:4])  # warm-up
+    train_model(make(0), d.x_train, d.y_train, sets[0], warm, 0)
+
+    k = m if args.single is None else min(args.single, m)
+    t0 = time.perf_counter()
+    single = [train_model(make(s), d.x_train, d.y_train, sets[s], tc, s) for s in seeds[:k]]
+    t_one = (time.perf_counter() - t0) * m / k
+
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        list(ex.map(_train_some, [m] * args.workers, [0] * args.workers,
+                    [[0]] * args.workers))  # start and warm every worker
+        t0 = time.perf_counter()
+        shares = [seeds[w::args.workers] for w in range(args.workers)]
+        done = sum(ex.map(_train_some, [m] * args.workers, [args.epochs] * args.workers,
+                          shares))
+        t_par = time.perf_counter() - t0
+        list(ex.map(_ensemble_some, [m] * args.workers, [0] * args.workers,
+                    [[0]] * args.workers))
+        t0 = time.perf_counter()
+        done += sum(ex.map(_ensemble_some, [m] * args.workers, [args.epochs] * args.workers,
+                           shares))
+        t_ens_par = time.perf_counter() - t0
+    assert done == 2 * m
+
+    t0 = time.perf_counter()
+    ensemble = train_ensemble(make, d.x_train, d.y_train, sets, tc, seeds)
+    t_vec = time.perf_counter() - t0
+    tuned = tune_cpu_allocator()
+    t0 = time.perf_counter()
+    ensemble_tuned = train_ensemble(make, d.x_train, d.y_train, sets, tc, seeds)
+    t_tuned = time.perf_counter() - t0
+
+    with torch.no_grad():
+        diff = max(float((p - q).abs().max())
+                   for run in (ensemble, ensemble_tuned) for a, b in zip(single, run)
+                   for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    logits = ensemble_logits(ensemble, d.x_test)
+    ref = [predict_logits(s, d.x_test) for s in single]
+    agree = np.mean([(logits[i].argmax(1) == r.argmax(1)).mean() for i, r in enumerate(ref)])
+    acc_one = np.mean([(r.argmax(1) == d.y_test).mean() for r in ref])
+    acc_ens = float((logits.argmax(2) == d.y_test).mean())
+
+    steps = args.epochs * -(-len(sets[0]) // tc.batch_size)
+    print(f"members={m} epochs={args.epochs} steps/member={steps} "
+          f"train size={len(sets[0])} threads={args.threads}")
+    note = "" if k == m else f"  ({k} timed, scaled x{m / k:.1f})"
+    print(f"one-at-a-time                 {t_one:8.2f} s{note}")
+    print(f"one-at-a-time, {args.workers} procs x 1 thr {t_par:8.2f} s")
+    for label, t in (("ensemble", t_vec),
+                     ("ensemble, tuned allocator" if tuned else "ensemble (no mallopt)",
+                      t_tuned)):
+        print(f"{label:29s} {t:8.2f} s   ratio {t_one / t:6.2f}x vs one-at-a-time, "
+              f"{t_par / t:6.2f}x vs {args.workers} procs")
+    print(f"ensemble, {args.workers} procs x 1 thr       {t_ens_par:8.2f} s   ratio "
+          f"{t_par / t_ens_par:6.2f}x vs {args.workers} procs one-at-a-time")
+    print(f"max |parameter difference| = {diff:.2e}; test predictions agree on "
+          f"{100 * agree:.2f}%; mean test accuracy one-at-a-time {acc_one:.4f}, "
+          f"ensemble {acc_ens:.4f}")
+
+
+if __name__ == "__main__":
+    main()
