@@ -175,6 +175,45 @@ def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_me
     assert "forget set is unknown" in page and "guesses-inversion" in page
 
 
+def _export(model: nn.Module, path: Path) -> None:
+    program = torch.export.export(model.eval(), (torch.rand(4, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path)
+
+
+@pytest.mark.slow
+def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
+    """No shadow model is trained: the user's own pairs (theta with one other record each
+    unlearned by the same gradient-ascent step) fit the attack."""
+    theta = torch.export.load(outside / "theta.pt2").module()
+    data = np.load(outside / "digits.npz")
+    shadow = []
+    for i, record in enumerate((20, 31, 42, 53, 64, 75)):
+        model = copy.deepcopy(theta)
+        x = torch.from_numpy(data["x_train"][record:record + 1])[:, None]
+        y = torch.from_numpy(data["y_train"][record:record + 1]).long()
+        params = [p for p in model.parameters()]
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=1.0)
+        _export(model, outside / f"shadow_u{i}.pt2")
+        (outside / f"shadow_forget{i}.txt").write_text(f"{record}\n")
+        shadow.append({"original": "theta.pt2", "unlearned": f"shadow_u{i}.pt2",
+                       "forget": f"shadow_forget{i}.txt"})
+    pair = {"original": "theta.pt2", "unlearned": "theta_u.pt2", "format": "torch_export",
+            "forget": "forget.txt", "negatives": 100, "shadow": shadow,
+            "attacks": [{"attack": "membership", "config": {"features": ["direct_diff"],
+                                                             "attack_models": ["lr"]}}]}
+    _run(outside, _spec(outside, "byo-shadow", pair))
+    folder = outside / "R" / "byo-shadow"
+    assert not (folder / "models").exists()  # nothing trained
+    mia = pd.read_parquet(folder / "mia")
+    row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")].iloc[0]
+    assert row["unlearning_method"] == "supplied" and row["n_shadow_rows"] == 6 * 101
+    assert row["auc"] >= 0.9  # one gradient-ascent step gives the forgotten record away
+
+
 def _skops_pair(root: Path) -> None:
     """A random-forest pair on Adult: theta on 1500 records, theta_u retrained without 30."""
     from sklearn.ensemble import RandomForestClassifier

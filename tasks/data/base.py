@@ -78,6 +78,8 @@ class DatasetInfo:
     folder: str | None
     expected: tuple[str, ...]
     loader: Callable[[Path | None], Dataset]
+    # A dataset read from the user's own files: (path, test, label) -> Dataset.
+    file_loader: Callable[[str, str | None, str | None], Dataset] | None = None
 
 
 DATASETS: Registry[DatasetInfo] = Registry(
@@ -115,17 +117,16 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, *,
                  label: str | None = None) -> Dataset:
     """Load a registered dataset (cached per process: workers reuse it across tasks).
 
-    ``path``/``test``/``label`` name the user's own files and are read only by ``files``
-    (:func:`tasks.data.files.load_files_dataset`); any other dataset refuses them."""
-    if name == "files":
-        from tasks.data.files import load_files_dataset  # files imports this module
-
-        return load_files_dataset(path, test, label)
+    ``path``/``test``/``label`` name the user's own files and are read only by a dataset with
+    a ``file_loader`` (``files``: :func:`tasks.data.files.load_files_dataset`); any other
+    dataset refuses them."""
+    info = DATASETS.get(name)
+    if info.file_loader is not None:
+        return info.file_loader(path, test, label)
     given = [k for k, v in (("path", path), ("test", test), ("label", label)) if v is not None]
     if given:
         raise ValueError(f"dataset {name!r} takes no {', '.join(given)}: only the 'files' "
                          "dataset reads the user's own files")
-    info = DATASETS.get(name)
     root = resolve_data_root(data_root) if info.folder else None
     return _load_cached(name, str(root) if root else None)
 
@@ -137,7 +138,8 @@ def dataset_status(data_root: str | os.PathLike | None = None) -> list[dict]:
     for name in DATASETS:
         info = DATASETS.get(name)
         if info.folder is None:
-            where = "your files (dataset.path)" if name == "files" else "bundled with scikit-learn"
+            where = ("your files (dataset.path)" if info.file_loader is not None
+                     else "bundled with scikit-learn")
             rows.append({"name": name, "kind": info.kind, "available": True,
                          "where": where, "description": info.description})
             continue

@@ -58,7 +58,7 @@ def _load_registered(_root: Path | None) -> Dataset:
 DATASETS.register("files")(DatasetInfo(
     "files", "tabular",
     "your own data: an .npz of images or rows, or CSV/Parquet tables (dataset.path)",
-    None, (), _load_registered))
+    None, (), _load_registered, file_loader=load_files_dataset))
 
 
 def _is_uri(path: str) -> bool:

@@ -47,24 +47,46 @@ def _target_rows(pair, dataset, parts: list[tuple[str, np.ndarray, int]]) -> Pai
                                         "record": np.asarray(record), "split": np.asarray(split)})
 
 
+def _supplied_shadow(pp: PairParams, dataset, seed: int) -> PairRows:
+    """Rows of the supplied shadow pairs: each pair's forgotten records (members) beside test
+    records (never used), drawn per pair."""
+    parts = []
+    for i, item in enumerate(pp.shadow):
+        shadow = load_user_pair(pp, dataset, files=item)
+        negatives = negative_records(pp, shadow.records("test", dataset), seed + 1 + i)
+        rows = _target_rows(shadow, dataset, [("train", np.asarray(item["ids"]), 1),
+                                              ("test", negatives, 0)])
+        rows.meta["pair_index"][:] = i
+        parts.append(rows)
+    return PairRows(np.concatenate([r.p_logits for r in parts]),
+                    np.concatenate([r.q_logits for r in parts]),
+                    np.concatenate([r.label for r in parts]),
+                    {k: np.concatenate([r.meta[k] for r in parts]) for k in parts[0].meta})
+
+
 @UNIT_FUNCTIONS.register("pair_membership")
 def pair_membership(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     pp: PairParams = params["params"]
     entry: PairAttack = params["entry"]
     seed, akey = params["seed"], params["attack_key"]
-    method = spec.unlearning[params["method_index"]].method
     settings = pp.membership_params()
     start = time.perf_counter()
     dataset = spec.dataset.load(ctx.data_root)
     pair = load_user_pair(pp, dataset)
-    shadow = _side_rows(_Logits(ctx), params["shadow_pairs"])
+    if params["shadow_pairs"] is None:  # the user's own shadow pairs
+        method, shadow = "supplied", _supplied_shadow(pp, dataset, seed)
+    else:
+        method = spec.unlearning[params["method_index"]].method
+        shadow = _side_rows(_Logits(ctx), params["shadow_pairs"])
     config = entry.typed_config(f"pair.attacks.{params['name']}.config")
     common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
               "paper": "chen2021", "dataset": spec.dataset.name, "model": pp.format,
-              "pair_format": pp.format, "shadow_model": spec.model.name,
+              "pair_format": pp.format,
+              "shadow_model": pp.format if method == "supplied" else spec.model.name,
               "unlearning_method": method, "scenario": "single", "membership": "in_out",
-              "attack_config": params["name"], "set_num": settings.set_num,
+              "attack_config": params["name"],
+              "set_num": len(pp.shadow) if method == "supplied" else settings.set_num,
               "set_size": params["set_size"], "n_shadow_rows": len(shadow.label)}
     if not pp.forget_known:
         return _ranking(spec, pp, pair, dataset, shadow, config, settings, akey, seed, common,

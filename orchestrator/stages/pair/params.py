@@ -59,6 +59,9 @@ class PairParams:
     attacks: tuple[PairAttack, ...] | None = None
     # Shadow pairs of membership inference: the membership section's settings.
     membership: dict[str, Any] = field(default_factory=dict)
+    # Shadow pairs the user supplies instead of the tool training them: each
+    # {original, unlearned, forget} in the pair's format (membership inference only).
+    shadow: tuple[dict[str, Any], ...] = ()
     negatives: int = 500  # test records scored as never-used candidates
     candidates: int = 2000  # forget unknown: training records ranked by membership score
     figure: bool = True
@@ -83,6 +86,8 @@ class PairParams:
         if self.forget != UNKNOWN:
             object.__setattr__(self, "forget", _checked_path("forget", self.forget))
             read_forget_ids(self.forget)
+        object.__setattr__(self, "shadow", tuple(_shadow_pair(i, item)
+                                                 for i, item in enumerate(self.shadow)))
         if self.attacks is not None and not self.attacks:
             raise FieldError("attacks", "give at least one attack, or leave the key out to "
                                         "run every attack the pair fits")
@@ -131,6 +136,21 @@ class PairParams:
         # The data is whatever the user brought: set_size is capped to it unless they say not.
         return build(MembershipParams, {"cap_set_size": True, **self.membership},
                      "pair.membership")
+
+
+def _shadow_pair(i: int, item: Any) -> dict[str, Any]:
+    """One supplied shadow pair, its files checked and its forget ids read."""
+    where = f"shadow[{i}]"
+    if not isinstance(item, dict) or set(item) != {"original", "unlearned", "forget"}:
+        raise FieldError(where, "expected {original: FILE, unlearned: FILE, forget: FILE} in "
+                                "the pair's format")
+    out = {k: _checked_path(f"{where}.{k}", str(item[k])) for k in ("original", "unlearned",
+                                                                    "forget")}
+    try:
+        out["ids"] = read_forget_ids(out["forget"])
+    except FieldError as err:
+        raise FieldError(f"{where}.{err.field}", err.message) from None
+    return out
 
 
 def model_config(model: dict[str, Any]):

@@ -27,8 +27,10 @@ from tasks.params import ParamError, to_dict
 from tasks.unlearning import UNLEARNING
 
 
-def load_user_pair(params: PairParams, dataset, device: str = "cpu"):
-    """The pair as :class:`tasks.pairs.UserPair`; state dicts get ``pair.model``'s module."""
+def load_user_pair(params: PairParams, dataset, device: str = "cpu",
+                   files: dict[str, Any] | None = None):
+    """The pair (or the supplied shadow pair ``files``) as :class:`tasks.pairs.UserPair`;
+    state dicts get ``pair.model``'s module."""
     from tasks.models import build_torch_model
     from tasks.pairs import load_pair
 
@@ -40,7 +42,8 @@ def load_user_pair(params: PairParams, dataset, device: str = "cpu"):
             return build_torch_model(config, dataset.input_shape, dataset.num_classes,
                                      dataset.mean, dataset.std)
 
-    return load_pair(params.original, params.unlearned, params.format, dataset,
+    files = files or {"original": params.original, "unlearned": params.unlearned}
+    return load_pair(files["original"], files["unlearned"], params.format, dataset,
                      model_builder=builder, trusted=params.trusted, device=device)
 
 
@@ -95,6 +98,8 @@ def pair_identity(spec: Spec, params: PairParams) -> dict[str, Any]:
     return {"original": file_fingerprint(params.original),
             "unlearned": file_fingerprint(params.unlearned), "format": params.format,
             "model": params.model, "trusted": list(params.trusted),
+            "shadow": [[file_fingerprint(item[k]) for k in ("original", "unlearned", "forget")]
+                       for item in params.shadow],
             "dataset": spec.dataset.identity(), "forget": forget}
 
 
@@ -169,6 +174,8 @@ def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: d
                       name: str, entry: PairAttack, seed: int) -> list[Unit]:
     """Shadow pairs trained by the tool (the spec's model, training and unlearning, on the
     shadow half of the data), then one attack unit per unlearning method."""
+    if params.shadow:
+        return [_supplied_shadow_unit(spec, params, pair, dataset, identity, name, entry, seed)]
     settings = params.membership_params()
     split = paper_split(len(dataset.y_train), settings.split_seed, settings.replace_seed)
     size = effective_set_size(settings.set_size, len(split.side("shadow").positive),
@@ -192,14 +199,7 @@ def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: d
             {"pair": identity, "config": entry.config, "shadow": pairs, "seed": seed,
              "settings": to_dict(settings), "method": method.method,
              "code": _code_version()}, 24)
-        config = entry.typed_config()
-        if params.forget_known:
-            table = "mia"
-            row_keys = tuple(f"{key}:{f}:{a}:{c}" for f, a, c in config.entries())
-        else:
-            table = "membership_ranking"
-            row_keys = tuple(f"{key}:{r}" for r in candidate_records(
-                params, pair.records("train", dataset), seed))
+        table, row_keys = _membership_rows(params, pair, dataset, entry, key, seed)
         units.append(Unit(key, "attack", "pair_membership",
                           {"spec": spec, "seed": seed, "method_index": m, "name": name,
                            "entry": entry, "params": params, "shadow_pairs": pairs,
@@ -207,6 +207,32 @@ def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: d
                           table, row_keys, deps=tuple(dict.fromkeys(keys)),
                           label=f"pair membership {method.method} seed {seed}"))
     return units
+
+
+def _membership_rows(params: PairParams, pair, dataset, entry: PairAttack, key: str,
+                     seed: int) -> tuple[str, tuple[str, ...]]:
+    if params.forget_known:
+        return "mia", tuple(f"{key}:{f}:{a}:{c}" for f, a, c in entry.typed_config().entries())
+    return "membership_ranking", tuple(f"{key}:{r}" for r in candidate_records(
+        params, pair.records("train", dataset), seed))
+
+
+def _supplied_shadow_unit(spec: Spec, params: PairParams, pair, dataset, identity: dict,
+                          name: str, entry: PairAttack, seed: int) -> Unit:
+    """Membership inference on shadow pairs the user supplied: nothing to train."""
+    for i, item in enumerate(params.shadow):
+        shadow = load_user_pair(params, dataset, files=item)  # refused now, not in the unit
+        check_ids(item["ids"], len(dataset.y_train))
+        check_membership_records(params, shadow, dataset, item["ids"])
+    key = "pair-mia-" + stable_hash({"pair": identity, "config": entry.config, "seed": seed,
+                                     "settings": to_dict(params.membership_params()),
+                                     "code": _code_version()}, 24)
+    table, row_keys = _membership_rows(params, pair, dataset, entry, key, seed)
+    return Unit(key, "attack", "pair_membership",
+                {"spec": spec, "seed": seed, "method_index": None, "name": name,
+                 "entry": entry, "params": params, "shadow_pairs": None, "attack_key": key,
+                 "set_size": None}, table, row_keys,
+                label=f"pair membership (supplied shadow pairs) seed {seed}")
 
 
 def _code_version() -> str:
