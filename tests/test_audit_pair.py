@@ -124,24 +124,31 @@ def _run(root: Path, spec: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["torch_state_dict", "torch_export"])
-def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside, fmt):
-    pair = {"original": "theta.pt", "unlearned": "theta_u.pt", "format": fmt,
-            "model": {"factory": "user_models:make_mlp"}, "forget": "forget.txt",
-            "attacks": ATTACKS}
-    if fmt == "torch_export":
-        pair.update(original="theta.pt2", unlearned="theta_u.pt2")
-        del pair["model"]
-    _run(outside, _spec(outside, f"byo-{fmt.replace('_', '-')}", pair))
-    folder = outside / "R" / f"byo-{fmt.replace('_', '-')}"
-    rec = pd.read_parquet(folder / "recoveries")
-    assert len(rec) == 1 and int(rec["sample_index"].iloc[0]) == FORGOTTEN
-    gain = float(rec["psnr"].iloc[0] - rec["psnr_mean_image"].iloc[0])
-    assert gain >= 6.0, f"{gain:.1f} dB over the mean image"
+def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside):
+    """The same pair as a state dict (architecture: the user's function) and as a torch.export
+    program (no user code): two variants of one spec (a grid over the pair section)."""
+    state_dict = {"original": "theta.pt", "unlearned": "theta_u.pt",
+                  "format": "torch_state_dict", "model": {"factory": "user_models:make_mlp"},
+                  "forget": "forget.txt", "attacks": ATTACKS}
+    exported = {"original": "theta.pt2", "unlearned": "theta_u.pt2", "format": "torch_export",
+                "forget": "forget.txt", "attacks": ATTACKS}
+    spec = _spec(outside, "byo-formats", state_dict)
+    data = yaml.safe_load(spec.read_text())
+    data["grid"] = {"pair": [state_dict, exported]}
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    _run(outside, spec)
+    folder = outside / "R" / "byo-formats"
+    rec = pd.read_parquet(folder / "recoveries").set_index("pair_format")
+    assert sorted(rec.index) == ["torch_export", "torch_state_dict"]
+    assert (rec["sample_index"] == FORGOTTEN).all()
+    for fmt, row in rec.iterrows():
+        gain = float(row["psnr"] - row["psnr_mean_image"])
+        assert gain >= 6.0, f"{fmt}: {gain:.1f} dB over the mean image"
     labels = pd.read_parquet(folder / "label_inference")
-    assert len(labels) == 1 and labels["correct"].notna().all()
+    assert sorted(labels["pair_format"]) == ["torch_export", "torch_state_dict"]
+    assert labels["correct"].notna().all()
     figures = pd.read_parquet(folder / "figure_index")
-    assert all(Path(p).is_file() for p in figures["path"])
+    assert len(figures) == 4 and all(Path(p).is_file() for p in figures["path"])
 
 
 @pytest.mark.slow
