@@ -146,6 +146,8 @@ class ResourcesSpec:
     unlearn: TaskResources = TaskResources()
     attack: TaskResources = TaskResources()
     trial: TaskResources = TaskResources()
+    # Drives a Ray Data pipeline whose map tasks ask for ``attack``'s resources (docs/CLUSTER.md)
+    pipeline: TaskResources = TaskResources(cpus=0.0)
     # Retries of a task whose worker died or raised a transient error.
     max_retries: int = 3
 

@@ -29,16 +29,24 @@ from torch.func import functional_call, stack_module_state, vmap
 from tasks.training import TrainConfig, epoch_order
 
 
-def _refuse_stateful_training(model: nn.Module) -> None:
+def stateful_layer(model: nn.Module) -> str | None:
+    """The first layer that keeps ensemble training from replaying one-at-a-time training
+    (``"BatchNorm layer 'x'"``), or None when the whole model can train stacked."""
     for name, m in model.named_modules():
-        batchnorm = isinstance(m, nn.modules.batchnorm._BatchNorm)
-        dropout = isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
         # BatchNorm updates running statistics in place; one-at-a-time training draws dropout
         # masks from the global RNG in an order a batched program cannot replay.
-        if batchnorm or dropout:
-            kind = "BatchNorm" if batchnorm else f"dropout (p={m.p})"
-            raise ValueError(f"ensemble training refuses {kind} layer {name!r}: train such "
-                             "models one at a time with tasks.training.train_model")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return f"BatchNorm layer {name!r}"
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return f"dropout (p={m.p}) layer {name!r}"
+    return None
+
+
+def _refuse_stateful_training(model: nn.Module) -> None:
+    layer = stateful_layer(model)
+    if layer is not None:
+        raise ValueError(f"ensemble training refuses {layer}: train such models one at a "
+                         "time with tasks.training.train_model")
 
 
 class _Stacked:

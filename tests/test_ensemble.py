@@ -153,3 +153,44 @@ def test_gradient_ascent_runs_batchnorm_members_in_eval_mode(digits):
         d, models, forget, UNLEARNING.get("gradient_ascent").Params(lr=0.5), MLP)
     for u, r in zip(unlearned, reference):
         assert _max_diff(u, r) < ATOL
+
+
+# --- unlearning methods across members: the stacked path equals member-by-member ---------------
+
+def _member_states(d, originals: bool):
+    from tasks.unlearning.stacked import fit_members, member_states
+
+    template = TrainingState(d, MLP, TrainConfig(epochs=2, batch_size=64, lr=0.05),
+                             np.arange(10), 0)
+    states = member_states(template, _index_sets(d), SEEDS)
+    if originals:
+        for state, model in zip(states, fit_members(states)):
+            state.original = model
+    return states
+
+
+@pytest.mark.parametrize("method", ["retrain", "gradient_ascent", "finetune"])
+def test_unlearn_members_equals_one_by_one(digits, method):
+    from tasks.unlearning.base import UnlearningMethod
+
+    states = _member_states(digits, originals=method != "retrain")
+    requests = [ForgetRequest(f"r{i}", "group", tuple(int(v) for v in s.train_indices[:20]))
+                for i, s in enumerate(states)]
+    unlearner = UNLEARNING.get(method)()
+    params = unlearner.Params(**({"lr": 0.05} if method == "gradient_ascent" else {}))
+    stacked = unlearner.unlearn_members(states, requests, params)
+    singles = UnlearningMethod.unlearn_members(unlearner, states, requests, params)
+    _assert_same_models(stacked, singles, digits)
+
+
+def test_fit_members_falls_back_for_unequal_sizes(digits):
+    """Members of unequal size cannot share batches: they train one by one, same result."""
+    from tasks.unlearning.stacked import fit_members, member_states
+
+    template = TrainingState(digits, MLP, TrainConfig(epochs=1, batch_size=64), np.arange(10), 0)
+    states = member_states(template, [np.arange(100), np.arange(120)], [1, 2])
+    models = fit_members(states)
+    ref = train_model(build_torch_model(MLP, digits.input_shape, digits.num_classes,
+                                        digits.mean, digits.std, seed=2),
+                      digits.x_train, digits.y_train, np.arange(120), states[1].train_cfg, 2)
+    assert _max_diff(models[1], ref) < ATOL

@@ -151,6 +151,26 @@ class UnlearningConformance(Kit):
         same_predictions(results[0][0], results[1][0], x)
         same_predictions(results[0][1], results[1][1], x)
 
+    def test_unlearn_members_equals_unlearning_each(self, family: str) -> None:
+        """Two members (other seeds and requests) through ``unlearn_members``: the same
+        models as :meth:`unlearn` member by member, up to float tolerance (a method whose
+        maths stacks may run them as one program; the rest inherit the loop)."""
+        method, first, params = self.trained(family)
+        _, second, _ = self.trained(family)
+        second = dataclasses.replace(second, seed=first.seed + 1)
+        second.original = method.train_original(second, params)
+        states = [first, second]
+        request = self.class_request(first)
+        # Equally many records each, so a stacked implementation takes its stacked path.
+        requests = [dataclasses.replace(request, indices=request.indices[1:]),
+                    dataclasses.replace(request, indices=request.indices[:-1])]
+        together = method.unlearn_members(states, requests, params)
+        assert len(together) == 2
+        x = first.dataset.x_test[:50]
+        for state, req, model in zip(states, requests, together):
+            alone = UnlearningMethod.unlearn_members(method, [state], [req], params)[0]
+            np.testing.assert_allclose(logits(model, x), logits(alone, x), atol=1e-4)
+
     def test_leaves_the_original_alone(self, family: str) -> None:
         method, state, params = self.trained(family)
         x = state.dataset.x_test[:50]

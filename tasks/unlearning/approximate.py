@@ -11,6 +11,7 @@ from torch import nn
 
 from tasks.params import check
 from tasks.training import train_model
+from tasks.unlearning import stacked
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -64,6 +65,9 @@ class GradientAscent(UnlearningMethod):
                     w.add_(g, alpha=params.lr)
         return model
 
+    def unlearn_members(self, states, requests, params: Params) -> list[nn.Module]:
+        return stacked.ascent_members(self, states, requests, params)
+
 
 @UNLEARNING.register("finetune")
 class Finetune(UnlearningMethod):
@@ -86,15 +90,25 @@ class Finetune(UnlearningMethod):
             check("lr", self.lr, low=0, low_open=True, optional=True)
             check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
-    def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
-        self.check_family(state)
-        model = copy_model(state.original).to(state.device)
-        cfg = dataclasses.replace(
+    # A distinct order seed: these epochs follow the original's, they do not replay them.
+    SEED_OFFSET = 1_000_003
+
+    def _config(self, state: TrainingState, params: Params):
+        return dataclasses.replace(
             state.train_cfg, epochs=params.epochs, lr_milestones=(),
             lr=params.lr if params.lr is not None else state.train_cfg.lr,
             batch_size=params.batch_size or state.train_cfg.batch_size)
+
+    def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
+        self.check_family(state)
+        model = copy_model(state.original).to(state.device)
         d = state.dataset
-        # A distinct order seed: these epochs follow the original's, they do not replay them.
-        return train_model(model, d.x_train, d.y_train, state.train_indices, cfg,
-                           seed=state.seed + 1_000_003, device=state.device,
-                           exclude=tuple(state.removed) + request.indices)
+        return train_model(model, d.x_train, d.y_train, state.train_indices,
+                           self._config(state, params), seed=state.seed + self.SEED_OFFSET,
+                           device=state.device, exclude=tuple(state.removed) + request.indices)
+
+    def unlearn_members(self, states, requests, params: Params) -> list[nn.Module]:
+        for state in states:
+            self.check_family(state)
+        return stacked.finetune_members(self, states, requests, params,
+                                        self._config(states[0], params), self.SEED_OFFSET)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -13,7 +14,7 @@ from torch import nn
 from tasks.data import Dataset
 from tasks.models import ModelConfig, SklearnModel, build_sklearn_model, build_torch_model
 from tasks.registry import Registry, lacks_members
-from tasks.training import TrainConfig, train_model
+from tasks.training import TrainConfig, seed_everything, train_model
 
 Model = Any  # nn.Module or SklearnModel (or an ensemble of either)
 
@@ -190,6 +191,18 @@ class UnlearningMethod:
 
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Any) -> Model:
         raise NotImplementedError
+
+    def unlearn_members(self, states: Sequence[TrainingState],
+                        requests: Sequence[ForgetRequest], params: Any) -> list[Model]:
+        """One request per member of a group of models (state i: member i's original, data
+        and seed). This default unlearns member by member; methods whose maths vectorises
+        across members override it with one stacked program (:mod:`tasks.unlearning.stacked`)
+        that returns the same models up to float tolerance."""
+        out = []
+        for state, request in zip(states, requests, strict=True):
+            seed_everything(state.seed)
+            out.append(self.unlearn(state, request, params))
+        return out
 
     def step_size(self, params: Any) -> float | None:
         """The value of :attr:`step_size_param` in ``params`` (None when there is none)."""

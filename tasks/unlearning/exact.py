@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.unlearning import stacked
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -28,6 +29,9 @@ class Retrain(UnlearningMethod):
     def unlearn(self, state: TrainingState, request: ForgetRequest, params) -> object:
         return fit_standard(state, exclude=tuple(state.removed) + request.indices,
                             extra=request.replacement)
+
+    def unlearn_members(self, states, requests, params) -> list[object]:
+        return stacked.retrain_members(self, states, requests, params)
 
 
 @UNLEARNING.register("refit")

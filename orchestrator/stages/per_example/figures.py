@@ -1,0 +1,124 @@
+"""``pe_figures``: the stage's figures, from the JSON its analyses left beside the tables.
+
+- ``per_example_epsilon.png``: the distribution (ECDF) of per-record epsilon, one curve per
+  method and seed;
+- ``per_example_roc.png``: log-log ROC per method, U-LiRA beside Chen et al.'s attack on the
+  same (odd-numbered) pairs;
+- ``per_example_exposed.png`` (image data): the most exposed records of each method.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from orchestrator.spec import Spec
+from orchestrator.stages.per_example.analysis import ARRAYS
+from orchestrator.storage import Location
+from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def epsilon_figure(points: list[dict]) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for p in points:
+        eps = np.sort(np.asarray(p["epsilons"]))
+        ax.step(eps, np.arange(1, len(eps) + 1) / len(eps), where="post",
+                label=f"{p['method']} (seed {p['seed']})")
+    ax.set_xlabel("per-record epsilon")
+    ax.set_ylabel("share of records at or below")
+    ax.set_title(f"{points[0]['dataset']}: per-record epsilon ({points[0]['design']})",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def roc_figure(points: list[dict]) -> bytes:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.8), squeeze=False)
+    for ax, p in zip(axes[0], points):
+        fpr = np.asarray(p["fpr"])
+        for name, tpr in p["curves"].items():
+            ax.plot(fpr, np.maximum(np.asarray(tpr), fpr[0]), label=name,
+                    linestyle="--" if name.startswith("Chen") else "-")
+        ax.plot(fpr, fpr, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FPR")
+        ax.set_ylabel("TPR")
+        ax.set_title(f"{p['dataset']} {p['design']}: {p['method']} (seed {p['seed']})",
+                     fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def exposed_figure(points: list[dict], x: np.ndarray) -> bytes:
+    """Rows: methods; columns: their most exposed records, epsilon above each."""
+    plt = _plt()
+    cols = max(len(p["exposed"]) for p in points)
+    fig, axes = plt.subplots(len(points), cols, figsize=(1.2 * cols, 1.45 * len(points)),
+                             squeeze=False)
+    for row, p in zip(axes, points):
+        for ax in row:
+            ax.axis("off")
+        for ax, record, eps in zip(row, p["exposed"], p["exposed_epsilon"]):
+            img = x[record]
+            img = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+            ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None)
+            ax.set_title(f"#{record} e={eps:.1f}", fontsize=6)
+        row[0].text(-0.3, 0.5, p["method"], transform=row[0].transAxes, ha="right",
+                    va="center", fontsize=7)
+    return _png(fig)
+
+
+@UNIT_FUNCTIONS.register("pe_figures")
+def pe_figures(params: dict, ctx: TaskContext) -> Rows:
+    spec: Spec = params["spec"]
+    loc = Location(ctx.results_uri)
+    points = []
+    for key in params["analyses"]:
+        try:
+            points.append(json.loads(loc.read_bytes(spec.experiment, ARRAYS_DIR, ARRAYS,
+                                                    f"{key}.json")))
+        except FileNotFoundError:
+            continue  # a failed analysis: its row is in the errors table
+    figures = {}
+    if points:
+        figures["per_example_epsilon"] = epsilon_figure(points)
+        figures["per_example_roc"] = roc_figure(points)
+        dataset = spec.dataset.load(ctx.data_root)
+        if dataset.kind == "image":
+            figures["per_example_exposed"] = exposed_figure(points, dataset.x_train)
+    rows = []
+    for i, (name, png) in enumerate(figures.items()):
+        path = loc.write_bytes(png, spec.experiment, FIGURES_DIR,
+                               f"{name}-{spec.config_hash}.png")
+        rows.append({"key": params["key"] if i == 0 else f"{params['key']}:{name}",
+                     "experiment": spec.experiment, "config_hash": spec.config_hash,
+                     "seed": spec.seeds[0], "figure": name, "path": path,
+                     "points": len(points), **spec.flat_config()})
+    if not rows:  # nothing to draw: the marker row says so
+        rows.append({"key": params["key"], "experiment": spec.experiment,
+                     "config_hash": spec.config_hash, "seed": spec.seeds[0],
+                     "figure": "per_example", "path": None, "points": 0})
+    return {FIGURE_INDEX: rows}

@@ -1,0 +1,184 @@
+"""Planning of the ``per_example`` stage: who trains on what, artifact keys, units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.plan import CorePlan, Unit
+from orchestrator.spec import Spec, stable_hash
+from orchestrator.stages.per_example.params import PerExampleParams
+from orchestrator.store import artifact_key
+from orchestrator.tables import FIGURE_INDEX
+from tasks.params import to_dict
+from tasks.unlearning import UNLEARNING
+
+MODELS_TABLE = "per_example_models"
+SCORING_TABLE = "per_example_scoring"
+
+
+@dataclass(frozen=True)
+class Records:
+    """The stage's records (indices into the training split): targets and the base set."""
+
+    targets: np.ndarray
+    base: np.ndarray
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model to train: its training indices and seed; ``forget`` for unlearned members."""
+
+    index: int
+    members: np.ndarray
+    seed: int
+    key: str
+    forget: tuple[int, ...] = ()
+
+
+def draw_records(n_train: int, params: PerExampleParams, seed: int) -> Records:
+    need = params.targets + params.base_size
+    if need > n_train:
+        raise ValueError(f"per_example.targets + per_example.base_size: {need} records "
+                         f"needed, the dataset's training split has {n_train}")
+    order = np.random.default_rng([params.sample_seed, seed, 37]).permutation(n_train)
+    return Records(np.sort(order[:params.targets]), np.sort(order[params.targets:need]))
+
+
+def member_seed(seed: int, j: int) -> int:
+    return int(np.random.default_rng([seed, 29, j]).integers(2**31))
+
+
+def forget_half(records: Records, params: PerExampleParams, seed: int, j: int) -> np.ndarray:
+    """Member j's half of the targets (``design: ulira``): it trains on them, then forgets."""
+    rng = np.random.default_rng([params.sample_seed, seed, 31, j])
+    return np.sort(rng.choice(records.targets, len(records.targets) // 2, replace=False))
+
+
+def _trained_key(spec: Spec, method_index: int | None, members: np.ndarray, seed: int) -> str:
+    recipe = {}
+    if method_index is not None:  # references follow the plain recipe
+        entry = spec.unlearning[method_index]
+        recipe = UNLEARNING.get(entry.method)().original_recipe(entry.typed_params())
+    return artifact_key("pe-trained", dataset=spec.dataset.identity(), model=to_dict(spec.model),
+                        training=to_dict(spec.training), recipe=recipe,
+                        members=stable_hash([int(v) for v in members], 24),
+                        n_members=len(members), train_seed=seed)
+
+
+def unlearned_key(spec: Spec, method_index: int, original: str, forget: tuple[int, ...]) -> str:
+    entry = spec.unlearning[method_index]
+    return artifact_key("pe-unlearned", original=original, method=entry.method,
+                        params=to_dict(entry.typed_params()),
+                        forget=stable_hash(list(forget), 24))
+
+
+def originals(spec: Spec, m: int, records: Records, params: PerExampleParams,
+              seed: int) -> list[Member]:
+    out = []
+    for j in range(params.models):
+        if params.design == "ulira":
+            forget = forget_half(records, params, seed, j)
+        else:
+            forget = records.targets
+        members = np.sort(np.concatenate([records.base, forget]))
+        s = member_seed(seed, j)
+        out.append(Member(j, members, s, _trained_key(spec, m, members, s),
+                          tuple(int(v) for v in forget)))
+    return out
+
+
+def references(spec: Spec, records: Records, params: PerExampleParams,
+               seed: int) -> list[Member]:
+    """``design: challenge``: models retrained on the base set alone, with seeds no member
+    uses (the OUT side of every target)."""
+    if params.design != "challenge":
+        return []
+    return [Member(j, records.base, s, _trained_key(spec, None, records.base, s))
+            for j in range(params.models) for s in [member_seed(seed, params.models + j)]]
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _train_units(spec: Spec, members: list[Member], m: int | None, role: str, seed: int,
+                 params: PerExampleParams) -> list[Unit]:
+    units = []
+    for chunk in _chunks(members, params.members_per_task):
+        keys = tuple(x.key for x in chunk)
+        units.append(Unit("pe-train-" + stable_hash(keys, 24), "train", "pe_train",
+                          {"spec": spec, "method_index": m, "role": role, "seed": seed,
+                           "members": chunk}, MODELS_TABLE, keys,
+                          label=f"per_example {role}s x{len(chunk)} seed {seed}"))
+    return units
+
+
+def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> list[Unit]:
+    if spec.model.family != "torch":
+        raise ValueError(f"per_example: scores torch models (their weights are scored by the "
+                         f"pipeline), not {spec.model.name!r}")
+    if spec.pretraining is not None:
+        raise ValueError("per_example: trains every member from scratch; remove the "
+                         "'pretraining' block")
+    units: list[Unit] = []
+    analyses: list[str] = []
+    for seed in spec.seeds:
+        records = draw_records(len(core.dataset.y_train), params, seed)
+        refs = references(spec, records, params, seed)
+        units.extend(_train_units(spec, refs, None, "reference", seed, params))
+        for m, entry in enumerate(spec.unlearning):
+            method = UNLEARNING.get(entry.method)
+            if method.requires_pretraining:
+                raise ValueError(f"per_example: unlearning {entry.method!r} needs a "
+                                 "pretrained theta_0, which this stage does not train")
+            if method.returns_ensemble:
+                raise ValueError(f"per_example: unlearning {entry.method!r} returns a shard "
+                                 "ensemble, which the scoring pipeline does not stack")
+            origs = originals(spec, m, records, params, seed)
+            train_units = _train_units(spec, origs, m, "original", seed, params)
+            units.extend(train_units)
+            unlearn_keys = []
+            for chunk, train in zip(_chunks(origs, params.members_per_task), train_units):
+                ukeys = tuple(unlearned_key(spec, m, x.key, x.forget) for x in chunk)
+                ukey = "pe-unlearn-" + stable_hash(ukeys, 24)
+                deps = () if method.retrains_from_scratch else (train.key,)
+                units.append(Unit(ukey, "unlearn", "pe_unlearn",
+                                  {"spec": spec, "method_index": m, "seed": seed,
+                                   "members": chunk, "keys": ukeys}, MODELS_TABLE, ukeys,
+                                  deps=deps, label=f"per_example {entry.method} x{len(chunk)} "
+                                                   f"seed {seed}"))
+                unlearn_keys.append(ukey)
+            all_keys = [u.key for u in train_units] + unlearn_keys + [
+                u.key for u in units if u.fn == "pe_train" and u.params["role"] == "reference"
+                and u.params["seed"] == seed]
+            pairs = [{"index": x.index, "original": x.key, "forget": x.forget,
+                      "unlearned": unlearned_key(spec, m, x.key, x.forget)} for x in origs]
+            refs_keys = [{"index": x.index, "key": x.key} for x in refs]
+            # The models and records scored, not the analysis settings: a new variant or
+            # figure setting reads the same scores.
+            determinant = {"pairs": [p["unlearned"] for p in pairs],
+                           "refs": [r["key"] for r in refs_keys],
+                           "targets": stable_hash(records.targets.tolist(), 24)}
+            skey = artifact_key("pe-scores", **determinant)
+            common = {"spec": spec, "method_index": m, "seed": seed, "params": params,
+                      "targets": records.targets, "pairs": pairs, "references": refs_keys,
+                      "scores_key": skey}
+            units.append(Unit(skey, "pipeline", "pe_score", common, SCORING_TABLE, (skey,),
+                              deps=tuple(dict.fromkeys(all_keys)),
+                              label=f"per_example scoring {entry.method} seed {seed}"))
+            akey = "pe-analysis-" + stable_hash([skey, to_dict(params)], 24)
+            row_keys = tuple(f"{akey}:{v}:{s}" for v in params.variants
+                             for s in params.variances)
+            units.append(Unit(akey, "attack", "pe_analyse", {**common, "key": akey}, "ulira",
+                              row_keys, deps=(skey,),
+                              label=f"per_example analysis {entry.method} seed {seed}"))
+            analyses.append(akey)
+    if params.figures and analyses:
+        fkey = "pe-figures-" + stable_hash([spec.config_hash, analyses], 24)
+        units.append(Unit(fkey, "attack", "pe_figures",
+                          {"spec": spec, "key": fkey, "analyses": analyses, "params": params},
+                          FIGURE_INDEX, (fkey,), deps=tuple(analyses),
+                          label="per_example figures"))
+    return units
