@@ -34,8 +34,8 @@ def _bounds(fpr: np.ndarray, fnr: np.ndarray, delta: float) -> np.ndarray:
     both = (fpr == 0) & (fnr == 0)
     one = (fpr == 0) ^ (fnr == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        eps = np.maximum(np.log(1 - delta - fpr) - np.log(fnr),
-                         np.log(1 - delta - fnr) - np.log(fpr))
+        eps = np.fmax(np.log(1 - delta - fpr) - np.log(fnr),
+                      np.log(1 - delta - fnr) - np.log(fpr))
     eps = np.clip(eps, 0, None)
     eps = np.where(both, np.inf, eps)
     return np.where(one, np.nan, eps)
