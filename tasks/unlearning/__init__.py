@@ -2,15 +2,15 @@
 
 Every method takes the provider's :class:`TrainingState` (what produced theta) and a
 :class:`ForgetRequest`, and returns theta_u. Add one by subclassing :class:`UnlearningMethod`
-and decorating it with ``@UNLEARNING.register("name")``; see docs/components.md.
+and decorating it with ``@UNLEARNING.register("name")`` in a new module of this package (each
+module is imported here); see docs/components.md.
 """
 
 from __future__ import annotations
 
-from tasks.unlearning import approximate as _approximate  # noqa: F401  (registers methods)
-from tasks.unlearning import exact as _exact  # noqa: F401
-from tasks.unlearning import retrain_dp as _retrain_dp  # noqa: F401  (DP-SGD retraining)
-from tasks.unlearning import sisa as _sisa  # noqa: F401
+import importlib
+import pkgutil
+
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetConfig,
@@ -22,6 +22,11 @@ from tasks.unlearning.base import (
     make_requests,
 )
 from tasks.unlearning.sisa import SisaEnsemble
+
+# One method (or a few close variants) per module: every module here registers its methods on
+# import, so adding a method is adding a file.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "UNLEARNING",
