@@ -133,3 +133,19 @@ def test_rerun_trains_nothing_and_new_analysis_reuses_every_model(audited):
     assert _weights(audited) == before
     models = pd.read_parquet(audited / "R" / "pe" / "per_example_models")
     assert models["trained"].all() and len(models) == len(before)  # no new model rows
+
+
+@pytest.mark.parametrize(("setting", "expect"), [
+    ("per_example.targets=2000", ("per_example.targets + per_example.base_size",
+                                  "training split has 1438")),
+    ("per_example.targets=7", ("per_example.targets", "even number")),
+    ("per_example.variances=[global]", ("per_example.variances[0]", "per_example, fixed")),
+    ("per_example.models=2", ("per_example.models", ">= 4")),
+    ("per_example.chen_attack_model=svm", ("svm",)),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, setting, expect):
+    from tests.bad_inputs.harness import refused
+
+    spec = {k: v for k, v in SPEC.items() if k != "grid"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    refused(["run", "spec.yaml", "--results", "R", "--set", setting], tmp_path, expect)
