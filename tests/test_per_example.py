@@ -117,8 +117,19 @@ def test_tables_pipeline_and_figures(audited):
     # originals + unlearned (+ references for the challenge design), 32 records each
     assert sorted(scoring["rows"]) == sorted([2 * MODELS * 32] * 2 + [3 * MODELS * 32] * 2)
     figures = pd.read_parquet(folder / "figure_index")
-    assert {"per_example_epsilon", "per_example_roc", "per_example_exposed"} <= set(
-        figures["figure"])
+    assert {"per_example_epsilon", "per_example_roc", "per_example_exposed",
+            "leaderboard"} <= set(figures["figure"])
+    # The leaderboard ranks retraining first (least leak) in both designs, with intervals
+    # around each leak estimate and the unlearning time relative to retraining.
+    board = pd.read_parquet(folder / "leaderboard")
+    assert len(board) == 4
+    first = board[board["rank"] == 1]
+    assert set(first["unlearning_method"]) == {"retrain"} and len(first) == 2
+    assert (board["ulira_tpr_at_1pct_low"] <= board["ulira_tpr_at_1pct"]).all()
+    assert (board["ulira_tpr_at_1pct"] <= board["ulira_tpr_at_1pct_high"]).all()
+    assert (board.loc[board["unlearning_method"] == "retrain", "wall_vs_retrain"] == 1).all()
+    assert board["unlearned_test_acc"].between(0.5, 1).all()
+    assert board["method_params"].str.contains("lr").any()
     for path in figures["path"].dropna():
         assert Path(path).stat().st_size > 1000
 

@@ -13,6 +13,7 @@ confidence. Units:
 - ``pe_score`` (kind attack): the (models x records) pipeline, Parquet in the artifact store.
 - ``pe_analyse`` (kind attack): tables ``ulira`` and ``per_example``.
 - ``pe_figures``: epsilon distribution, log-log ROC beside Chen et al., most exposed records.
+- ``pe_leaderboard``: table ``leaderboard``, methods ranked by leak with utility and cost.
 
 Designs and settings: :mod:`.params`; the statistics: :mod:`tasks.analysis.per_example` and
 :mod:`tasks.analysis.epsilon`.
@@ -23,6 +24,7 @@ from __future__ import annotations
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.stages.per_example import analysis as _analysis  # noqa: F401  (unit functions)
 from orchestrator.stages.per_example import figures as _figures  # noqa: F401
+from orchestrator.stages.per_example import leaderboard as _leaderboard  # noqa: F401
 from orchestrator.stages.per_example import models as _models  # noqa: F401
 from orchestrator.stages.per_example import scoring as _scoring  # noqa: F401
 from orchestrator.stages.per_example.params import PerExampleParams

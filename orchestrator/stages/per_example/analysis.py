@@ -23,6 +23,7 @@ import numpy as np
 
 from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
+from orchestrator.stages.per_example.models import metrics_key
 from orchestrator.stages.per_example.params import PerExampleParams
 from orchestrator.stages.per_example.scoring import read_scores
 from orchestrator.storage import Location
@@ -37,6 +38,7 @@ from tasks.analysis.per_example import (
 )
 from tasks.attacks.membership_features import build_features, fit_and_score, softmax
 from tasks.metrics_membership import roc
+from tasks.params import to_dict
 
 ARRAYS = "per_example"
 FPR_GRID = np.logspace(-4, 0, 121)
@@ -102,6 +104,43 @@ def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndar
     return out
 
 
+def _utility(ctx: TaskContext, units: dict[str, list[str]]) -> dict[str, float]:
+    """The members' accuracies and unlearning time (means over members), from the metrics
+    the model units keep beside the weights."""
+    out: dict[str, float] = {}
+    for role, prefix in (("original", "original"), ("unlearned", "unlearned")):
+        parts = [ctx.store.load_arrays(metrics_key(k)) for k in units[role]]
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out[f"{prefix}_test_acc"] = float(merged["test_acc"].mean())
+        out[f"{prefix}_retain_acc"] = float(merged["retain_acc"].mean())
+        if role == "unlearned":
+            out["forget_acc"] = float(np.nanmean(merged["forget_acc"]))
+            out["unlearn_s_per_model"] = float(merged["wall_s"].mean())
+        else:
+            out["train_s_per_model"] = float(merged["wall_s"].mean())
+    return out
+
+
+def _bootstrap(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray, seed: int,
+               rounds: int = 200) -> dict[str, float]:
+    """95 % intervals over target records (records resampled with replacement: the
+    variation a different draw of forgotten records would bring)."""
+    rng = np.random.default_rng([seed, 41])
+    draws: dict[str, list[float]] = {"auc": [], "tpr_at_1pct": [], "tpr_at_0_1pct": [],
+                                     "median_epsilon": []}
+    for _ in range(rounds):
+        cols = rng.integers(0, scores.shape[1], scores.shape[1])
+        metrics = roc_metrics(scores[:, cols], member_in[:, cols])
+        for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct"):
+            draws[name].append(metrics[name])
+        draws["median_epsilon"].append(float(np.median(eps[cols])))
+    out = {}
+    for name, values in draws.items():
+        out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in
+                                                   np.nanquantile(values, [0.025, 0.975]))
+    return out
+
+
 @UNIT_FUNCTIONS.register("pe_analyse")
 def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
@@ -144,11 +183,18 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
             rows.append(row)
             curves[f"U-LiRA {variant}/{variance}"] = _curve(member_in[odd].ravel(),
                                                               scores[odd].ravel())
-    # The per-record view uses the strongest form where it was run.
-    main = all_scores.get(("online", "per_example"), next(iter(all_scores.values())))
+    # The per-record view (and the intervals) use the strongest form where it was run.
+    main_key = ("online", "per_example") if ("online", "per_example") in all_scores else \
+        next(iter(all_scores))
+    main = all_scores[main_key]
     record_auc = per_record_auc(main, member_in)
+    utility = _utility(ctx, params["model_units"])
     for row in rows:
         row["records_half_leak"] = _half_leak(record_auc)
+        row["main"] = (row["variant"], row["variance"]) == main_key
+        row.update(utility)
+        if row["main"]:
+            row.update(_bootstrap(main, member_in, eps, params["seed"]))
     if settings.design == "ulira":
         logits_o = _matrix(table, "original", n, n_records, "logits")
         logits_u = _matrix(table, "unlearned", n, n_records, "logits")
@@ -176,7 +222,16 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
                          "score_out_mean": float(np.nanmean(main[~member_in[:, r], r])),
                          **{k: float(v[r]) for k, v in summary.items()},
                          **spec.flat_config()})
-    _write_arrays(ctx, spec, params, method, curves, eps, targets, exposure, rows[0])
+    chen = [r for r in rows if r["attack"].startswith("chen_")]
+    best_chen = max(chen, key=lambda r: r["odd_auc"]) if chen else None
+    main_row = next(r for r in rows if r["main"])
+    summary_point = {**{k: v for k, v in main_row.items() if isinstance(v, (int, float, bool))
+                        or v is None},
+                     "chen_auc": best_chen["odd_auc"] if best_chen else None,
+                     "chen_tpr_at_0_1pct": best_chen["odd_tpr_at_0_1pct"] if best_chen else None,
+                     "method_params": json.dumps(to_dict(spec.unlearning[
+                         params["method_index"]].typed_params()), sort_keys=True)}
+    _write_arrays(ctx, spec, params, method, curves, eps, targets, exposure, summary_point)
     return {"ulira": rows, "per_example": per_rows}
 
 
@@ -190,7 +245,7 @@ def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,
              "fpr": FPR_GRID.tolist(), "curves": curves, "epsilons": eps.tolist(),
              "exposed": [int(targets[i]) for i in top],
              "exposed_epsilon": [float(eps[i]) for i in top],
-             "auc": main_row["auc"]}
+             "auc": main_row["auc"], "summary": main_row}
     Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
                                           ARRAYS_DIR, ARRAYS, f"{params['key']}.json")
 

@@ -25,27 +25,54 @@ def _template(spec: Spec, params: dict, ctx: TaskContext) -> TrainingState:
     return provider_state(spec, params["seed"], ctx, members=chunk[0].members)
 
 
-def _rows(spec: Spec, params: dict, ctx: TaskContext, keys: list[str], models: list,
-          trained: bool, role: str, wall: float, state: TrainingState,
-          forget: list[tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+def metrics_key(unit_key: str) -> str:
+    """The artifact of a model unit's per-member metrics (accuracies and the wall time of
+    the training or unlearning that made the members, kept across reruns)."""
+    return f"{unit_key}-metrics"
+
+
+def _metrics(ctx: TaskContext, params: dict, models: list | None, state: TrainingState,
+             wall: float, forget: list[tuple[int, ...]] | None) -> dict[str, np.ndarray]:
+    """Per member: test accuracy, accuracy on its retained records and on its forget set,
+    and its share of the unit's wall time; stored once, read back on reruns."""
+    key = metrics_key(params["unit_key"])
+    if models is None:
+        return ctx.store.load_arrays(key)
     d = state.dataset
+    chunk: list[Member] = params["members"]
     test = ensemble_logits(models, d.x_test, state.device)
-    rows = []
+    out = {"test_acc": [], "retain_acc": [], "forget_acc": [], "forget_size": []}
+    for i, member in enumerate(chunk):
+        gone = np.asarray(forget[i] if forget is not None else (), dtype=np.int64)
+        kept = np.setdiff1d(member.members, gone)
+        out["test_acc"].append(accuracy(test[i], d.y_test))
+        own = ensemble_logits([models[i]], d.x_train[kept], state.device)[0]
+        out["retain_acc"].append(accuracy(own, d.y_train[kept]))
+        lost = ensemble_logits([models[i]], d.x_train[gone], state.device)[0] if len(gone) \
+            else None
+        out["forget_acc"].append(accuracy(lost, d.y_train[gone]) if lost is not None
+                                 else np.nan)
+        out["forget_size"].append(len(gone))
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+    arrays["wall_s"] = np.full(len(chunk), wall / len(chunk))
+    ctx.store.save_arrays(key, **arrays)
+    return arrays
+
+
+def _rows(spec: Spec, params: dict, ctx: TaskContext, keys: list[str], role: str,
+          trained: bool, metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     m = params.get("method_index")
     method = spec.unlearning[m].method if m is not None and role == "unlearned" else None
+    rows = []
     for i, (key, member) in enumerate(zip(keys, params["members"])):
         row = {"key": key, "experiment": spec.experiment, "config_hash": spec.config_hash,
                "seed": params["seed"], "stage": "per_example", "role": role,
                "unlearning_method": method, "member": member.index,
                "train_seed": member.seed, "train_size": len(member.members),
-               "test_acc": accuracy(test[i], d.y_test), "forget_size": None,
-               "forget_acc": None, "trained": trained, "wall_s": wall / len(keys),
-               "node_id": ctx.node_id, "dataset": spec.dataset.name, "model": spec.model.name}
-        if forget is not None:
-            idx = np.asarray(forget[i], dtype=np.int64)
-            row["forget_size"] = len(idx)
-            row["forget_acc"] = accuracy(ensemble_logits([models[i]], d.x_train[idx],
-                                                         state.device)[0], d.y_train[idx])
+               "trained": trained, "node_id": ctx.node_id, "dataset": spec.dataset.name,
+               "model": spec.model.name}
+        row.update({k: float(v[i]) for k, v in metrics.items()})
+        row["forget_size"] = int(row["forget_size"]) if role == "unlearned" else None
         row.update(spec.flat_config())
         rows.append(row)
     return rows
@@ -79,8 +106,11 @@ def pe_train(params: dict, ctx: TaskContext) -> Rows:
             models = fit_members(states)
         for key, model in zip(keys, models):
             save_torch_model(ctx, key, model)
-    return {"per_example_models": _rows(spec, params, ctx, keys, models, trained,
-                                        params["role"], time.perf_counter() - start, template)}
+    fresh = trained or not ctx.store.has(metrics_key(params["unit_key"]), ".npz")
+    metrics = _metrics(ctx, params, models if fresh else None, template,
+                       time.perf_counter() - start, None)
+    return {"per_example_models": _rows(spec, params, ctx, keys, params["role"], trained,
+                                        metrics)}
 
 
 @UNIT_FUNCTIONS.register("pe_unlearn")
@@ -106,6 +136,8 @@ def pe_unlearn(params: dict, ctx: TaskContext) -> Rows:
         models = method.unlearn_members(states, requests, entry.typed_params())
         for key, model in zip(keys, models):
             save_torch_model(ctx, key, model)
-    return {"per_example_models": _rows(spec, params, ctx, keys, models, trained, "unlearned",
-                                        time.perf_counter() - start, template,
-                                        forget=[x.forget for x in chunk])}
+    fresh = trained or not ctx.store.has(metrics_key(params["unit_key"]), ".npz")
+    metrics = _metrics(ctx, params, models if fresh else None, template,
+                       time.perf_counter() - start, [x.forget for x in chunk])
+    return {"per_example_models": _rows(spec, params, ctx, keys, "unlearned", trained,
+                                        metrics)}

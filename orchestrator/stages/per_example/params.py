@@ -35,6 +35,7 @@ class PerExampleParams:
     exposed: int = 8  # most exposed records listed (and drawn, for image data)
     scoring_batch: int = 16  # members per Ray Data batch when scoring
     figures: bool = True
+    leaderboard: bool = True  # table ``leaderboard``: methods ranked by leak, utility, cost
 
     def __post_init__(self) -> None:
         check("models", self.models, low=4, integer=True)

@@ -108,9 +108,10 @@ def _train_units(spec: Spec, members: list[Member], m: int | None, role: str, se
     units = []
     for chunk in _chunks(members, params.members_per_task):
         keys = tuple(x.key for x in chunk)
-        units.append(Unit("pe-train-" + stable_hash(keys, 24), "train", "pe_train",
+        ukey = "pe-train-" + stable_hash(keys, 24)
+        units.append(Unit(ukey, "train", "pe_train",
                           {"spec": spec, "method_index": m, "role": role, "seed": seed,
-                           "members": chunk}, MODELS_TABLE, keys,
+                           "members": chunk, "unit_key": ukey}, MODELS_TABLE, keys,
                           label=f"per_example {role}s x{len(chunk)} seed {seed}"))
     return units
 
@@ -146,7 +147,8 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                 deps = () if method.retrains_from_scratch else (train.key,)
                 units.append(Unit(ukey, "unlearn", "pe_unlearn",
                                   {"spec": spec, "method_index": m, "seed": seed,
-                                   "members": chunk, "keys": ukeys}, MODELS_TABLE, ukeys,
+                                   "members": chunk, "keys": ukeys, "unit_key": ukey},
+                                  MODELS_TABLE, ukeys,
                                   deps=deps, label=f"per_example {entry.method} x{len(chunk)} "
                                                    f"seed {seed}"))
                 unlearn_keys.append(ukey)
@@ -163,6 +165,8 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                            "targets": stable_hash(records.targets.tolist(), 24)}
             skey = artifact_key("pe-scores", **determinant)
             common = {"spec": spec, "method_index": m, "seed": seed, "params": params,
+                      "model_units": {"original": [u.key for u in train_units],
+                                      "unlearned": unlearn_keys},
                       "targets": records.targets, "pairs": pairs, "references": refs_keys,
                       "scores_key": skey}
             units.append(Unit(skey, "pipeline", "pe_score", common, SCORING_TABLE, (skey,),
@@ -175,6 +179,12 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                               row_keys, deps=(skey,),
                               label=f"per_example analysis {entry.method} seed {seed}"))
             analyses.append(akey)
+    if params.leaderboard and analyses:
+        lkey = "pe-leaderboard-" + stable_hash([spec.config_hash, analyses], 24)
+        units.append(Unit(lkey, "attack", "pe_leaderboard",
+                          {"spec": spec, "key": lkey, "analyses": analyses}, "leaderboard",
+                          tuple(f"{lkey}:{a}" for a in analyses), deps=tuple(analyses),
+                          label="per_example leaderboard"))
     if params.figures and analyses:
         fkey = "pe-figures-" + stable_hash([spec.config_hash, analyses], 24)
         units.append(Unit(fkey, "attack", "pe_figures",
