@@ -1,0 +1,136 @@
+"""Bad Teacher: distil theta's student from a random teacher on U and from theta elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tasks.models import build_torch_model
+from tasks.params import check
+from tasks.training import epoch_order, make_optimizer
+from tasks.unlearning.base import (
+    UNLEARNING,
+    ForgetRequest,
+    TrainingState,
+    UnlearningMethod,
+    copy_model,
+)
+
+
+@torch.no_grad()
+def _soft_targets(model: nn.Module, x: torch.Tensor, temperature: float,
+                  chunk: int = 1024) -> torch.Tensor:
+    """Log-probabilities of ``model`` softened by ``temperature``, computed in chunks."""
+    model.eval()
+    parts = [F.log_softmax(model(x[s: s + chunk]) / temperature, dim=1)
+             for s in range(0, len(x), chunk)]
+    return torch.cat(parts)
+
+
+@UNLEARNING.register("bad_teacher")
+class BadTeacher(UnlearningMethod):
+    """Bad Teacher (Chundawat, Tarun, Mandal and Kankanhalli, "Can bad teaching induce
+    forgetting? Unlearning in deep networks using an incompetent teacher", AAAI 2023).
+
+    A student starts at theta and is distilled for ``epochs`` on U, whose targets come from a
+    randomly initialised model of the same architecture (the incompetent teacher), mixed with
+    a ``retain_share`` sample of the retained records, whose targets come from theta (the
+    competent teacher). The loss is KL(teacher || student) of outputs softened by
+    ``temperature``, unscaled as in the paper. ``lr``/``batch_size`` default to the original
+    recipe's (optimiser, momentum and weight decay always are the recipe's).
+    """
+
+    name = "bad_teacher"
+    exact = False
+    families = ("torch",)
+    step_size_param = "lr"  # None: the original recipe's
+
+    @dataclass(frozen=True)
+    class Params:
+        epochs: int = 1
+        lr: float | None = None
+        temperature: float = 1.0
+        retain_share: float = 0.3
+        batch_size: int | None = None
+
+        def __post_init__(self) -> None:
+            check("epochs", self.epochs, low=1, integer=True)
+            check("lr", self.lr, low=0, low_open=True, optional=True)
+            check("temperature", self.temperature, low=0, low_open=True)
+            check("retain_share", self.retain_share, low=0, low_open=True, high=1)
+            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
+
+    # Seed offsets: the incompetent teacher must not be theta's own initialisation, and the
+    # retained sample and batch order are drawn apart from the original's epochs.
+    TEACHER_SEED_OFFSET = 3_000_017
+    SAMPLE_SEED_OFFSET = 3_000_019
+
+    def incompetent_teacher(self, state: TrainingState) -> nn.Module:
+        """A fresh random model of theta's architecture. Built directly rather than with
+        ``state.initial_model``, which would load theta_0 when the recipe pretrains."""
+        d = state.dataset
+        seed = (state.seed + self.TEACHER_SEED_OFFSET) % 2**32
+        # build_torch_model seeds torch's global generator: keep the caller's stream intact.
+        with torch.random.fork_rng(devices=[]):
+            model = build_torch_model(state.model_cfg, d.input_shape, d.num_classes, d.mean,
+                                      d.std, seed=seed)
+        return model.to(state.device).eval()
+
+    def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
+        self.check_family(state)
+        device = state.device
+        student = copy_model(state.original).to(device)
+        forget = np.asarray(request.indices, dtype=np.int64)
+        gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
+        keep = np.asarray(state.train_indices, dtype=np.int64)
+        retain = keep[~np.isin(keep, gone)]
+        rng = np.random.default_rng([state.seed, self.SAMPLE_SEED_OFFSET])
+        n_retain = min(len(retain), math.ceil(params.retain_share * len(retain)))
+        sample = np.sort(rng.choice(retain, size=n_retain, replace=False))
+
+        d = state.dataset
+        x_forget = torch.as_tensor(d.x_train[forget], device=device)
+        x_retain = torch.as_tensor(d.x_train[sample], device=device)
+        # The teachers are frozen, so every record's target is fixed: compute each once. The
+        # untrained student is theta itself, so it serves as the competent teacher.
+        t = params.temperature
+        targets = torch.cat([_soft_targets(self.incompetent_teacher(state), x_forget, t),
+                             _soft_targets(student, x_retain, t)])
+        x_mix = torch.cat([x_forget, x_retain])
+
+        cfg = dataclasses.replace(state.train_cfg, lr=params.lr or state.train_cfg.lr)
+        opt = make_optimizer(student, cfg)
+        batch = params.batch_size or cfg.batch_size
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+        positions = np.arange(len(x_mix), dtype=np.int64)
+        for epoch in range(params.epochs):
+            self._train_mode(student, cfg.bn_mode)
+            order = torch.as_tensor(
+                epoch_order(positions, state.seed + self.SAMPLE_SEED_OFFSET, epoch),
+                device=device)
+            for start in range(0, len(order), batch):
+                sel = order[start: start + batch]
+                if len(sel) < 2 and has_bn and cfg.bn_mode == "train":
+                    continue  # BatchNorm cannot train on a single sample
+                log_s = F.log_softmax(student(x_mix[sel]) / t, dim=1)
+                loss = F.kl_div(log_s, targets[sel], log_target=True, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        student.eval()
+        return student
+
+    @staticmethod
+    def _train_mode(model: nn.Module, bn_mode: str) -> None:
+        """Train mode, with BatchNorm statistics frozen when the recipe freezes them."""
+        model.train()
+        if bn_mode == "eval":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
