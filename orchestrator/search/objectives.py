@@ -17,6 +17,9 @@ Registered objectives (:data:`OBJECTIVES`):
 * ``membership`` -- membership inference against unlearning (Chen et al.): attack model, its
   hyperparameters and the feature; validation AUC on the shadow side, held-out AUC on the
   target side (:mod:`orchestrator.search.membership`, an ``own_models`` objective).
+* ``unlearning`` -- an unlearning method's own settings (``unlearning.0.*`` key paths) tuned
+  to a utility target: forget accuracy close to retraining's, test accuracy kept
+  (:mod:`orchestrator.search.unlearning_objective`).
 
 Adding an objective: subclass :class:`orchestrator.search.base.Objective`, declare ``Config``,
 ``metrics`` (name -> natural direction) and ``evaluate``, and decorate with
@@ -36,6 +39,7 @@ from orchestrator.plan import CorePlan, plan_core
 # The membership objective lives in its own module and registers itself on import; importing
 # it here makes OBJECTIVES (imported from this module) hold every built-in objective.
 from orchestrator.search import membership as _membership  # noqa: F401
+from orchestrator.search import unlearning_objective as _unlearning  # noqa: F401
 from orchestrator.search.attack_objective import (
     attack_objective,
     check_attack_config,
