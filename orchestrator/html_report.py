@@ -193,6 +193,8 @@ def render(results: Results) -> str:
                      "the attacks measured: recovery gain in dB, label-inference accuracy, "
                      "membership AUC), ties broken by higher test accuracy of the unlearned "
                      "models.</p>" + _frame_html(rank))
+    if not frames.get("leaderboard", pd.DataFrame()).empty:
+        parts.append(_leaderboard_html(frames["leaderboard"]))
     figures = _figures(results)
     if figures:
         parts.append("<h2>Figures</h2>")
@@ -208,6 +210,29 @@ def render(results: Results) -> str:
     parts.append(_provenance(frames))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+LEADERBOARD_COLUMNS = {
+    "rank": "rank", "unlearning_method": "method", "ulira_tpr_at_1pct": "TPR@1%FPR",
+    "ulira_tpr_at_1pct_low": "low", "ulira_tpr_at_1pct_high": "high",
+    "ulira_tpr_at_0_1pct": "TPR@0.1%FPR", "ulira_auc": "U-LiRA AUC",
+    "median_epsilon": "median eps", "chen_auc": "Chen AUC", "unlearned_test_acc": "test acc",
+    "unlearned_retain_acc": "retain acc", "forget_acc": "forget acc",
+    "wall_vs_retrain": "time vs retrain", "method_params": "settings"}
+
+
+def _leaderboard_html(df: pd.DataFrame) -> str:
+    """The per_example stage's ranking: per-example leak first, then utility and cost."""
+    out = ["<h2>Leaderboard: unlearning methods by per-example leakage</h2>",
+           ("<p>Rank 1 leaks least: U-LiRA's true-positive rate at 1 % false positives on "
+            "the members that unlearned each target (low/high: 95 % bootstrap over records), "
+            "then its AUC, then test accuracy. Retraining is the no-leak reference; a "
+            "method's settings are those it ran with.</p>")]
+    for seed, group in df.sort_values(["seed", "rank"]).groupby("seed"):
+        cols = [c for c in LEADERBOARD_COLUMNS if c in group.columns]
+        frame = group[cols].rename(columns=LEADERBOARD_COLUMNS)
+        out.append(f"<h3>seed {_e(seed)}</h3><div class='wide'>{_frame_html(frame)}</div>")
+    return "\n".join(out)
 
 
 def _provenance(frames: dict[str, pd.DataFrame]) -> str:

@@ -160,3 +160,15 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, setting, expect):
     spec = {k: v for k, v in SPEC.items() if k != "grid"}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     refused(["run", "spec.yaml", "--results", "R", "--set", setting], tmp_path, expect)
+
+
+def test_the_report_has_the_leaderboard_section(audited):
+    from tests.bad_inputs.harness import run_cli
+
+    code, out, err = run_cli(["report", "R/pe", "--out", "report.html"], audited)
+    assert code == 0, out + err
+    page = (audited / "report.html").read_text()
+    assert "Leaderboard: unlearning methods by per-example leakage" in page
+    section = page.split("Leaderboard: unlearning methods")[1].split("<h2>")[0]
+    assert section.index("retrain") < section.index("gradient_ascent")  # rank 1 first
+    assert "TPR@1%FPR" in section and "per_example_roc" in page
