@@ -1,10 +1,13 @@
 """Per-example membership inference against unlearning: U-LiRA's statistics (Hayes et al.).
 
-phi[j, r] is model j's logit-scaled confidence on record r; member_in[j, r] says whether
-record r was IN for model j (trained on, then unlearned) or OUT (never seen). Per record,
-Gaussians are fitted to phi under both hypotheses and model j's output is scored by their
-likelihood ratio, leave-one-out: model j's own output never enters the fit that scores it,
-so every model serves once as the target and otherwise as a shadow.
+``phi[j, r]`` is model j's logit-scaled confidence on record r; ``member_in[j, r]`` says
+whether record r was IN for model j (trained on, then unlearned) or OUT (never seen). Per
+record, Gaussians are fitted to phi under both hypotheses and model j's output is scored by
+their likelihood ratio, leave-one-out: model j's own output never enters the fit that scores
+it, so every model serves once as the target and otherwise as a shadow.
+
+Pure numpy (scipy only for ranks); ROC quantities come from :mod:`tasks.metrics_membership`
+so that every table uses the project's one TPR-at-FPR convention.
 """
 
 from __future__ import annotations
@@ -14,125 +17,188 @@ from scipy.stats import rankdata
 
 from tasks.metrics_membership import auc, tpr_at_fpr
 
-# A record whose phi is the same under every model (e.g. a saturated prediction) would
-# otherwise give a zero variance and infinite scores.
+# Floor on every fitted standard deviation. A record whose phi is the same under every model
+# (a saturated prediction, or float32 logits rounding to one value) would otherwise have a
+# zero spread and infinite scores; 1e-3 sits far below the spread of phi between real
+# models (order 0.1 to 1) yet above float32 rounding noise of phi (order 1e-6 relative).
 SD_FLOOR = 1e-3
+
+VARIANTS = ("online", "offline")
+VARIANCES = ("per_example", "fixed")
 
 
 def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """phi = log p_y - log(1 - p_y) = logit_y - logsumexp(other logits), in float64.
 
-    ``logits`` (..., n, C), ``labels`` (n,); finite even for saturated predictions."""
+    ``logits`` (..., n, C) with C >= 2, ``labels`` (n,) ints in [0, C), broadcast over the
+    leading axes; returns (..., n). Written without the softmax, so it stays finite for
+    saturated predictions (e.g. logits [100, 0, 0] give about 99.3, [-100, 0, 0] -100.7).
+    """
     z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if z.shape[-2] != len(y):
-        raise ValueError(f"logits hold {z.shape[-2]} records, labels {len(y)}")
-    picked = np.take_along_axis(z, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -1)[..., 0]
+    y = np.asarray(labels)
+    if z.ndim < 2 or z.shape[-1] < 2:
+        raise ValueError(f"logits must be (..., n, C) with C >= 2 classes, got {z.shape}")
+    if y.ndim != 1 or y.shape[0] != z.shape[-2]:
+        raise ValueError(f"labels must be ({z.shape[-2]},) to match logits {z.shape}, "
+                         f"got {y.shape}")
+    # Integral floats (labels read through a float column) are accepted as class ids.
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+    if y.size and (not numeric or not np.array_equal(y, np.round(y))
+                   or y.min() < 0 or y.max() >= z.shape[-1]):
+        raise ValueError(f"labels must be integers in [0, {z.shape[-1]}), got "
+                         f"{y.dtype} values {np.unique(y)[:5]}")
+    index = np.broadcast_to(y.astype(np.int64)[:, None], z.shape[:-1] + (1,))
+    picked = np.take_along_axis(z, index, axis=-1)[..., 0]
     others = z.copy()
-    np.put_along_axis(others, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -np.inf, -1)
-    top = others.max(axis=-1, keepdims=True)
-    lse = top[..., 0] + np.log(np.exp(others - top).sum(axis=-1))
-    return picked - lse
+    np.put_along_axis(others, index, -np.inf, axis=-1)
+    top = others.max(axis=-1)  # finite: C >= 2 leaves at least one other class
+    return picked - top - np.log(np.exp(others - top[..., None]).sum(axis=-1))
 
 
-def _loo_moments(phi: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray]:
-    """Leave-one-out count, mean and standard deviation of phi over ``mask`` per record,
-    for each model j (its own entry removed when it is in the mask)."""
+def _check_pair(phi: np.ndarray, member_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 phi and bool member_in, both (models, records)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    mask = np.asarray(member_in)
+    if phi.ndim != 2 or phi.shape != mask.shape:
+        raise ValueError(f"phi {phi.shape} and member_in {mask.shape} must be equal "
+                         "(models, records) arrays")
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("member_in must hold booleans (or 0/1)")
+        mask = mask.astype(bool)
+    return phi, mask
+
+
+def _loo_moments(phi: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Leave-one-out count, mean and sd (ddof 1) of phi over ``mask``, per (model, record).
+
+    Sums over all models minus model j's own term (when it is in the mask): no loop over
+    models. phi is centred per record first, which leaves the result unchanged but keeps the
+    sum-of-squares difference from cancelling when a record's mean is large.
+    """
     w = mask.astype(np.float64)
-    v = np.where(mask, phi, 0.0)
-    n = w.sum(axis=0)[None] - w
-    s = v.sum(axis=0)[None] - v
-    s2 = (v * v).sum(axis=0)[None] - v * v
+    centred = phi - phi.mean(axis=0, keepdims=True)
+    v = np.where(mask, centred, 0.0)
+    n = w.sum(axis=0, keepdims=True) - w
+    s = v.sum(axis=0, keepdims=True) - v
+    s2 = (v * v).sum(axis=0, keepdims=True) - v * v
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
-        var = (s2 - n * mean * mean) / np.maximum(n - 1, 1)
-    return n, mean, np.sqrt(np.clip(var, 0, None))
+        var = (s2 - s * mean) / (n - 1)
+    sd = np.sqrt(np.clip(var, 0.0, None))
+    return n, mean + phi.mean(axis=0, keepdims=True), sd
 
 
 def _pooled_sd(phi: np.ndarray, mask: np.ndarray) -> float:
-    """One standard deviation for all records: phi minus its per-record mean, pooled."""
+    """One sd for all records: phi minus its record's mean over ``mask``, pooled (not
+    leave-one-out; each record with samples costs one degree of freedom)."""
     n = mask.sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        means = np.where(mask, phi, 0.0).sum(axis=0) / np.maximum(n, 1)
+    means = np.where(mask, phi, 0.0).sum(axis=0) / np.maximum(n, 1)
     dev = np.where(mask, phi - means[None], 0.0)
-    dof = max(int(mask.sum()) - int((n > 0).sum()), 1)
-    return float(np.sqrt((dev * dev).sum() / dof))
+    dof = int(mask.sum()) - int((n > 0).sum())
+    return float(np.sqrt((dev * dev).sum() / dof)) if dof > 0 else 0.0
 
 
 def _log_normal(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """log N(x; mean, sd) without the constant, which cancels in every ratio taken here."""
     return -0.5 * ((x - mean) / sd) ** 2 - np.log(sd)
 
 
 def lira_scores(phi: np.ndarray, member_in: np.ndarray, variant: str = "online",
                 variance: str = "per_example", min_count: int = 2) -> np.ndarray:
-    """Scores (M, R), larger = more likely IN; NaN where a record has fewer than
-    ``min_count`` leave-one-out samples under a hypothesis the variant needs.
+    """Leave-one-out U-LiRA scores (M, R), larger = more likely IN.
 
-    online: log N(phi; IN) - log N(phi; OUT); offline: (phi - mu_OUT) / sd_OUT.
-    variance: ``per_example`` (each record's own spread) or ``fixed`` (one pooled spread per
-    hypothesis, the choice of LiRA with few shadow models)."""
-    phi = np.asarray(phi, dtype=np.float64)
-    member_in = np.asarray(member_in, dtype=bool)
-    if phi.ndim != 2 or phi.shape != member_in.shape:
-        raise ValueError(f"phi {phi.shape} and member_in {member_in.shape} must be equal "
-                         "(models, records) arrays")
-    if variant not in ("online", "offline"):
+    ``online``: log N(phi; mu_in, sd_in) - log N(phi; mu_out, sd_out); ``offline``:
+    (phi - mu_out) / sd_out, only OUT fitted. ``variance``: ``per_example`` (each record's
+    own leave-one-out spread) or ``fixed`` (one pooled spread per hypothesis shared by all
+    records, LiRA's choice with few shadow models). Every sd is floored at :data:`SD_FLOOR`.
+    NaN where a record has fewer than ``min_count`` leave-one-out samples under a hypothesis
+    the variant needs (and, for ``per_example``, fewer than 2, as one sample has no spread).
+    """
+    phi, mask = _check_pair(phi, member_in)
+    if variant not in VARIANTS:
         raise ValueError(f"variant must be 'online' or 'offline', got {variant!r}")
-    if variance not in ("per_example", "fixed"):
+    if variance not in VARIANCES:
         raise ValueError(f"variance must be 'per_example' or 'fixed', got {variance!r}")
+    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) \
+            or min_count < 1:
+        raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
     if not np.isfinite(phi).all():
         raise ValueError("phi holds NaN or infinite values")
-    n_out, mu_out, sd_out = _loo_moments(phi, ~member_in)
-    if variance == "fixed":
-        sd_out = np.full_like(phi, _pooled_sd(phi, ~member_in))
-    sd_out = np.maximum(sd_out, SD_FLOOR)
+    need = max(int(min_count), 2) if variance == "per_example" else int(min_count)
+    hypotheses = [~mask] if variant == "offline" else [~mask, mask]
+    fits = []
+    enough = np.ones(phi.shape, dtype=bool)
+    for side in hypotheses:
+        n, mean, sd = _loo_moments(phi, side)
+        if variance == "fixed":
+            sd = np.full_like(phi, _pooled_sd(phi, side))
+        enough &= n >= need
+        # sd is NaN/inf only where n < 2, which `enough` masks anyway.
+        fits.append((mean, np.maximum(np.where(np.isfinite(sd), sd, 0.0), SD_FLOOR)))
+    (mu_out, sd_out) = fits[0]
     if variant == "offline":
         scores = (phi - mu_out) / sd_out
-        return np.where(n_out >= min_count, scores, np.nan)
-    n_in, mu_in, sd_in = _loo_moments(phi, member_in)
-    if variance == "fixed":
-        sd_in = np.full_like(phi, _pooled_sd(phi, member_in))
-    sd_in = np.maximum(sd_in, SD_FLOOR)
-    scores = _log_normal(phi, mu_in, sd_in) - _log_normal(phi, mu_out, sd_out)
-    return np.where((n_out >= min_count) & (n_in >= min_count), scores, np.nan)
+    else:
+        mu_in, sd_in = fits[1]
+        scores = _log_normal(phi, mu_in, sd_in) - _log_normal(phi, mu_out, sd_out)
+    return np.where(enough, scores, np.nan)
 
 
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """AUC and TPR at 1 %, 0.1 % and 0 % FPR over every (model, record) decision (NaN
-    scores dropped), with the project's one TPR-at-FPR convention."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).astype(int).ravel()
+    """AUC and TPR at 1 %, 0.1 % and 0 % FPR over every (model, record) decision.
+
+    NaN scores are dropped first (records lira_scores could not fit); ``n_positive`` and
+    ``n_negative`` count what remains. Uses :mod:`tasks.metrics_membership`'s convention.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must have one shape")
+    s, y = s.ravel(), y.ravel().astype(int)
     keep = ~np.isnan(s)
     s, y = s[keep], y[keep]
+    n_pos = int(y.sum())
     return {"auc": auc(y, s), "tpr_at_1pct": tpr_at_fpr(y, s, 0.01),
             "tpr_at_0_1pct": tpr_at_fpr(y, s, 0.001), "tpr_at_0": tpr_at_fpr(y, s, 0.0),
-            "n_positive": int(y.sum()), "n_negative": int(len(y) - y.sum())}
+            "n_positive": n_pos, "n_negative": int(len(y) - n_pos)}
 
 
 def per_record_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AUC of each record's column (ties averaged); NaN where a column has one class or NaN
-    scores."""
+    """AUC of each column (record) of (M, R) ``scores`` against ``labels``, shape (R,).
+
+    Mann-Whitney form with average ranks, so ties count one half (as scikit-learn does).
+    NaN where a column has one class only or any NaN score.
+    """
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    ranks = rankdata(s, axis=0)
+    y = np.asarray(labels).astype(bool)
+    if s.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must be equal "
+                         "(models, records) arrays")
+    has_nan = np.isnan(s).any(axis=0)
+    ranks = rankdata(np.where(np.isnan(s), 0.0, s), axis=0)  # NaN columns masked below
     n_pos = y.sum(axis=0)
     n_neg = len(y) - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (np.where(y, ranks, 0).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    bad = (n_pos == 0) | (n_neg == 0) | np.isnan(s).any(axis=0)
-    return np.where(bad, np.nan, out)
+        u = np.where(y, ranks, 0.0).sum(axis=0) - n_pos * (n_pos + 1) / 2
+        out = u / (n_pos * n_neg)
+    return np.where(has_nan | (n_pos == 0) | (n_neg == 0), np.nan, out)
 
 
 def record_summary(phi: np.ndarray, member_in: np.ndarray) -> dict[str, np.ndarray]:
-    """Per record: IN/OUT counts and the mean and standard deviation of phi on each side."""
+    """Per record: ``n_in``, ``n_out`` and phi's mean and sd (ddof 1) on each side.
+
+    A mean is NaN with no samples on its side, an sd with fewer than two.
+    """
+    phi, mask = _check_pair(phi, member_in)
     out: dict[str, np.ndarray] = {}
-    for side, mask in (("in", member_in), ("out", ~member_in)):
-        n = mask.sum(axis=0)
+    for side, sel in (("in", mask), ("out", ~mask)):
+        n = sel.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(mask, phi, 0).sum(axis=0) / n
-            var = np.where(mask, (phi - mean[None]) ** 2, 0).sum(axis=0) / np.maximum(n - 1, 1)
+            mean = np.where(sel, phi, 0.0).sum(axis=0) / n
+            ss = np.where(sel, (phi - mean[None]) ** 2, 0.0).sum(axis=0)
+            sd = np.sqrt(ss / (n - 1))
         out[f"n_{side}"] = n
         out[f"phi_{side}_mean"] = np.where(n > 0, mean, np.nan)
-        out[f"phi_{side}_std"] = np.where(n > 1, np.sqrt(var), np.nan)
+        out[f"phi_{side}_std"] = np.where(n > 1, sd, np.nan)
     return out
