@@ -34,6 +34,10 @@ class PerExampleParams:
     chen_attack_model: str = "lr"
     exposed: int = 8  # most exposed records listed (and drawn, for image data)
     scoring_batch: int = 16  # members per Ray Data batch when scoring
+    # ray_data: the (models x records) pipeline (unit kind ``pipeline``); in_task: the same
+    # batches scored inside one attack task, for small runs where a pipeline's start-up and
+    # scheduling cost more than the scoring itself.
+    scoring: Literal["ray_data", "in_task"] = "ray_data"
     figures: bool = True
     leaderboard: bool = True  # table ``leaderboard``: methods ranked by leak, utility, cost
 

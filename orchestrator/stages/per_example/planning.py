@@ -169,7 +169,8 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                                       "unlearned": unlearn_keys},
                       "targets": records.targets, "pairs": pairs, "references": refs_keys,
                       "scores_key": skey}
-            units.append(Unit(skey, "pipeline", "pe_score", common, SCORING_TABLE, (skey,),
+            kind = "pipeline" if params.scoring == "ray_data" else "attack"
+            units.append(Unit(skey, kind, "pe_score", common, SCORING_TABLE, (skey,),
                               deps=tuple(dict.fromkeys(all_keys)),
                               label=f"per_example scoring {entry.method} seed {seed}"))
             akey = "pe-analysis-" + stable_hash([skey, to_dict(params)], 24)
