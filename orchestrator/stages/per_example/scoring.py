@@ -11,9 +11,9 @@ The scoring unit only drives the pipeline and holds no CPU (``resources.pipeline
 default); its map tasks ask for ``resources.attack``. A driver that held a CPU while waiting
 for its own map tasks could starve them: two such units on a two-CPU node would hang.
 Inline (``per_example.scoring: in_task``, or without Ray), the same batch function runs in
-the unit's own process (an attack task) and writes the same files: for small runs, where the
-pipeline's start-up costs more than the scoring (the CI leaderboard, every method at 12 members: 26 s
-in tasks against 62 s through Ray Data on 2 CPUs).
+the unit's own process (an attack task) and writes the same files: for small runs, where
+the pipeline's start-up costs more than the scoring (the CI leaderboard, every method at 12
+members: 26 s in tasks against 62 s through Ray Data on 2 CPUs).
 """
 
 from __future__ import annotations
