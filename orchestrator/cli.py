@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    import orchestrator.stages  # noqa: F401  (stages register their table summaries)
+    import orchestrator.summaries  # noqa: F401  (the built-in tables' summaries; no torch)
     from orchestrator.report import NotResults, describe, locate
 
     # A path or a URI (file://, s3://, ...), handled as a string: Path() would mangle "//".
@@ -80,7 +80,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import orchestrator.stages  # noqa: F401  (stages register their table summaries)
+    import orchestrator.summaries  # noqa: F401  (the built-in tables' summaries; no torch)
     from orchestrator.html_report import write_report
     from orchestrator.report import NotResults, locate
     from orchestrator.tables import Results, list_experiments

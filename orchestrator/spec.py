@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 import re
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from orchestrator.fingerprint import file_fingerprint
+from orchestrator.hashing import stable_hash
 from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
 from tasks.params import (
@@ -227,11 +227,6 @@ class Spec:
 
 _CORE_KEYS = ("experiment", "seed", "seeds", "dataset", "model", "training", "pretraining",
               "forget", "unlearning", "resources", "runtime", "grid", "description")
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def flatten(obj: Any, prefix: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.spec import stable_hash
+from orchestrator.hashing import stable_hash
 from orchestrator.storage import Location
 
 

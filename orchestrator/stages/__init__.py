@@ -11,5 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import orchestrator.summaries  # noqa: F401  (what run prints at the end)
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

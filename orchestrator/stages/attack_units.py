@@ -20,7 +20,6 @@ from orchestrator.provider import (
     load_torch_model,
     provider_state,
 )
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec, flatten, stable_hash
 from orchestrator.stages.attacks import row_key
 from orchestrator.storage import Location
@@ -179,9 +178,3 @@ def attack_figure(params: dict, ctx: TaskContext) -> Rows:
            "seed": spec.seeds[0], "figure": table, "path": path}
     row.update(spec.flat_config())
     return {FIGURE_INDEX: [row]}
-
-
-@summary("prepared")
-def _prepared_summary(df):
-    return df.groupby(by(df, "attack", "attack_config"), sort=True).agg(**present(
-        df, originals=("key", "count"), queries=("queries", "sum"), wall_s=("wall_s", "max")))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.plan import CorePlan, Unit
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.stages.attacks import AttackEntry, _own_method, plan_entries
@@ -68,15 +67,6 @@ class LabelInferenceStage:
 def plan_label_inference(spec: Spec, core: CorePlan, params: LabelInferenceStage) -> list[Unit]:
     return plan_entries(spec, core, params.entries(), "label_inference")
 
-
-@summary(TABLE)
-def _summary(df):
-    # p is None for requests that are not class shares (a pair from outside): keep them.
-    grouped = df.groupby(by(df, "unlearning_method", "attack_config", "p"), sort=True,
-                         dropna=False)
-    return grouped.agg(**present(df, settings=("key", "count"), accuracy=("correct", "mean"),
-                                 queries=("queries", "mean"),
-                                 probes_failed=("probes_failed", "mean"))).round(3)
 
 
 STAGES.register("label_inference")(StageEntry(LabelInferenceStage, plan_label_inference))

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from orchestrator.plan import CorePlan, Unit
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.stages.attacks import AttackEntry, plan_entries
@@ -53,23 +50,6 @@ class RecoveryStage:
 def plan_recovery(spec: Spec, core: CorePlan, params: RecoveryStage) -> list[Unit]:
     return plan_entries(spec, core, params.entries(), "recovery")
 
-
-@summary(TABLE)
-def _summary(df):
-    cols = by(df, "unlearning_method", "attack_config", "n_finetune", "k")
-    grouped = df.groupby(cols, sort=False, dropna=False)
-    out = grouped.agg(**present(
-        df, samples=("key", "count"), psnr=("psnr", "mean"), psnr_max=("psnr", "max"),
-        ssim=("ssim", "mean"), psnr_mean_image=("psnr_mean_image", "mean"),
-        psnr_random=("psnr_random", "mean"), cos=("cos_final", "mean"),
-        label_acc=("label_used", lambda s: float(np.nan)), wall_s=("wall_s", "sum")))
-    if {"label_used", "true_label"} <= set(df.columns):
-        hits = (df["label_used"] == df["true_label"]).groupby([df[c] for c in cols],
-                                                              sort=False, dropna=False).mean()
-        out["label_acc"] = hits
-    if {"psnr", "psnr_mean_image"} <= set(out.columns):
-        out["gain_db"] = out["psnr"] - out["psnr_mean_image"]
-    return out.round(3)
 
 
 STAGES.register("recovery")(StageEntry(RecoveryStage, plan_recovery))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.defences.common import point_name
 from orchestrator.stages.defences.settings import TABLE
@@ -87,17 +86,3 @@ def defence_figure(params: dict, ctx: TaskContext) -> Rows:
            "seed": spec.seeds[0], "figure": "defences", "path": path, "points": len(points)}
     row.update(spec.flat_config())
     return {FIGURE_INDEX: [row]}
-
-
-@summary(TABLE)
-def _summary(df):
-    cols = by(df, "attack", "unlearning_method", "attack_model", "defence", "strength")
-    agg = present(df, rows=("key", "count"), leakage=("attack_metric", "mean"),
-                  test_acc_orig=("test_acc_original", "mean"),
-                  test_acc_unl=("test_acc_unlearned", "mean"))
-    if "classical_auc" in df:
-        agg["classical_auc"] = ("classical_auc", "mean")
-    for col in ("epsilon", "epsilon_pair"):
-        if col in df:
-            agg[col] = (col, "mean")
-    return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.params import (
     MembershipParams,
@@ -202,20 +201,3 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
 
 
 # --- summaries --------------------------------------------------------------------------------
-
-@summary("mia")
-def _mia_summary(df):
-    df = df[df["control"] == "none"] if "control" in df else df
-    cols = by(df, "dataset", "model", "unlearning_method", "scenario", "feature")
-    pivot = df.pivot_table(index=cols, columns="attack_model", values="auc", aggfunc="mean")
-    extra = present(df, classical_auc=("classical_auc", "mean"),
-                    deg_count=("deg_count", "mean"), deg_rate=("deg_rate", "mean"),
-                    gap=("generalisation_gap", "mean"))
-    return (pivot.join(df.groupby(cols).agg(**extra)) if extra else pivot).round(3)
-
-
-@summary("membership")
-def _membership_summary(df):
-    return df.groupby(by(df, "scenario", "feature", "attack_model")).agg(**present(
-        df, rows=("key", "count"), members=("label", "sum"),
-        mean_score=("score", "mean"))).head(12)

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.report import by, summary
 from orchestrator.spec import Spec, flatten, stable_hash
 from orchestrator.stages.attack_units import scoring_context
 from orchestrator.stages.pair.params import PairAttack, PairParams, read_forget_ids
@@ -176,9 +175,3 @@ def _figure_rows(spec: Spec, ctx: TaskContext, key: str, name: str, fig) -> list
            "config_hash": spec.config_hash, "seed": spec.seeds[0], "figure": name, "path": path}
     row.update(spec.flat_config())
     return [row]
-
-
-@summary("guesses")
-def _guesses_summary(df):
-    cols = [c for c in df.columns if c.startswith("guess_") and c != "guess_images"]
-    return df[by(df, "attack", "attack_config", "pair_format", "queries") + cols].head(12)

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from orchestrator.report import by, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.attack import _Logits, _side_rows, attack_and_score
 from orchestrator.stages.pair.params import PairAttack, PairParams, read_forget_ids
@@ -149,11 +148,3 @@ def _ranking(spec, pp, pair, dataset, shadow, config, settings, akey, seed, comm
              "score": float(s), "rank": int(k), "entries": len(entries), "wall_s": wall,
              **spec.flat_config()} for r, s, k in zip(records, score, rank)]
     return {"membership_ranking": rows}
-
-
-@summary("membership_ranking")
-def _ranking_summary(df):
-    """The records most likely deleted, per unlearning method the shadow pairs assumed."""
-    return (df.sort_values("rank")
-            .groupby(by(df, "unlearning_method"), sort=True).head(10)
-            [by(df, "unlearning_method", "rank", "record", "score")])

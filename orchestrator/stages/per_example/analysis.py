@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.per_example.models import metrics_key
 from orchestrator.stages.per_example.params import PerExampleParams
@@ -248,22 +247,3 @@ def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,
              "auc": main_row["auc"], "summary": main_row}
     Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
                                           ARRAYS_DIR, ARRAYS, f"{params['key']}.json")
-
-
-@summary("ulira")
-def _ulira_summary(df):
-    cols = by(df, "design", "unlearning_method", "attack", "variant", "variance")
-    agg = present(df, rows=("key", "count"), models=("n_models", "max"), auc=("auc", "mean"),
-                  tpr_1pct=("tpr_at_1pct", "mean"), tpr_0_1pct=("tpr_at_0_1pct", "mean"),
-                  odd_auc=("odd_auc", "mean"), odd_tpr_0_1pct=("odd_tpr_at_0_1pct", "mean"),
-                  median_eps=("median_epsilon", "mean"), forget_score=("forget_score", "mean"))
-    return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
-
-
-@summary("per_example")
-def _per_example_summary(df):
-    cols = by(df, "design", "unlearning_method")
-    agg = present(df, records=("key", "count"), median_eps=("epsilon", "median"),
-                  p90_eps=("epsilon", lambda s: s.quantile(0.9)),
-                  max_eps=("epsilon", "max"), median_record_auc=("record_auc", "median"))
-    return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 
-from orchestrator.report import by, present, summary
 from orchestrator.spec import Spec
 from orchestrator.stages.per_example.analysis import ARRAYS
 from orchestrator.storage import Location
@@ -108,14 +107,3 @@ def pe_leaderboard(params: dict, ctx: TaskContext) -> Rows:
                               "figure": "leaderboard", "path": path, "points": len(rows),
                               **spec.flat_config()}]
     return out
-
-
-@summary(TABLE)
-def _summary(df):
-    cols = by(df, "seed", "rank", "unlearning_method")
-    agg = present(df, tpr_1pct=("ulira_tpr_at_1pct", "mean"),
-                  tpr_0_1pct=("ulira_tpr_at_0_1pct", "mean"), auc=("ulira_auc", "mean"),
-                  median_eps=("median_epsilon", "mean"), chen_auc=("chen_auc", "mean"),
-                  test_acc=("unlearned_test_acc", "mean"), forget_acc=("forget_acc", "mean"),
-                  wall_vs_retrain=("wall_vs_retrain", "mean"))
-    return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
