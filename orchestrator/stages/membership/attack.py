@@ -1,6 +1,7 @@
 """The attack unit of the ``membership`` stage (``mia_attack``), what the defences stage and the
 membership search share with it (the stored-logits reader, :func:`attack_and_score`: the
-registered ``membership`` attack and its scorer), and the table summaries."""
+registered ``membership`` attack and its scorer). Its tables' summaries are in
+:mod:`orchestrator.summaries`."""
 
 from __future__ import annotations
 
