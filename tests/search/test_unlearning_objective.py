@@ -57,3 +57,13 @@ def test_a_spec_without_the_reference_method_is_refused(tmp_path):
     objective = OBJECTIVES.get("unlearning")()
     with pytest.raises(ValueError, match=r"search.attack.reference: .* needs 'retrain'"):
         objective.check_config(spec, objective.config({}, "search.attack"))
+
+
+def test_matching_the_loss_bites_where_matching_accuracy_does_not(tmp_path):
+    """Retraining classifies most forgotten digits correctly anyway, so a step that changes
+    nothing meets the accuracy target; the forget loss still tells it from retraining."""
+    timid = _evaluate(tmp_path, {"method": "gradient_ascent", "lr": 0.0001}, match="loss")
+    accuracy = _evaluate(tmp_path, {"method": "gradient_ascent", "lr": 0.0001})
+    assert timid["forget_loss"] < timid["reference_forget_loss"]
+    assert 0.5 < timid["forget_gap"] <= 1  # theta's forget loss is a fraction of retraining's
+    assert timid["forget_gap"] > 3 * accuracy["forget_gap"]
