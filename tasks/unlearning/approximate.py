@@ -21,6 +21,22 @@ from tasks.unlearning.base import (
 )
 
 
+@dataclass(frozen=True)
+class EpochParams:
+    """Settings of a method that trains theta further for ``epochs``; ``lr`` and
+    ``batch_size`` default (None) to the original recipe's. Methods with more settings
+    subclass it (and call ``super().__post_init__()``)."""
+
+    epochs: int = 1
+    lr: float | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check("epochs", self.epochs, low=1, integer=True)
+        check("lr", self.lr, low=0, low_open=True, optional=True)
+        check("batch_size", self.batch_size, low=1, integer=True, optional=True)
+
+
 @UNLEARNING.register("gradient_ascent")
 class GradientAscent(UnlearningMethod):
     """theta_u = theta + lr * grad mean CE(U), for ``steps`` mini-batches of U (eval mode).
@@ -79,16 +95,7 @@ class Finetune(UnlearningMethod):
     families = ("torch",)
     step_size_param = "lr"  # None: the original recipe's
 
-    @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
-        batch_size: int | None = None
-
-        def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
+    Params = EpochParams
 
     # A distinct order seed: these epochs follow the original's, they do not replay them.
     SEED_OFFSET = 1_000_003

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from tasks.models import build_torch_model
 from tasks.params import check
 from tasks.training import epoch_order, make_optimizer
+from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -52,19 +53,14 @@ class BadTeacher(UnlearningMethod):
     step_size_param = "lr"  # None: the original recipe's
 
     @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
+    class Params(EpochParams):
         temperature: float = 1.0
         retain_share: float = 0.3
-        batch_size: int | None = None
 
         def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
+            super().__post_init__()
             check("temperature", self.temperature, low=0, low_open=True)
             check("retain_share", self.retain_share, low=0, low_open=True, high=1)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
     # Seed offsets: the incompetent teacher must not be theta's own initialisation, and the
     # retained sample and batch order are drawn apart from the original's epochs.

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from tasks.params import check
 from tasks.training import epoch_order, make_optimizer
+from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -39,18 +40,13 @@ class L1Sparse(UnlearningMethod):
     step_size_param = "lr"  # None: the original recipe's
 
     @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
+    class Params(EpochParams):
         l1: float = 5e-4
-        batch_size: int | None = None
 
         def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
+            super().__post_init__()
             # 0 is allowed: plain fine-tuning, the method's own ablation.
             check("l1", self.l1, low=0)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
     # A distinct order seed: these epochs follow the original's, they do not replay them.
     SEED_OFFSET = 7_000_003

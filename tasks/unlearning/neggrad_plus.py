@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from tasks.params import check
 from tasks.training import epoch_order, make_optimizer
+from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -39,18 +40,13 @@ class NegGradPlus(UnlearningMethod):
     step_size_param = "lr"  # None: the original recipe's
 
     @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
+    class Params(EpochParams):
         alpha: float = 0.9
-        batch_size: int | None = None
 
         def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
+            super().__post_init__()
             # alpha 1 is plain fine-tuning, alpha 0 plain (unbounded) gradient ascent.
             check("alpha", self.alpha, low=0, high=1, low_open=True, high_open=True)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
     # Batch orders are drawn apart from the original's epochs (and the retain order's).
     SEED_OFFSET = 6_000_011

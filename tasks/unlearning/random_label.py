@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.params import check
 from tasks.training import epoch_order, make_optimizer
+from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -99,16 +98,7 @@ class RandomLabel(UnlearningMethod):
     families = ("torch",)
     step_size_param = "lr"  # None: the original recipe's
 
-    @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
-        batch_size: int | None = None
-
-        def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
+    Params = EpochParams
 
     # Labels and batch order are drawn apart from the original's epochs and other methods'.
     SEED_OFFSET = 4_000_037

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import check
+from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
@@ -72,18 +73,13 @@ class SalUn(UnlearningMethod):
     step_size_param = "lr"  # None: the original recipe's
 
     @dataclass(frozen=True)
-    class Params:
-        epochs: int = 1
-        lr: float | None = None
+    class Params(EpochParams):
         saliency_share: float = 0.5
-        batch_size: int | None = None
 
         def __post_init__(self) -> None:
-            check("epochs", self.epochs, low=1, integer=True)
-            check("lr", self.lr, low=0, low_open=True, optional=True)
+            super().__post_init__()
             # 0 would freeze every weight and publish theta itself.
             check("saliency_share", self.saliency_share, low=0, low_open=True, high=1)
-            check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
     # Labels and batch order are drawn apart from random_label's, not only from theta's.
     SEED_OFFSET = 5_000_011
