@@ -247,3 +247,16 @@ def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,
              "auc": main_row["auc"], "summary": main_row}
     Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
                                           ARRAYS_DIR, ARRAYS, f"{params['key']}.json")
+
+
+def read_points(loc: Location, experiment: str, analyses: list[str]) -> list[dict]:
+    """The summary points the analyses left for the figures and the leaderboard; a failed
+    analysis has none (its row is in the errors table)."""
+    points = []
+    for key in analyses:
+        try:
+            points.append(json.loads(loc.read_bytes(experiment, ARRAYS_DIR, ARRAYS,
+                                                    f"{key}.json")))
+        except FileNotFoundError:
+            continue
+    return points

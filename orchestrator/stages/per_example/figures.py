@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 
 from orchestrator.spec import Spec
-from orchestrator.stages.per_example.analysis import ARRAYS
+from orchestrator.stages.per_example.analysis import read_points
 from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from orchestrator.tables import FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 
 
@@ -95,13 +94,7 @@ def exposed_figure(points: list[dict], x: np.ndarray) -> bytes:
 def pe_figures(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
-    points = []
-    for key in params["analyses"]:
-        try:
-            points.append(json.loads(loc.read_bytes(spec.experiment, ARRAYS_DIR, ARRAYS,
-                                                    f"{key}.json")))
-        except FileNotFoundError:
-            continue  # a failed analysis: its row is in the errors table
+    points = read_points(loc, spec.experiment, params["analyses"])
     figures = {}
     if points:
         figures["per_example_epsilon"] = epsilon_figure(points)

@@ -12,12 +12,11 @@ only comparable at its tuned settings (issue 15), which this table does not choo
 from __future__ import annotations
 
 import io
-import json
 
 from orchestrator.spec import Spec
-from orchestrator.stages.per_example.analysis import ARRAYS
+from orchestrator.stages.per_example.analysis import read_points
 from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from orchestrator.tables import FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 
 TABLE = "leaderboard"
@@ -87,13 +86,7 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
 def pe_leaderboard(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
-    points = []
-    for key in params["analyses"]:
-        try:
-            points.append(json.loads(loc.read_bytes(spec.experiment, ARRAYS_DIR, ARRAYS,
-                                                    f"{key}.json")))
-        except FileNotFoundError:
-            continue  # a failed analysis: its row is in the errors table
+    points = read_points(loc, spec.experiment, params["analyses"])
     rows = leaderboard_rows(points)
     for r in rows:
         r.update({"key": f"{params['key']}:{r['analysis']}", "experiment": spec.experiment,
