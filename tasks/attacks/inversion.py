@@ -15,8 +15,12 @@ without TV. Target gradients, always a positive multiple of grad L(U):
 * ``reference``, exact       g* = -(N (theta - theta0) - (N - k)(theta_u - theta0)) at theta0.
 
 Vectorised: every restart of every target that shares an evaluation model is optimised in one
-program, ``vmap`` over targets and restarts of ``grad`` of the per-trial loss (double backprop
-through per-sample gradients). BatchNorm runs on its running statistics (eval mode).
+program. When every layer is a supported type (Linear, Conv2d, BatchNorm on running statistics,
+activations, pooling, flatten: :mod:`tasks.attacks.per_trial_grads`) all trials run as one
+ordinary batch and the per-trial parameter gradients are formed from each layer's inputs and
+output gradients (double backprop through them); otherwise ``vmap`` over targets and restarts of
+``grad`` of the per-trial loss. Both give the same values within float tolerance. BatchNorm runs
+on its running statistics (eval mode).
 
 Entry point for the search: :func:`recover` (cases, config, callback) -> :class:`RecoveryResult`.
 """
@@ -44,6 +48,7 @@ from tasks.attacks.base import (
     ThreatModel,
     target_seeds,
 )
+from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
 from tasks.cases import Case
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "RecoveryProgress",
     "RecoveryResult",
     "infer_labels_from_gradient",
+    "make_batched_loss",
     "matching_loss",
     "recover",
     "target_gradient",
@@ -248,6 +254,43 @@ def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[-1])
 
 
+def _tv_per_trial(x: torch.Tensor) -> torch.Tensor:
+    """tv_mean of each trial of x (T, R, k, C, H, W) -> (T, R)."""
+    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(2).mean(-1)
+    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(2).mean(-1)
+    return dh + dw
+
+
+def make_batched_loss(model: nn.Module, tv_weight: float, path: str = "auto"):
+    """(x (T,R,k,C,H,W), soft labels (T,R,k,classes), g* stacked (T, ...), |g*| (T,)) ->
+    (1 - cos + tv, 1 - cos), each (T, R).
+
+    ``path``: "fast" (one batch, per-trial gradients from layer inputs and output gradients),
+    "vmap" (vmap of grad of the per-trial loss) or "auto" (fast where every layer supports
+    it). Returns (function, path used)."""
+    if path not in ("auto", "fast", "vmap"):
+        raise ValueError(f"path must be 'auto', 'fast' or 'vmap', got {path!r}")
+    use_fast = path == "fast" or (path == "auto" and fast_path_reason(model) is None)
+    if not use_fast:
+        trial = _make_trial_loss(model, tv_weight)
+        return vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0)), "vmap"
+    per_trial = PerTrialGradients(model)
+    names = list(per_trial.param_names)
+
+    def batched(x, ysoft, gstack, gnorm):
+        t, r, k = x.shape[:3]
+        g = per_trial(x.reshape(t * r, k, *x.shape[3:]), ysoft.reshape(t * r, k, -1))
+        dot = sum((g[n].reshape(t, r, -1) * gstack[n].reshape(t, 1, -1)).sum(-1)
+                  for n in names)
+        sq = sum(g[n].reshape(t, r, -1).square().sum(-1) for n in names)
+        cost = 1.0 - dot / (torch.sqrt(sq) * gnorm[:, None] + 1e-12)
+        if tv_weight == 0:
+            return cost, cost
+        return cost + tv_weight * _tv_per_trial(x), cost
+
+    return batched, "fast"
+
+
 # --- the batched optimisation ------------------------------------------------------------------
 
 def _init_images(gen: torch.Generator, cfg: InversionConfig, shape: tuple[int, ...]):
@@ -269,7 +312,8 @@ def _same_model(a: nn.Module, b: nn.Module) -> bool:
 
 def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: list[int],
                cfg: InversionConfig, input_shape: tuple[int, ...], num_classes: int,
-               device: torch.device, callback, indices: tuple[int, ...], start: float):
+               device: torch.device, callback, indices: tuple[int, ...], start: float,
+               path: str = "auto"):
     """Optimise R restarts of T targets (same model, same k) together."""
     model = model.eval()
     t_count, k, r_count = len(gstars), len(labels[0]), cfg.restarts
@@ -293,8 +337,7 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(opt_params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones(), gamma=cfg.lr_decay)
-    trial = _make_trial_loss(model, cfg.tv_weight)
-    batched = vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
+    batched, _ = make_batched_loss(model, cfg.tv_weight, path)
 
     def soft_labels():
         return torch.softmax(ylogit, -1) if cfg.label_mode == "optimised" else yfixed
@@ -322,8 +365,7 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
                 stopped = True
                 break
     # Score the final iterates by the same forward path, without TV.
-    final = vmap(vmap(_make_trial_loss(model, 0.0), in_dims=(0, 0, None, None)),
-                 in_dims=(0, 0, 0, 0))
+    final, _ = make_batched_loss(model, 0.0, path)
     with torch.no_grad():
         ys = soft_labels().detach()
     xd = x.detach()
@@ -340,8 +382,8 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
 
 def recover(cases: Sequence[Case], config: InversionConfig, *,
             seeds: Sequence[int] | None = None,
-            callback: Callable[[RecoveryProgress], bool | None] | None = None
-            ) -> RecoveryResult:
+            callback: Callable[[RecoveryProgress], bool | None] | None = None,
+            path: Literal["auto", "fast", "vmap"] = "auto") -> RecoveryResult:
     """Recover the forgotten samples of every case.
 
     Args:
@@ -352,6 +394,9 @@ def recover(cases: Sequence[Case], config: InversionConfig, *,
         callback: called every ``config.callback_every`` iterations with a
             :class:`RecoveryProgress`; returning ``True`` stops early (ASHA). Cases sharing an
             evaluation model and k form one group; groups run one after another.
+        path: how per-trial gradients are formed: "auto" (the batched fast path of
+            :mod:`tasks.attacks.per_trial_grads` where every layer supports it, else vmap),
+            "fast" or "vmap" (the same results within float tolerance).
 
     Returns:
         :class:`RecoveryResult`, one entry per case in input order.
@@ -400,7 +445,7 @@ def recover(cases: Sequence[Case], config: InversionConfig, *,
         out = _run_group(model, [prepared[i][0] for i in members],
                          [prepared[i][3] for i in members], [seeds[i] for i in members],
                          config, tuple(meta0.input_shape), meta0.num_classes,
-                         cases[members[0]].device, callback, tuple(members), start)
+                         cases[members[0]].device, callback, tuple(members), start, path)
         imgs, labs, costs, best, done, stop = out
         iterations, stopped = max(iterations, done), stopped or stop
         for j, i in enumerate(members):
