@@ -19,6 +19,7 @@ from torch import nn
 
 from tasks.params import FieldError, build, check, check_each
 from tasks.registry import Registry
+from tasks.sklearn_forest import FittedForest, fit_forest
 
 
 @dataclass(frozen=True)
@@ -250,20 +251,48 @@ class SklearnModel:
     """A fitted scikit-learn classifier with a logits view shaped (n, num_classes).
 
     Classes absent from a small training set get probability 0 (logit log(1e-12)), so
-    posteriors of different models always line up column by column.
+    posteriors of different models always line up column by column. A random forest is grown
+    by :func:`fit_forest` (the same trees as ``estimator.fit``, without its per-tree Python
+    set-up); ``estimator`` then answers with the same forest fitted by scikit-learn itself,
+    refitted on first use.
     """
 
     def __init__(self, estimator: Any, num_classes: int) -> None:
-        self.estimator = estimator
+        self._estimator = estimator
         self.num_classes = num_classes
+        self._forest: FittedForest | None = None
+        self._fit_data: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def estimator(self) -> Any:
+        if self._fit_data is not None:  # grown by fit_forest: fit scikit-learn's own copy
+            x, y = self._fit_data
+            self._fit_data = None
+            self._estimator.fit(x, y)
+        return self._estimator
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> SklearnModel:
-        self.estimator.fit(x.reshape(len(x), -1), y)  # images are flattened
+        rows = x.reshape(len(x), -1)  # images are flattened
+        self._forest = fit_forest(self._estimator, rows, y)
+        if self._forest is None:
+            self._estimator.fit(rows, y)
+        else:
+            self._fit_data = (rows, np.asarray(y))
         return self
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a record's logits are the same in any batch (a forest's trees: yes; a
+        matrix product's summation order may depend on the batch size, so others: no)."""
+        return self._forest is not None
+
     def proba(self, x: np.ndarray) -> np.ndarray:
+        rows = x.reshape(len(x), -1)
         p = np.zeros((len(x), self.num_classes))
-        p[:, self.estimator.classes_] = self.estimator.predict_proba(x.reshape(len(x), -1))
+        if self._forest is not None:
+            p[:, self._forest.classes_] = self._forest.predict_proba(rows)
+        else:
+            p[:, self.estimator.classes_] = self.estimator.predict_proba(rows)
         return p
 
     def logits(self, x: np.ndarray) -> np.ndarray:

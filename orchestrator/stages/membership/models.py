@@ -19,6 +19,7 @@ from orchestrator.provider import (
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.params import eval_records
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from tasks.models import SklearnModel
 from tasks.training import accuracy, seed_everything
 from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
 
@@ -42,6 +43,28 @@ def _base_row(spec: Spec, params: dict, key: str, role: str, wall: float,
     return row
 
 
+def _split(logits: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return logits[:n], logits[n:]
+
+
+def _batch_invariant(model, d) -> bool:
+    """Whether one batch of train and test records gives each record the logits it gets on
+    its own (a forest grown by ``tasks.sklearn_forest``; any other model keeps its batches)."""
+    return (isinstance(model, SklearnModel) and model.batch_invariant
+            and d.x_train.dtype == d.x_test.dtype)
+
+
+def _query_and_eval_logits(model, d, query: np.ndarray, eval_idx: np.ndarray,
+                           device) -> tuple[np.ndarray, np.ndarray]:
+    """An unlearned model's logits on its query records and on the test records that score
+    it: one pass over a forest's trees, else two batches as before."""
+    if not _batch_invariant(model, d):
+        return (model_logits(model, d.x_train[query], device),
+                model_logits(model, d.x_test[eval_idx], device))
+    return _split(model_logits(model, np.concatenate([d.x_train[query], d.x_test[eval_idx]]),
+                               device), len(query))
+
+
 @UNIT_FUNCTIONS.register("mia_original")
 def mia_original(params: dict, ctx: TaskContext) -> Rows:
     """Train M_i on S_i (or find it in the store); keep its logits and accuracies."""
@@ -62,11 +85,22 @@ def mia_original(params: dict, ctx: TaskContext) -> Rows:
         trained = True
         query = np.asarray(params["query"])
         members = np.asarray(params["members"])
-        correct = model_logits(model, d.x_test, state.device).argmax(1) == d.y_test
-        arrays = {"indices": query, "logits": model_logits(model, d.x_train[query],
-                                                           state.device),
-                  "train_acc": np.float64(accuracy(
-                      model_logits(model, d.x_train[members], state.device), d.y_train[members])),
+        if not _batch_invariant(model, d):
+            logits = model_logits(model, d.x_train[query], state.device)
+            member_logits = model_logits(model, d.x_train[members], state.device)
+            test_logits = model_logits(model, d.x_test, state.device)
+        else:
+            # One pass over the trees; the members are query records (sorted, unique).
+            logits, test_logits = _split(model_logits(
+                model, np.concatenate([d.x_train[query], d.x_test]), state.device), len(query))
+            where = np.searchsorted(query, members).clip(0, max(len(query) - 1, 0))
+            if len(query) and np.array_equal(query[where], members):
+                member_logits = logits[where]
+            else:
+                member_logits = model_logits(model, d.x_train[members], state.device)
+        correct = test_logits.argmax(1) == d.y_test
+        arrays = {"indices": query, "logits": logits,
+                  "train_acc": np.float64(accuracy(member_logits, d.y_train[members])),
                   "test_acc": np.float64(correct.mean()),
                   # per test record, so the attack rows compare it with the unlearned models
                   # on the same records
@@ -124,11 +158,10 @@ def mia_unlearn(params: dict, ctx: TaskContext) -> Rows:
             trained = True
             if not cached:
                 query = np.asarray(job["query"], dtype=np.int64)
-                arrays = {"indices": query,
-                          "logits": model_logits(model, d.x_train[query], state.device),
-                          "test_acc": np.float64(accuracy(
-                              model_logits(model, d.x_test[eval_idx], state.device),
-                              d.y_test[eval_idx])),
+                logits, eval_logits = _query_and_eval_logits(model, d, query, eval_idx,
+                                                             state.device)
+                arrays = {"indices": query, "logits": logits,
+                          "test_acc": np.float64(accuracy(eval_logits, d.y_test[eval_idx])),
                           "retrained": np.asarray(getattr(model, "retrained", ()),
                                                   dtype=np.int64)}
                 if torch_model and params["chain"]:
