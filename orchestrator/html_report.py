@@ -218,7 +218,11 @@ LEADERBOARD_COLUMNS = {
     "ulira_tpr_at_0_1pct": "TPR@0.1%FPR", "ulira_auc": "U-LiRA AUC",
     "median_epsilon": "median eps", "chen_auc": "Chen AUC", "unlearned_test_acc": "test acc",
     "unlearned_retain_acc": "retain acc", "forget_acc": "forget acc",
+    "recovery_gain_db": "recovery gain dB", "recovery_gain_db_low": "gain low",
+    "recovery_gain_db_high": "gain high", "label_inference_acc": "label inf. acc",
     "wall_vs_retrain": "time vs retrain", "method_params": "settings"}
+IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
+                 "label_inference_acc")
 
 
 def _leaderboard_html(df: pd.DataFrame) -> str:
@@ -228,8 +232,18 @@ def _leaderboard_html(df: pd.DataFrame) -> str:
             "the members that unlearned each target (low/high: 95 % bootstrap over records), "
             "then its AUC, then test accuracy. Retraining is the no-leak reference; a "
             "method's settings are those it ran with.</p>")]
+    status = set(df["image_attacks"].dropna()) if "image_attacks" in df.columns else set()
+    if status == {"measured"}:
+        out.append("<p>Image attacks (Hu et al., single deletions at a small budget): "
+                   "recovery gain = PSNR of the recovered image minus the mean image's, in dB "
+                   "(low/high: 95 % bootstrap over the forgotten samples); label inf. acc = "
+                   "share of class-share requests whose forgotten class was inferred.</p>")
+    elif status:
+        out.append(f"<p>Feature recovery and label inference: "
+                   f"{_e(', '.join(sorted(status)))}.</p>")
     for seed, group in df.sort_values(["seed", "rank"]).groupby("seed"):
-        cols = [c for c in LEADERBOARD_COLUMNS if c in group.columns]
+        cols = [c for c in LEADERBOARD_COLUMNS if c in group.columns
+                and not (c in IMAGE_COLUMNS and group[c].isna().all())]
         frame = group[cols].rename(columns=LEADERBOARD_COLUMNS)
         out.append(f"<h3>seed {_e(seed)}</h3><div class='wide'>{_frame_html(frame)}</div>")
     return "\n".join(out)

@@ -118,5 +118,7 @@ def _leaderboard(df):
                   tpr_0_1pct=("ulira_tpr_at_0_1pct", "mean"), auc=("ulira_auc", "mean"),
                   median_eps=("median_epsilon", "mean"), chen_auc=("chen_auc", "mean"),
                   test_acc=("unlearned_test_acc", "mean"), forget_acc=("forget_acc", "mean"),
-                  wall_vs_retrain=("wall_vs_retrain", "mean"))
+                  wall_vs_retrain=("wall_vs_retrain", "mean"),
+                  recovery_gain_db=("recovery_gain_db", "mean"),
+                  label_acc=("label_inference_acc", "mean"))
     return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)

@@ -5,6 +5,7 @@ interval, and every row states the settings it ran with (reruns: tests/test_per_
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,6 +20,9 @@ METHODS = [name for name in UNLEARNING.names()
            and not UNLEARNING.get(name).returns_ensemble
            and not UNLEARNING.get(name).requires_pretraining and name != "retrain_dp"]
 SETTINGS = {"gradient_ascent": {"lr": 0.1, "steps": 1}, "newton": {"lam": 0.0005}}
+ATTACKED = ["retrain", "gradient_ascent", "ssd"]  # tiny budget: 3 methods, 1 request each
+IMAGE = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
+         "label_inference_acc")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,21 @@ def board(tmp_path_factory) -> pd.DataFrame:
             "unlearning": [{"method": m, **SETTINGS.get(m, {})} for m in METHODS],
             "per_example": {"models": 12, "targets": 32, "base_size": 128,
                             "members_per_task": 12, "figures": False,
-                            "scoring": "in_task"}}
+                            "scoring": "in_task",
+                            "attacks": {
+                                "recovery": {"attack": "inversion", "methods": ATTACKED,
+                                             "forget": {"kind": "single", "count": 1},
+                                             "figure": False,
+                                             "config": {"knowledge": "paper",
+                                                        "label_mode": "inferred",
+                                                        "iterations": 30, "restarts": 1}},
+                                "labels": {"attack": "probing", "methods": ATTACKED,
+                                           "forget": {"kind": "class_share",
+                                                      "classes": [0], "shares": [0.1]},
+                                           "figure": False,
+                                           "config": {"box": "white", "score": "logodds",
+                                                      "probes_per_class": 1,
+                                                      "max_calls": 2}}}}}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     _run(root)
     return pd.read_parquet(root / "R" / "lb" / "leaderboard")
@@ -51,3 +69,26 @@ def test_retraining_sits_at_the_no_leak_end_of_every_leak_column(board):
     for column in ("ulira_tpr_at_1pct", "ulira_auc", "median_epsilon"):
         low = retrain[f"{column}_low"]
         assert low <= others[column].min() + 1e-12, (column, low, others[column].min())
+
+
+def test_image_attacks_are_joined_per_method(board):
+    rows = board.set_index("unlearning_method")
+    assert set(IMAGE) <= set(board.columns)
+    attacked = rows.loc[ATTACKED]
+    for column in IMAGE:
+        assert attacked[column].astype(float).notna().all(), column
+        assert np.isfinite(attacked[column].astype(float)).all(), column
+    assert (attacked["recovery_gain_db_low"] <= attacked["recovery_gain_db"] + 1e-9).all()
+    assert attacked["label_inference_acc"].between(0, 1).all()
+    assert (attacked["recovery_targets"] == 1).all()
+    assert (board["image_attacks"] == "measured").all()
+    others = rows.drop(index=ATTACKED)
+    assert others["recovery_gain_db"].isna().all()  # not attacked here: empty, not zero
+
+
+def test_tabular_boards_say_the_image_columns_do_not_apply():
+    from orchestrator.stages.per_example.leaderboard import NOT_APPLICABLE, image_columns
+
+    cells = image_columns([], "tabular", False)
+    assert cells[(0, "retrain")]["image_attacks"] == NOT_APPLICABLE
+    assert cells[(0, "retrain")]["recovery_gain_db"] is None

@@ -7,17 +7,33 @@ originals' test accuracy) and cost (unlearning time per model relative to retrai
 same run). Rank 1 leaks least: methods are ordered by U-LiRA's TPR at 1 % FPR, then by AUC,
 then by test accuracy (higher first). The method's settings are recorded as run; a method is
 only comparable at its tuned settings (issue 15), which this table does not choose.
+
+On image data, the attacks of ``per_example.attacks`` (planned by the generic attacks stage on
+their own forget requests, one original for every method) add, per method: the feature-recovery
+gain over the mean image in dB (mean over the forgotten samples of PSNR minus the mean image's
+PSNR, with a 95 % bootstrap interval over those samples; ``recoveries`` rows) and the
+label-inference accuracy (share of requests whose forgotten class was inferred, with a 95 %
+bootstrap interval over requests; ``label_inference`` rows). Each attack batch runs as
+``pe_attack_batch``, which also leaves its points beside the tables (the driver writes rows in
+batches, so a dependent unit cannot rely on reading them from the table yet). On tabular
+data these columns are empty and ``image_attacks`` says "not applicable (tabular)".
 """
 
 from __future__ import annotations
 
 import io
+import json
+from collections import defaultdict
+
+import numpy as np
 
 from orchestrator.spec import Spec
+from orchestrator.stages.attack_units import attack_batch
 from orchestrator.stages.per_example.analysis import read_points
 from orchestrator.storage import Location
-from orchestrator.tables import FIGURE_INDEX, FIGURES_DIR
+from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR, Results
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.verdicts import bootstrap_ci
 
 TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")
@@ -25,10 +41,92 @@ COLUMNS = ("p90_epsilon", "forget_score", "records_half_leak", "unlearned_test_a
            "unlearned_retain_acc", "forget_acc", "original_test_acc", "unlearn_s_per_model",
            "chen_auc", "chen_tpr_at_0_1pct", "n_models", "n_records", "design", "variant",
            "variance")
+RECOVERY, LABELS = "recoveries", "label_inference"
+IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
+                 "recovery_psnr_db", "recovery_targets", "label_inference_acc",
+                 "label_inference_acc_low", "label_inference_acc_high",
+                 "label_inference_requests")
+NOT_APPLICABLE = "not applicable (tabular)"
 
 
-def leaderboard_rows(points: list[dict]) -> list[dict]:
-    """Ranked rows from the analyses' summary points (one per seed and method)."""
+def attack_points(rows: list[dict], table: str) -> list[dict]:
+    """What the board keeps of an attack's rows: per recovered sample its PSNR and the mean
+    image's, per label-inference request whether the forgotten class was found."""
+    points = []
+    for r in rows:
+        point = {"table": table, "method": r["unlearning_method"], "seed": int(r["seed"])}
+        if table == RECOVERY:
+            if r.get("psnr") is None or r.get("psnr_mean_image") is None:
+                continue
+            point.update(psnr=float(r["psnr"]), psnr_mean_image=float(r["psnr_mean_image"]))
+        elif table == LABELS:
+            point["correct"] = float(bool(r["correct"]))
+        else:
+            continue
+        points.append(point)
+    return points
+
+
+@UNIT_FUNCTIONS.register("pe_attack_batch")
+def pe_attack_batch(params: dict, ctx: TaskContext) -> Rows:
+    """The attacks stage's batch, whose points are also written for the leaderboard."""
+    out = attack_batch(params, ctx)
+    spec: Spec = params["spec"]
+    points = [p for table, rows in out.items() for p in attack_points(rows, table)]
+    Location(ctx.results_uri).write_bytes(json.dumps(points).encode(), spec.experiment,
+                                          ARRAYS_DIR, TABLE, f"{params['unit_key']}.json")
+    return out
+
+
+def read_attack_points(ctx: TaskContext, experiment: str, units: list[dict]) -> list[dict]:
+    """The points of every attack unit; for a unit that left none (its rows predate this
+    module) the rows of its table, which a skipped unit has written by then."""
+    loc, points, frames = Location(ctx.results_uri), [], {}
+    for unit in units:
+        try:
+            points.extend(json.loads(loc.read_bytes(experiment, ARRAYS_DIR, TABLE,
+                                                    f"{unit['key']}.json")))
+            continue
+        except FileNotFoundError:
+            pass
+        table = unit["table"]
+        if table not in frames:
+            frames[table] = Results(ctx.results_uri, experiment).read(table)
+        df = frames[table]
+        if not df.empty:
+            rows = df[df["key"].isin(set(unit["row_keys"]))].to_dict("records")
+            points.extend(attack_points(rows, table))
+    return points
+
+
+def image_columns(points: list[dict], data_kind: str, planned: bool) -> dict:
+    """(seed, method) -> the image-attack columns of its row."""
+    by: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        cell = by[(p["seed"], p["method"])]
+        if p["table"] == RECOVERY:
+            cell["gain"].append(p["psnr"] - p["psnr_mean_image"])
+            cell["psnr"].append(p["psnr"])
+        else:
+            cell["correct"].append(p["correct"])
+    status = ("measured" if planned else "not run") if data_kind == "image" else NOT_APPLICABLE
+    out = {}
+    for key, cell in by.items():
+        gain, low, high = bootstrap_ci(cell["gain"])
+        acc, acc_low, acc_high = bootstrap_ci(cell["correct"])
+        out[key] = {"recovery_gain_db": gain, "recovery_gain_db_low": low,
+                    "recovery_gain_db_high": high,
+                    "recovery_psnr_db": float(np.mean(cell["psnr"])) if cell["psnr"] else None,
+                    "recovery_targets": len(cell["gain"]), "label_inference_acc": acc,
+                    "label_inference_acc_low": acc_low, "label_inference_acc_high": acc_high,
+                    "label_inference_requests": len(cell["correct"]), "image_attacks": status}
+    return defaultdict(lambda: {**dict.fromkeys(IMAGE_COLUMNS), "image_attacks": status}, out)
+
+
+def leaderboard_rows(points: list[dict], image: dict | None = None) -> list[dict]:
+    """Ranked rows from the analyses' summary points (one per seed and method); ``image``:
+    :func:`image_columns`, joined by (seed, method)."""
+    image = image if image is not None else image_columns([], "image", False)
     rows = []
     for p in points:
         s = p["summary"]
@@ -40,6 +138,7 @@ def leaderboard_rows(points: list[dict]) -> list[dict]:
                 key = f"{name}_{side}"
                 row[f"ulira_{key}" if name != "median_epsilon" else key] = s.get(key)
         row.update({c: s.get(c) for c in COLUMNS})
+        row.update(image[(int(p["seed"]), p["method"])])
         rows.append(row)
     for seed in {r["seed"] for r in rows}:
         group = [r for r in rows if r["seed"] == seed]
@@ -54,20 +153,32 @@ def leaderboard_rows(points: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["seed"], r["rank"]))
 
 
+def _finite(value) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
 def leaderboard_figure(rows: list[dict]) -> bytes:
     """Leak (U-LiRA TPR at 1 % FPR, 95 % interval) against test accuracy, one point per
-    method; retraining marks the no-leak reference."""
+    method; retraining marks the no-leak reference. With image attacks, a second panel: the
+    feature-recovery gain over the mean image (95 % interval) per method, in rank order, with
+    the label-inference accuracy beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    image = [r for r in rows if _finite(r.get("recovery_gain_db"))]
+    order = sorted(rows, key=lambda r: r["rank"])  # one colour per method in both panels
+    colour = {r["unlearning_method"]: "black" if r["unlearning_method"] == "retrain"
+              else f"C{i % 10}" for i, r in enumerate(order)}
+    fig, axes = plt.subplots(1, 2 if image else 1, figsize=(10.4 if image else 5.6, 4.0),
+                             squeeze=False)
+    ax = axes[0, 0]
     for r in rows:
         y = r["ulira_tpr_at_1pct"]
         err = [[y - r["ulira_tpr_at_1pct_low"]], [r["ulira_tpr_at_1pct_high"] - y]]
         ax.errorbar(r["unlearned_test_acc"], y, yerr=err, fmt="o", capsize=3,
-                    color="black" if r["unlearning_method"] == "retrain" else None)
+                    color=colour[r["unlearning_method"]])
         ax.annotate(f"{r['rank']}. {r['unlearning_method']}",
                     (r["unlearned_test_acc"], y), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
@@ -75,6 +186,22 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
     ax.set_xlabel("test accuracy of the unlearned models")
     ax.set_ylabel("U-LiRA TPR at 1 % FPR (lower leaks less)")
     ax.set_title(f"{rows[0]['dataset']}: unlearning methods by leak and utility", fontsize=9)
+    if image:
+        ax = axes[0, 1]
+        image = sorted(image, key=lambda r: r["rank"])
+        ys = np.arange(len(image))[::-1]
+        for y, r in zip(ys, image):
+            g = r["recovery_gain_db"]
+            err = [[g - r["recovery_gain_db_low"]], [r["recovery_gain_db_high"] - g]]
+            ax.errorbar(g, y, xerr=err, fmt="o", capsize=3, color=colour[r["unlearning_method"]])
+            acc = r.get("label_inference_acc")
+            label = f"label acc {acc:.2f}" if _finite(acc) else ""
+            ax.annotate(label, (g, y), fontsize=7, xytext=(6, 4), textcoords="offset points")
+        ax.axvline(0.0, color="grey", linewidth=0.6, linestyle=":")  # the mean image
+        ax.set_yticks(ys, [f"{r['rank']}. {r['unlearning_method']}" for r in image],
+                      fontsize=7)
+        ax.set_xlabel("feature recovery: PSNR gain over the mean image (dB)")
+        ax.set_title("Hu et al. attacks on single deletions (95 % intervals)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -87,7 +214,10 @@ def pe_leaderboard(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
     points = read_points(loc, spec.experiment, params["analyses"])
-    rows = leaderboard_rows(points)
+    units = params.get("attack_units", [])
+    image = image_columns(read_attack_points(ctx, spec.experiment, units),
+                          params.get("data_kind", "image"), bool(units))
+    rows = leaderboard_rows(points, image)
     for r in rows:
         r.update({"key": f"{params['key']}:{r['analysis']}", "experiment": spec.experiment,
                   "config_hash": spec.config_hash, **spec.flat_config()})

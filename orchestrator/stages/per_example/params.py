@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.stages.attacks import AttackEntry
 from tasks.params import FieldError, check, check_seed
 
 VARIANTS = ("online", "offline")
@@ -40,6 +41,10 @@ class PerExampleParams:
     scoring: Literal["ray_data", "in_task"] = "ray_data"
     figures: bool = True
     leaderboard: bool = True  # table ``leaderboard``: methods ranked by leak, utility, cost
+    # Image data: attacks of the generic ``attacks`` section (e.g. feature recovery and label
+    # inference, Hu et al.) on every method, each entry with its own small ``forget:`` requests
+    # (this stage plans no core pairs); the leaderboard joins their per-method results.
+    attacks: dict[str, AttackEntry] | None = None
 
     def __post_init__(self) -> None:
         check("models", self.models, low=4, integer=True)
@@ -59,6 +64,13 @@ class PerExampleParams:
                 if v not in allowed:
                     raise FieldError(f"{name}[{i}]", f"unknown {v!r}; known: "
                                                      f"{', '.join(allowed)}")
+        for name, entry in (self.attacks or {}).items():
+            if entry.forget is None:
+                raise FieldError(f"attacks.{name}.forget", "give the entry its own forget "
+                                 "requests: this stage trains no core model pairs")
+            if entry.unlearning is not None:
+                raise FieldError(f"attacks.{name}.unlearning", "the leaderboard joins the "
+                                 "attacks to the spec's own methods: leave this out")
         from tasks.attacks.membership import ATTACK_MODELS, FEATURES
         from tasks.registry import UnknownComponentError
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from orchestrator.plan import CorePlan, Unit
 from orchestrator.spec import Spec, stable_hash
+from orchestrator.stages.attacks import plan_entries
 from orchestrator.stages.per_example.params import PerExampleParams
 from orchestrator.store import artifact_key
 from orchestrator.tables import FIGURE_INDEX
 from tasks.params import to_dict
+from tasks.splits import select_training_set
 from tasks.unlearning import UNLEARNING
 
 MODELS_TABLE = "per_example_models"
 SCORING_TABLE = "per_example_scoring"
+ATTACK_FN = "pe_attack_batch"  # an attack batch that also leaves its points for the board
 
 
 @dataclass(frozen=True)
@@ -173,18 +177,25 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
             units.append(Unit(skey, kind, "pe_score", common, SCORING_TABLE, (skey,),
                               deps=tuple(dict.fromkeys(all_keys)),
                               label=f"per_example scoring {entry.method} seed {seed}"))
-            akey = "pe-analysis-" + stable_hash([skey, to_dict(params)], 24)
+            akey = "pe-analysis-" + stable_hash([skey, _analysis_settings(params)], 24)
             row_keys = tuple(f"{akey}:{v}:{s}" for v in params.variants
                              for s in params.variances)
             units.append(Unit(akey, "attack", "pe_analyse", {**common, "key": akey}, "ulira",
                               row_keys, deps=(skey,),
                               label=f"per_example analysis {entry.method} seed {seed}"))
             analyses.append(akey)
+    attack_units = attack_plan(spec, core, params)
+    units.extend(attack_units)
+    batches = [u for u in attack_units if u.fn == ATTACK_FN]
     if params.leaderboard and analyses:
         lkey = "pe-leaderboard-" + stable_hash([spec.config_hash, analyses], 24)
         units.append(Unit(lkey, "attack", "pe_leaderboard",
-                          {"spec": spec, "key": lkey, "analyses": analyses}, "leaderboard",
-                          tuple(f"{lkey}:{a}" for a in analyses), deps=tuple(analyses),
+                          {"spec": spec, "key": lkey, "analyses": analyses,
+                           "data_kind": core.dataset.kind,
+                           "attack_units": [{"key": u.key, "table": u.table,
+                                             "row_keys": u.row_keys} for u in batches]},
+                          "leaderboard", tuple(f"{lkey}:{a}" for a in analyses),
+                          deps=tuple(analyses) + tuple(u.key for u in batches),
                           label="per_example leaderboard"))
     if params.figures and analyses:
         fkey = "pe-figures-" + stable_hash([spec.config_hash, analyses], 24)
@@ -193,3 +204,30 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                           FIGURE_INDEX, (fkey,), deps=tuple(analyses),
                           label="per_example figures"))
     return units
+
+
+def _analysis_settings(params: PerExampleParams) -> dict:
+    """What the analyses depend on: every setting but the attacks beside them."""
+    settings = to_dict(params)
+    settings.pop("attacks", None)
+    return settings
+
+
+def attack_plan(spec: Spec, core: CorePlan, params: PerExampleParams) -> list[Unit]:
+    """``per_example.attacks``: the generic attacks stage's units for the entries, on their own
+    forget requests (original and unlearning units planned like the core plan's, from the
+    spec's training split); every attack batch runs as :data:`ATTACK_FN`."""
+    if not params.attacks:
+        return []
+    names = [e.method for e in spec.unlearning]
+    if len(set(names)) != len(names):
+        raise ValueError("per_example.attacks: the leaderboard joins attack results by method "
+                         f"name; list each unlearning method once (got {names})")
+    sub = CorePlan(spec, core.dataset)
+    for seed in spec.seeds:
+        sub.selections[seed] = select_training_set(len(core.dataset.y_train),
+                                                   spec.dataset.pool_size,
+                                                   spec.dataset.train_size, seed)
+    planned = plan_entries(spec, sub, params.attacks, "per_example.attacks")
+    return [dataclasses.replace(u, fn=ATTACK_FN) if u.fn == "attack_batch" else u
+            for u in planned]
