@@ -109,37 +109,38 @@ class StallWatch:
     """
 
     def __init__(self, units: list[Unit], limit_s: float) -> None:
+        # Only units submitted and not yet finished are held, so every check costs the size of
+        # the submission window, not of the whole sweep.
         self.units = {u.key: u for u in units}
         self.limit_s = limit_s
         self.started_keys: set[str] = set()
-        self.finished_keys: set[str] = set()
         self.quiet_since = time.monotonic()
         self.as_of = float("-inf")  # when the latest start reports were asked for
 
+    def track(self, unit: Unit) -> None:
+        """A unit was submitted."""
+        self.units[unit.key] = unit
+
     def started(self, keys: Iterable[str], as_of: float) -> None:
-        self.started_keys.update(keys)
+        # A report may arrive after its unit finished (reports lag): ignore it then.
+        self.started_keys.update(k for k in keys if k in self.units)
         self.as_of = max(self.as_of, as_of)
 
     def finished(self, key: str) -> None:
-        self.finished_keys.add(key)
+        self.units.pop(key, None)
+        self.started_keys.discard(key)
         self.quiet_since = time.monotonic()
 
     def waiting(self) -> list[Unit]:
         """Units whose dependencies (from this run) are done but that have not started."""
-        out = []
-        for key, unit in self.units.items():
-            if key in self.finished_keys or key in self.started_keys:
-                continue
-            if all(d not in self.units or d in self.finished_keys for d in unit.deps):
-                out.append(unit)
-        return out
+        return [unit for key, unit in self.units.items() if key not in self.started_keys
+                and not any(d in self.units for d in unit.deps)]
 
     def stalled(self, now: float | None = None) -> list[Unit]:
         """The waiting units once the queue has not moved for ``limit_s``; else []."""
         now = time.monotonic() if now is None else now
-        running = self.started_keys - self.finished_keys
         waiting = self.waiting()
-        if running or not waiting:
+        if self.started_keys or not waiting:
             self.quiet_since = now
             return []
         return waiting if self.as_of - self.quiet_since >= self.limit_s else []

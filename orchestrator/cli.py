@@ -1,4 +1,4 @@
-"""``unlearn-audit``: run | show | report | datasets | tune.
+"""``unlearn-audit``: run | show | report | datasets | compact | tune.
 
 Nothing heavy is imported at module level or while building the parsers: ``--help`` answers
 without loading torch, Ray or Optuna. Each command imports what it needs.
@@ -118,6 +118,32 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from orchestrator.lock import ExperimentLock, LockHeld
+    from orchestrator.report import NotResults, locate
+    from orchestrator.tables import Results
+
+    try:
+        root, experiment, table = locate(args.results)
+    except NotResults as err:
+        return fail(f"{args.results}: {err}")
+    if experiment is None:
+        return fail(f"{args.results}: give RESULTS/<experiment> (or one table's folder)")
+    lock = ExperimentLock(root, experiment)
+    try:
+        lock.acquire()  # one writer: a run adding parts meanwhile would race the deletes
+    except LockHeld as err:
+        return fail(str(err))
+    try:
+        results = Results(root, experiment)
+        for name in [table] if table else results.tables():
+            before, after = results.compact(name, max_rows=args.max_rows)
+            print(f"  {name:<28} {before:>6} parts -> {after}")
+    finally:
+        lock.release()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = BriefParser(
         prog="unlearn-audit",
@@ -170,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
                                           "are present, and where.")
     datasets.add_argument("--data-root", default=None, help="folder holding the datasets")
     datasets.set_defaults(func=cmd_datasets)
+
+    compact = sub.add_parser("compact", help="merge a results folder's small Parquet parts",
+                             description="Rewrite each table of an experiment as a few parts "
+                                         "(one row per key), so reading stays fast as runs "
+                                         "add parts. Runs do this themselves once a table "
+                                         "holds 32 parts.")
+    compact.add_argument("results", help="RESULTS/<experiment> or one table's folder")
+    compact.add_argument("--max-rows", type=positive_int, default=200_000, metavar="N",
+                         help="rows per part at most (default: 200000)")
+    compact.set_defaults(func=cmd_compact)
 
     add_tune_parser(sub)
     return parser

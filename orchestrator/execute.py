@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ __all__ = ["LOCAL_ENV", "CapacityError", "ClusterUnreachable", "RunReport", "Tra
            "dedupe", "execute", "execute_inline", "pending_units", "start_ray", "stop_ray"]
 
 DEFAULT_RESOURCE_WAIT_S = 600.0
+DEFAULT_WINDOW = 2000  # units in flight at once: bounds driver memory and each wait's cost
+WAIT_BATCH = 256  # finished units collected per wait at most
 
 
 class TransientError(RuntimeError):
@@ -210,16 +213,19 @@ class _StartPoll:
 
 
 def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: ResourcesSpec,
-            progress: bool = True, resource_wait_s: float = DEFAULT_RESOURCE_WAIT_S
-            ) -> RunReport:
+            progress: bool = True, resource_wait_s: float = DEFAULT_RESOURCE_WAIT_S,
+            window: int = DEFAULT_WINDOW) -> RunReport:
     """Submit every unfinished unit to Ray, wait, and write rows as units finish.
+
+    At most ``window`` units are in flight at once (units are planned with their dependencies
+    first), so the driver's memory and the cost of each wait stay bounded however large the
+    sweep; a unit's result is released once it is collected and no later unit needs it.
 
     Raises :class:`CapacityError` (before anything is written) when no node of the embedded
     Ray can run some unit (a cluster may still gain such a node: the autoscaler, ``ray start``);
     stops, recording the rest as not run, when units wait ``resource_wait_s`` for resources
     while none of this run's units runs.
     """
-    import ray
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -233,43 +239,41 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
         return report
     runner, starts_cls = _remote_runner()
     starts = starts_cls.options(scheduling_strategy=_on_driver_node()).remote()
-    refs: dict[str, Any] = {}
-    unit_of: dict[Any, Unit] = {}
-    for u in todo:
-        res = getattr(resources, u.kind)
-        dep_refs = [refs[d] for d in u.deps if d in refs]
-        ref = runner.options(
-            num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
-            max_retries=resources.max_retries, retry_exceptions=RETRY_EXCEPTIONS,
-            name=f"{u.fn}:{u.label}"[:100],
-        ).remote(u.fn, u.params, ctx, res.cpus, u.key, starts, *dep_refs)
-        refs[u.key] = ref
-        unit_of[ref] = u
+    flight = _Flight(todo, runner, starts, ctx, resources, max(1, window))
     buffer = _RowBuffer(results)
-    watch = StallWatch(todo, resource_wait_s)
+    watch = StallWatch([], resource_wait_s)
     poll = _StartPoll(starts)
-    remaining = list(unit_of)
     bar = tqdm(total=len(todo), desc=ctx.experiment, unit="task", disable=not progress,
                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+    def done(unit: Unit) -> None:
+        watch.finished(unit.key)
+        bar.update(1)
+        bar.set_postfix(failed=report.failed, refresh=False)
+
+    checked = time.monotonic()
     try:
         with _SoftStop() as stop:
-            while remaining:
+            while flight.busy():
                 if stop.signum:
                     raise KeyboardInterrupt
-                ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+                for unit, err in flight.submit(watch):
+                    _record_failure(unit, err, buffer, report)
+                    done(unit)
+                ready = flight.wait(timeout=0.2)
                 for ref in ready:
-                    _collect(ref, unit_of[ref], buffer, report)
-                    watch.finished(unit_of[ref].key)
-                    bar.update(1)
-                    bar.set_postfix(failed=report.failed, refresh=False)
-                if not ready:
-                    buffer.add({})
-                poll.poll(watch)
-                stuck = watch.stalled()
-                if stuck:
-                    _stop_stalled(stuck, [unit_of[r] for r in remaining], watch, resources,
-                                  buffer, report)
-                    break
+                    unit = flight.take(ref)
+                    if not _collect(ref, unit, buffer, report):
+                        flight.failed.add(unit.key)
+                    done(unit)
+                buffer.add({})  # flushes when due
+                if time.monotonic() - checked >= 1.0:  # a stall is measured in minutes
+                    checked = time.monotonic()
+                    poll.poll(watch)
+                    stuck = watch.stalled()
+                    if stuck:
+                        _stop_stalled(stuck, flight.left(), watch, resources, buffer, report)
+                        break
     except KeyboardInterrupt:
         # Nothing is cancelled here: cancelling while results arrive tripped Ray's own checks
         # (a crash dump); stop_ray ends the remaining tasks with the embedded Ray.
@@ -282,19 +286,96 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
     return report
 
 
-def _collect(ref: Any, unit: Unit, buffer: _RowBuffer, report: RunReport) -> None:
+class _Flight:
+    """The units in flight on Ray: a bounded window over the plan, in plan order."""
+
+    def __init__(self, todo: list[Unit], runner: Any, starts: Any, ctx: TaskContext,
+                 resources: ResourcesSpec, window: int) -> None:
+        self.queue = deque(todo)
+        self.runner, self.starts, self.ctx, self.resources = runner, starts, ctx, resources
+        self.window = window
+        self.unit_of: dict[Any, Unit] = {}  # ref -> unit, for the units in flight
+        self.refs: dict[str, Any] = {}  # key -> ref, while in flight or a later unit needs it
+        self.needed = Counter(d for u in todo for d in u.deps)  # dependants not yet submitted
+        self.failed: set[str] = set()
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.unit_of)
+
+    def submit(self, watch: StallWatch) -> list[tuple[Unit, BaseException]]:
+        """Fill the window; units whose dependency failed are returned, not submitted."""
+        skipped = []
+        while self.queue and len(self.unit_of) < self.window:
+            u = self.queue.popleft()
+            for d in u.deps:
+                self.needed[d] -= 1
+            deps = [self.refs[d] for d in u.deps if d in self.refs]
+            for d in u.deps:
+                self._release(d)
+            if any(d in self.failed for d in u.deps):
+                self.failed.add(u.key)
+                skipped.append((u, RuntimeError("a unit it depends on failed")))
+                continue
+            res = getattr(self.resources, u.kind)
+            ref = self.runner.options(
+                num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
+                max_retries=self.resources.max_retries, retry_exceptions=RETRY_EXCEPTIONS,
+                name=f"{u.fn}:{u.label}"[:100],
+            ).remote(u.fn, u.params, self.ctx, res.cpus, u.key, self.starts, *deps)
+            self.refs[u.key] = ref
+            self.unit_of[ref] = u
+            watch.track(u)
+        return skipped
+
+    def wait(self, timeout: float) -> list[Any]:
+        """Finished refs: returns when ``WAIT_BATCH`` have finished or after ``timeout``.
+        (One ``ray.wait`` costs the window's size: collecting one unit per call made the
+        driver loop, not the cluster, the limit for short units.)"""
+        import ray
+
+        pending = list(self.unit_of)
+        if not pending:
+            return []
+        ready, _ = ray.wait(pending, num_returns=min(len(pending), WAIT_BATCH), timeout=timeout)
+        return ready
+
+    def take(self, ref: Any) -> Unit:
+        unit = self.unit_of.pop(ref)
+        self._release(unit.key)
+        return unit
+
+    def _release(self, key: str) -> None:
+        # Drop the driver's ref (and so the result in Ray's object store) once the unit has
+        # been collected and no unit still to be submitted depends on it.
+        if self.needed[key] <= 0 and key in self.refs and self.refs[key] not in self.unit_of:
+            del self.refs[key]
+            self.needed.pop(key, None)
+
+    def left(self) -> list[Unit]:
+        return list(self.unit_of.values()) + list(self.queue)
+
+
+def _record_failure(unit: Unit, err: BaseException, buffer: _RowBuffer,
+                    report: RunReport) -> None:
+    row = _error_row(unit, err)
+    report.errors.append(row)
+    report.failed += 1
+    buffer.add({"errors": [row]})
+
+
+def _collect(ref: Any, unit: Unit, buffer: _RowBuffer, report: RunReport) -> bool:
+    """Buffer a finished unit's rows, or its error row; whether it succeeded."""
     import ray
 
     try:
         buffer.add(ray.get(ref))
         report.succeeded += 1
+        return True
     # Whatever a unit raised (a RayTaskError wrapping it, or a lost worker's RayError)
     # becomes its error row; the run goes on, as inline.
     except Exception as err:  # noqa: BLE001
-        row = _error_row(unit, err)
-        report.errors.append(row)
-        report.failed += 1
-        buffer.add({"errors": [row]})
+        _record_failure(unit, err, buffer, report)
+        return False
 
 
 def _stop_stalled(stuck: list[Unit], left: list[Unit], watch: StallWatch,

@@ -52,6 +52,14 @@ def _check_capacity(todo: list, resources: Any, embedded: bool, wait_s: float) -
               f"for a node that has it to join", file=sys.stderr, flush=True)
 
 
+def _compact(results: Any) -> None:
+    """Merge the small parts of tables that have piled up (each flush writes one)."""
+    from orchestrator.tables import compact_tables
+
+    for table, (before, after) in compact_tables(results).items():
+        print(f"compacted {table}: {before} parts -> {after}", file=sys.stderr)
+
+
 def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
           data_root: str | None, header: str) -> int:
     """Run ``units`` (every variant's) into ``results``; the exit code of ``run``."""
@@ -87,9 +95,11 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
         except (ClusterUnreachable, CapacityError, LockHeld) as err:
             return fail(refusal(err) or str(err))
         print(header)
+        _compact(results)  # what an interrupted run left in small parts
         ctx = task_context(args, results, spec, data_root)
         report = execute(units, results, ctx, spec.resources, progress=not args.quiet,
                          resource_wait_s=args.resource_wait)
+        _compact(results)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (cli.main makes it one)
         print("\ninterrupted: finished units are saved; rerun the same command to resume",
               file=sys.stderr)

@@ -26,6 +26,12 @@ import pyarrow.parquet as pq
 from orchestrator.hashing import stable_hash
 from orchestrator.storage import Location
 
+# A compacted table's parts: at most this many rows, and about this many bytes in memory.
+PART_ROWS = 200_000
+PART_BYTES = 64 << 20
+# Runs compact a table once it holds this many parts (each flush of a run writes one).
+COMPACT_AT_PARTS = 32
+
 
 def _cell(value: Any) -> Any:
     """Scalars stay scalars; tuples, lists and dicts become JSON text (one schema per column)."""
@@ -45,14 +51,20 @@ def _column(values: list) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})  # cells Arrow takes as they are
+
+
 def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
-    columns: dict[str, list] = {}
-    for i, row in enumerate(rows):
-        for name in row:
-            columns.setdefault(name, [None] * i)
-        for name, col in columns.items():
-            col.append(_cell(row.get(name)))
-    return pa.table({name: _column(col) for name, col in columns.items()})
+    # Column by column: only a column holding other kinds of value pays a call per cell (a
+    # cell-by-cell loop over a paper-scale table took seconds of the driver's time).
+    names = dict.fromkeys(name for row in rows for name in row)
+    columns = {}
+    for name in names:
+        col = [row.get(name) for row in rows]
+        if not {type(v) for v in col} <= _PLAIN:
+            col = [_cell(v) for v in col]
+        columns[name] = _column(col)
+    return pa.table(columns)
 
 
 def _wider(a: pa.DataType, b: pa.DataType) -> pa.DataType:
@@ -165,6 +177,36 @@ class Results:
                 keys.update(pq.read_table(fh, columns=["key"]).column("key").to_pylist())
         return keys
 
+    def compact(self, table: str, max_rows: int = PART_ROWS,
+                max_bytes: int = PART_BYTES) -> tuple[int, int]:
+        """Rewrite ``table`` as few parts of at most ``max_rows`` rows and about ``max_bytes``
+        each: one row per key (the row :meth:`read` keeps), sorted by key. (parts before,
+        parts after.)
+
+        The new parts are written before the old ones are deleted, so an interruption leaves at
+        worst duplicate rows, which every reader drops. The caller holds the experiment's lock.
+        """
+        parts = self.parts(table)
+        if not parts:
+            return 0, 0
+        schema = self._schema(table)
+        data = pa.concat_tables([conform(self._read_part(p), schema) for p in parts])
+        last = {k: i for i, k in enumerate(data.column("key").to_pylist())}
+        data = data.take(pa.array([last[k] for k in sorted(last)], pa.int64()))
+        per_part = max(1, min(max_rows, int(max_bytes * data.num_rows / max(1, data.nbytes))))
+        written = set()
+        for begin in range(0, data.num_rows, per_part):
+            chunk = data.slice(begin, per_part)
+            name = f"part-{stable_hash(chunk.column('key').to_pylist(), 20)}.parquet"
+            self._write_part(chunk, table, name)
+            written.add(name)
+        for part in parts:
+            if part.rsplit("/", 1)[-1] not in written:
+                self.location.fs.delete_file(part)
+        self._schemas[table] = schema
+        self._mixed.discard(table)
+        return len(parts), len(written)
+
     def clear(self, table: str) -> None:
         for part in self.parts(table):
             self.location.fs.delete_file(part)
@@ -179,6 +221,16 @@ ARRAYS_DIR = "_arrays"
 # not a table); the table listing them is figure_index, so no table folder holds a PNG.
 FIGURES_DIR = "figures"
 FIGURE_INDEX = "figure_index"
+
+
+def compact_tables(results: Results, min_parts: int = COMPACT_AT_PARTS
+                   ) -> dict[str, tuple[int, int]]:
+    """Compact every table of ``results`` holding at least ``min_parts`` parts."""
+    out = {}
+    for table in results.tables():
+        if len(results.parts(table)) >= min_parts:
+            out[table] = results.compact(table)
+    return out
 
 
 def list_experiments(root: str | os.PathLike) -> list[str]:

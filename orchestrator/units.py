@@ -176,6 +176,16 @@ def unlearn_batch(params: dict, ctx: TaskContext) -> Rows:
     return {"models": rows}
 
 
+@UNIT_FUNCTIONS.register("noop")
+def noop(params: dict, ctx: TaskContext) -> Rows:
+    """One row and no work: measures what the orchestration itself costs per unit
+    (benchmarks/bench_sweep.py), and exercises the run loop at any scale in tests."""
+    if params.get("fail"):
+        raise ValueError(f"unit {params['key']} was asked to fail")
+    return {params["table"]: [{"key": params["key"], "index": params["index"],
+                               "node_id": ctx.node_id}]}
+
+
 def _forget_loss(model: Any, state: TrainingState, request: ForgetRequest) -> float:
     idx = np.asarray(request.indices)
     d = state.dataset
