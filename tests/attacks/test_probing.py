@@ -42,7 +42,9 @@ def test_zoo_estimate_agrees_with_autograd_on_a_smooth_function():
     chunked, owners = [], []
     est_chunked = zoo_gradient(lambda p, o: chunked.append(len(p)) or owners.append(o) or f(p),
                                x, coords, h=1e-4, chunk=5)
-    torch.testing.assert_close(est_chunked, est, atol=1e-12, rtol=0)
+    # A batch of another size may take another BLAS path: f differs by an ulp (~1e-15), which
+    # the 2h = 2e-4 divisor turns into ~1e-11; anything beyond that is a real difference.
+    torch.testing.assert_close(est_chunked, est, atol=1e-10, rtol=0)
     assert chunked == [5, 5, 5, 3]
     assert torch.cat(owners).tolist() == [0] * 6 + [1] * 6 + [2] * 6
 
