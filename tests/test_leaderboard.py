@@ -61,6 +61,8 @@ def test_every_method_is_ranked_with_its_settings(board):
     assert board["method_params"].notna().all()
     assert board["unlearned_test_acc"].between(0, 1).all()
     assert (board["wall_vs_retrain"] > 0).all()
+    assert ((board["chen_auc_low"] <= board["chen_auc"] + 1e-12)
+            & (board["chen_auc"] <= board["chen_auc_high"] + 1e-12)).all()
 
 
 def test_retraining_sits_at_the_no_leak_end_of_every_leak_column(board):
@@ -92,3 +94,20 @@ def test_tabular_boards_say_the_image_columns_do_not_apply():
     cells = image_columns([], "tabular", False)
     assert cells[(0, "retrain")]["image_attacks"] == NOT_APPLICABLE
     assert cells[(0, "retrain")]["recovery_gain_db"] is None
+
+
+def test_image_intervals_do_not_depend_on_the_order_points_are_read_in():
+    from orchestrator.stages.per_example.leaderboard import LABELS, RECOVERY, image_columns
+
+    rng = np.random.default_rng(3)
+    points = [{"table": RECOVERY, "method": "scrub", "seed": 0, "psnr": float(p),
+               "psnr_mean_image": 10.0} for p in rng.normal(8, 3, 9)]
+    points += [{"table": LABELS, "method": "scrub", "seed": 0, "correct": float(c)}
+               for c in rng.integers(0, 2, 7)]
+    forward = image_columns(points, "image", True)[(0, "scrub")]
+    backward = image_columns(points[::-1], "image", True)[(0, "scrub")]
+    assert forward.keys() == backward.keys()
+    for key, value in forward.items():  # equal up to the order of a sum
+        assert value == (pytest.approx(backward[key], rel=1e-12)
+                         if isinstance(value, float) else backward[key]), key
+    assert forward["recovery_gain_db_low"] < forward["recovery_gain_db_high"]

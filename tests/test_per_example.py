@@ -97,6 +97,10 @@ def test_u_lira_sees_at_low_fpr_what_chen_et_al_misses_on_the_same_pairs(audited
     assert set(chen["design"]) == {"ulira"}  # the challenge design has no never-seen pairs
     assert set(chen["attack"]) == {"chen_direct_diff", "chen_sorted_concat"}
     assert chen["odd_auc"].between(0, 1).all()
+    # Its AUC carries a record-bootstrap interval, as U-LiRA's does.
+    assert (chen["odd_auc_low"] <= chen["odd_auc"] + 1e-12).all()
+    assert (chen["odd_auc"] <= chen["odd_auc_high"] + 1e-12).all()
+    assert (chen["odd_auc_high"] > chen["odd_auc_low"]).all()
     ascent = ulira[(ulira["design"] == "ulira") & (ulira["unlearning_method"] ==
                                                    "gradient_ascent")]
     best_chen = ascent[ascent["attack"].str.startswith("chen_")]["odd_tpr_at_1pct"].max()

@@ -98,9 +98,24 @@ def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndar
         fitted = fit_and_score(x[shadow].reshape(-1, x.shape[-1]), member_in[shadow].ravel(),
                                x[~shadow].reshape(-1, x.shape[-1]), params.chen_attack_model,
                                seed)
-        labels = member_in[~shadow].ravel()
-        out.append((feature, roc_metrics(fitted.test, labels), _curve(labels, fitted.test)))
+        labels = member_in[~shadow]
+        scores = np.asarray(fitted.test).reshape(labels.shape)
+        metrics = {**roc_metrics(scores, labels), **_auc_interval(scores, labels, seed)}
+        out.append((feature, metrics, _curve(labels.ravel(), scores.ravel())))
     return out
+
+
+def _auc_interval(scores: np.ndarray, member_in: np.ndarray, seed: int,
+                  rounds: int = 200) -> dict[str, float]:
+    """95 % interval of an attack's AUC over target records, as :func:`_bootstrap` does for
+    U-LiRA: near chance, the best of several features is biased upwards, and the interval
+    says by how much a method's AUC may move with another draw of records."""
+    rng = np.random.default_rng([seed, 43])
+    draws = [roc_metrics(scores[:, cols], member_in[:, cols])["auc"]
+             for cols in (rng.integers(0, scores.shape[1], scores.shape[1])
+                          for _ in range(rounds))]
+    low, high = np.nanquantile(draws, [0.025, 0.975])
+    return {"auc_low": float(low), "auc_high": float(high)}
 
 
 def _utility(ctx: TaskContext, units: dict[str, list[str]]) -> dict[str, float]:
@@ -227,6 +242,8 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     summary_point = {**{k: v for k, v in main_row.items() if isinstance(v, (int, float, bool))
                         or v is None},
                      "chen_auc": best_chen["odd_auc"] if best_chen else None,
+                     "chen_auc_low": best_chen["odd_auc_low"] if best_chen else None,
+                     "chen_auc_high": best_chen["odd_auc_high"] if best_chen else None,
                      "chen_tpr_at_0_1pct": best_chen["odd_tpr_at_0_1pct"] if best_chen else None,
                      "method_params": json.dumps(to_dict(spec.unlearning[
                          params["method_index"]].typed_params()), sort_keys=True)}

@@ -39,7 +39,7 @@ TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")
 COLUMNS = ("p90_epsilon", "forget_score", "records_half_leak", "unlearned_test_acc",
            "unlearned_retain_acc", "forget_acc", "original_test_acc", "unlearn_s_per_model",
-           "chen_auc", "chen_tpr_at_0_1pct", "n_models", "n_records", "design", "variant",
+           "chen_auc", "chen_auc_low", "chen_auc_high", "chen_tpr_at_0_1pct", "n_models", "n_records", "design", "variant",
            "variance")
 RECOVERY, LABELS = "recoveries", "label_inference"
 IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
@@ -112,8 +112,10 @@ def image_columns(points: list[dict], data_kind: str, planned: bool) -> dict:
     status = ("measured" if planned else "not run") if data_kind == "image" else NOT_APPLICABLE
     out = {}
     for key, cell in by.items():
-        gain, low, high = bootstrap_ci(cell["gain"])
-        acc, acc_low, acc_high = bootstrap_ci(cell["correct"])
+        # Sorted first: the interval must not depend on the order the units' points were read
+        # in (fresh, or partly reused from an earlier run).
+        gain, low, high = bootstrap_ci(sorted(cell["gain"]))
+        acc, acc_low, acc_high = bootstrap_ci(sorted(cell["correct"]))
         out[key] = {"recovery_gain_db": gain, "recovery_gain_db_low": low,
                     "recovery_gain_db_high": high,
                     "recovery_psnr_db": float(np.mean(cell["psnr"])) if cell["psnr"] else None,
