@@ -14,8 +14,13 @@ Side by side, same targets, seeds, initialisations and iterations:
 (c) optionally (``--vmap``) the previous vectorised path, ``vmap(vmap(grad(...)))``.
 
 Prints wall seconds, ratios and the largest per-pixel difference between (a)'s best restart
-and the same restart run plainly. CIFAR-10 models use ../shared/data when present, else random
-CIFAR-shaped data. Results in docs/BENCHMARKS.md.
+and the same restart run plainly, the throughput in trial-iterations per second and the
+achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
+``torch.utils.flop_counter`` on the plain loop; ``--peak-tflops`` adds the share of the
+device's peak). ``--precision tf32|bf16`` adds (d): (a) at that arithmetic, timed beside
+fp32, with both runs' PSNR against the forgotten images. ``--device cuda`` runs everything
+on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
+Results in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def _dataset(model_name: str):
             y_test=rng.integers(0, 10, 64))
 
 
-def make_cases(model_name: str, targets: int):
+def make_cases(model_name: str, targets: int, device: str = "cpu"):
     d = _dataset(model_name)
     cfg = MODELS[model_name]
     model = build_torch_model(cfg, d.input_shape, d.num_classes, d.mean, d.std, seed=0)
@@ -76,14 +81,43 @@ def make_cases(model_name: str, targets: int):
     train_model(model, d.x_train, d.y_train, idx, tc, 0)
     state = TrainingState(d, cfg, tc, idx, 0, original=model)
     ga = UNLEARNING.get("gradient_ascent")()
-    cases = []
+    cases, truths = [], []
     for i in range(targets):
         req = ForgetRequest(f"r{i}", "single", (i,))
         theta_u = ga.unlearn(state, req, ga.Params(lr=1e-3))
-        case, _ = build_case(dataset=d, theta=model, theta_u=theta_u, request=req,
-                             knowledge="reference", unlearn_lr=1e-3, exact=False)
+        case, truth = build_case(dataset=d, theta=model, theta_u=theta_u, request=req,
+                                 knowledge="reference", unlearn_lr=1e-3, exact=False,
+                                 device=device)
         cases.append(case)
-    return cases
+        truths.append(truth.x)
+    return cases, truths
+
+
+def mean_psnr(images, truths) -> float:
+    """PSNR of each recovered image against the forgotten one (pixels in [0, 1]), averaged."""
+    return float(np.mean([10 * np.log10(1.0 / max(float(np.mean((a - t) ** 2)), 1e-10))
+                          for a, t in zip(images, truths)]))
+
+
+def flops_per_trial_iteration(case, cfg: InversionConfig) -> float:
+    """The useful FLOPs of one iteration of one trial, counted by ``torch.utils.flop_counter``
+    on the plain loop (two iterations minus one: the set-up cancels). Counted there because
+    the counter takes the vectorised path's grouped convolutions at their ungrouped cost."""
+    from dataclasses import replace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for iterations in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            plain_trial(case, replace(cfg, iterations=iterations, restarts=1), 0, 0)
+        counts.append(counter.get_total_flops())
+    return float(counts[1] - counts[0])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarray:
@@ -97,8 +131,8 @@ def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarr
     k = len(meta.labels)
     gen = torch.Generator().manual_seed(int(seed))
     x = _init_images(gen, cfg, (cfg.restarts, k, *meta.input_shape))[restart].clone()
-    x.requires_grad_(True)
-    y = F.one_hot(torch.as_tensor(meta.labels), meta.num_classes).float()
+    x = x.to(case.device).requires_grad_(True)
+    y = F.one_hot(torch.as_tensor(meta.labels), meta.num_classes).float().to(case.device)
     opt = torch.optim.AdamW([x], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones(), gamma=cfg.lr_decay)
     for _ in range(cfg.steps):
@@ -114,7 +148,7 @@ def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarr
         sched.step()
         with torch.no_grad():
             x.clamp_(0.0, 1.0)
-    return x.detach().numpy()
+    return x.detach().cpu().numpy()
 
 
 def main() -> None:
@@ -125,27 +159,55 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vmap", action="store_true", help="also time the old vmap path")
+    ap.add_argument("--precision", choices=("tf32", "bf16"), default=None,
+                    help="also run (a) at this arithmetic and compare PSNR with fp32")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's peak (for the share of it achieved)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cases = make_cases(args.model, args.targets)
+    cases, truths = make_cases(args.model, args.targets, args.device)
     cfg = InversionConfig(iterations=args.iterations, restarts=args.restarts)
     seeds = list(range(len(cases)))
     recover(cases[:2], InversionConfig(iterations=1, restarts=args.restarts))  # warm-up
+    trial_its = len(cases) * args.restarts * args.iterations
     print(f"model={args.model} targets={len(cases)} restarts={args.restarts} "
-          f"iterations={args.iterations} threads={args.threads} "
+          f"iterations={args.iterations} threads={args.threads} device={args.device} "
           f"load={os.getloadavg()[0]:.2f}", flush=True)
+    _sync(args.device)
     t0 = time.perf_counter()
     fast = recover(cases, cfg, seeds=seeds)
+    _sync(args.device)
     t_vec = time.perf_counter() - t0
-    print(f"(a) vectorised  {t_vec:8.2f} s", flush=True)
+    flops = flops_per_trial_iteration(cases[0], cfg) * trial_its
+    peak = (f", {flops / t_vec / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops} TFLOP/s"
+            if args.peak_tflops else "")
+    print(f"(a) vectorised  {t_vec:8.2f} s   {trial_its / t_vec:,.0f} trial-iterations/s, "
+          f"{flops / t_vec / 1e9:,.1f} GFLOP/s{peak}", flush=True)
+    if args.precision:
+        from dataclasses import replace
+
+        recover(cases[:2], replace(cfg, iterations=1, precision=args.precision))
+        _sync(args.device)
+        t0 = time.perf_counter()
+        low = recover(cases, replace(cfg, precision=args.precision), seeds=seeds)
+        _sync(args.device)
+        t_low = time.perf_counter() - t0
+        print(f"(d) {args.precision:<11} {t_low:8.2f} s   ratio (a)/(d) = {t_vec / t_low:.2f}x   "
+              f"PSNR vs forgotten: fp32 {mean_psnr(fast.images, truths):.2f} dB, "
+              f"{args.precision} {mean_psnr(low.images, truths):.2f} dB", flush=True)
     t0 = time.perf_counter()
     plain = [[plain_trial(c, cfg, s, r) for r in range(args.restarts)]
              for c, s in zip(cases, seeds)]
+    _sync(args.device)
     t_plain = time.perf_counter() - t0
     diff = max(float(np.abs(plain[i][int(fast.best_restart[i])] - fast.images[i]).max())
                for i in range(len(cases)))
+    same_restart = [plain[i][int(fast.best_restart[i])] for i in range(len(cases))]
     print(f"(b) plain       {t_plain:8.2f} s   ratio (b)/(a) = {t_plain / t_vec:.2f}x   "
-          f"max |pixel diff| = {diff:.2e}", flush=True)
+          f"max |pixel diff| = {diff:.2e}   {trial_its / t_plain:,.0f} trial-iterations/s   "
+          f"PSNR vs forgotten: (a) {mean_psnr(fast.images, truths):.2f} dB, "
+          f"(b) {mean_psnr(same_restart, truths):.2f} dB", flush=True)
     if args.vmap:
         t0 = time.perf_counter()
         old = recover(cases, cfg, seeds=seeds, path="vmap")

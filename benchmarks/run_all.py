@@ -5,11 +5,14 @@ the machine, its load and the package versions recorded (issue 16, item 6).
     .venv/bin/python benchmarks/run_all.py --quick    # smaller sizes: minutes, for a smoke run
     .venv/bin/python benchmarks/run_all.py --only startup sweep
 
-Each benchmark runs as its own process, one after another (they would share the cores
-otherwise), and its output goes verbatim into the section of ``docs/BENCHMARKS.md`` between
-the ``run_all`` markers, which this command rewrites (the hand-written analyses around it stay
-as they are). A benchmark that fails is recorded as failed, the others still run, and the exit
-status is 1. ``--out FILE`` writes the section to another file instead.
+Where CUDA is present it also runs the GPU benchmarks (recovery throughput on the device at
+fp32 beside TF32 or bf16, with the PSNR of each). Each benchmark runs as its own process, one
+after another (they would share the cores otherwise), and its output goes verbatim into the
+section of ``docs/BENCHMARKS.md`` between the ``run_all`` markers, which this command rewrites
+(the hand-written analyses around it stay as they are). With ``--only``, the named
+benchmarks' subsections are replaced and the others kept as they were, each saying when and
+at which commit it ran. A benchmark that fails is recorded as failed, the others still run,
+and the exit status is 1. ``--out FILE`` writes the section to another file instead.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -34,9 +38,14 @@ BENCHMARKS = {
                 ["bench_startup.py", "--runs", "3"]),
     "inversion-convnet": ("ConvNet feature recovery: vectorised vs one trial at a time",
                           ["bench_inversion.py", "--model", "convnet", "--iterations", "20",
-                           "--vmap"],
+                           "--vmap", "--precision", "bf16"],
                           ["bench_inversion.py", "--model", "convnet", "--iterations", "3",
                            "--targets", "4"]),
+    "inversion-convnet-bf16": ("ConvNet recovery at a converging budget: bf16's effect on PSNR",
+                               ["bench_inversion.py", "--model", "convnet", "--iterations",
+                                "300", "--targets", "4", "--precision", "bf16"],
+                               ["bench_inversion.py", "--model", "convnet", "--iterations",
+                                "30", "--targets", "2", "--precision", "bf16"]),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
                            ["bench_inversion.py", "--model", "resnet18", "--iterations", "2",
                             "--targets", "8", "--vmap"],
@@ -44,9 +53,9 @@ BENCHMARKS = {
                             "--targets", "2"]),
     "inversion-mlp": ("digits MLP feature recovery: vectorised vs one trial at a time",
                       ["bench_inversion.py", "--model", "mlp", "--iterations", "200",
-                       "--threads", "1", "--vmap"],
+                       "--threads", "1", "--vmap", "--precision", "bf16"],
                       ["bench_inversion.py", "--model", "mlp", "--iterations", "30",
-                       "--threads", "1"]),
+                       "--threads", "1", "--precision", "bf16"]),
     "ensemble": ("stacked ensemble vs one model at a time", ["bench_ensemble.py"],
                  ["bench_ensemble.py", "--members", "16", "--epochs", "5"]),
     "adult": ("chen2021_adult.yaml vs a sequential script", ["bench_adult.py"],
@@ -54,6 +63,33 @@ BENCHMARKS = {
     "sweep": ("orchestration cost at 1k/10k/100k units vs empty Ray tasks", ["bench_sweep.py"],
               ["bench_sweep.py", "--sizes", "1000", "10000"]),
 }
+# Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput.
+GPU_BENCHMARKS = {
+    "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32)",
+                               ["bench_inversion.py", "--model", "convnet", "--iterations",
+                                "200", "--targets", "64", "--device", "cuda", "--precision",
+                                "tf32"],
+                               ["bench_inversion.py", "--model", "convnet", "--iterations",
+                                "20", "--targets", "16", "--device", "cuda", "--precision",
+                                "tf32"]),
+    "inversion-resnet18-cuda": ("ResNet-18 feature recovery on the GPU (fp32 vs bf16)",
+                                ["bench_inversion.py", "--model", "resnet18", "--iterations",
+                                 "20", "--targets", "32", "--device", "cuda", "--precision",
+                                 "bf16"],
+                                ["bench_inversion.py", "--model", "resnet18", "--iterations",
+                                 "5", "--targets", "8", "--device", "cuda", "--precision",
+                                 "bf16"]),
+}
+
+
+ALL = {**BENCHMARKS, **GPU_BENCHMARKS}
+
+
+def _with_gpu() -> dict:
+    """Every benchmark this machine can run: the GPU ones only where CUDA is present."""
+    import torch
+
+    return {**BENCHMARKS, **(GPU_BENCHMARKS if torch.cuda.is_available() else {})}
 
 
 def _versions() -> str:
@@ -115,9 +151,29 @@ def _run(name: str, args: list[str]) -> str:
     out = done.stdout.strip()
     if done.returncode:
         out += "\n" + "\n".join(done.stderr.strip().splitlines()[-10:])
-    return (f"### {name}: {BENCHMARKS[name][0]}\n\n`{shown}`: {status}, {wall:.0f} s, "
-            f"load average (1/5/15 min) {before} before, {_load()} after\n\n"
-            f"```text\n{out}\n```\n")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"### {name}: {ALL[name][0]}\n\n`{shown}`: {status}, {wall:.0f} s, "
+            f"load average (1/5/15 min) {before} before, {_load()} after; {when}, "
+            f"commit {_commit()}\n\n```text\n{out}\n```\n")
+
+
+def _earlier_parts(text: str) -> dict[str, str]:
+    """The subsections of the section already in the document, by benchmark name."""
+    if BEGIN not in text or END not in text:
+        return {}
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    # A subsection written before each said when it ran gets its run's date and commit.
+    found = re.search(r"Generated ([^;]+? UTC)[^;]*; commit ([^.]+)\.", block)
+    stamp = f"; {found.group(1)}, commit {found.group(2)}" if found else ""
+    parts = {}
+    for chunk in block.split("\n### ")[1:]:
+        name = chunk.split(":", 1)[0]
+        if name in ALL:
+            title, status, rest = ("### " + chunk.rstrip("\n")).split("\n\n", 2)
+            if " UTC, commit " not in status:
+                status += stamp
+            parts[name] = f"{title}\n\n{status}\n\n{rest}\n"
+    return parts
 
 
 def _write(section: str, out: Path) -> None:
@@ -139,21 +195,26 @@ def _write(section: str, out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None,
-                    metavar="NAME", help=f"some of: {', '.join(BENCHMARKS)}")
+    ap.add_argument("--only", nargs="+", choices=sorted(ALL), default=None,
+                    metavar="NAME", help=f"some of: {', '.join(ALL)}")
     ap.add_argument("--out", type=Path, default=DOC, help="where the section goes")
     args = ap.parse_args()
-    names = args.only or list(BENCHMARKS)
+    names = args.only or list(_with_gpu())
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [_run(name, BENCHMARKS[name][2 if args.quick else 1]) for name in names]
-    header = (f"## Latest full run (`benchmarks/run_all.py{' --quick' if args.quick else ''}`)"
-              f"\n\nGenerated {started}; commit {_commit()}.\nMachine: {_machine()}.\n"
-              f"Versions: {_versions()}.\n"
+    fresh = {name: _run(name, ALL[name][2 if args.quick else 1]) for name in names}
+    kept = {} if args.only is None or args.out != DOC else _earlier_parts(DOC.read_text())
+    parts = [fresh.get(name) or kept.get(name) for name in ALL]
+    parts = [p for p in parts if p]
+    command = "benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    header = (f"## Latest full run (`{command}`)\n\nGenerated {started}"
+              + (f" for {', '.join(names)} (the other subsections are from earlier runs; "
+                 "each says when it ran)" if args.only and kept else "")
+              + f"; commit {_commit()}.\nMachine: {_machine()}.\nVersions: {_versions()}.\n"
               + ("Quick sizes: a smoke run, not the figures the sections above discuss.\n"
                  if args.quick else "") + "\n")
     _write(header + "\n".join(parts), args.out)
     print(f"[run_all] wrote {args.out}", file=sys.stderr)
-    return 1 if any("FAILED" in p.split("\n", 3)[2] for p in parts) else 0
+    return 1 if any("FAILED" in p.split("\n", 3)[2] for p in fresh.values()) else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from tasks.attacks.base import (
     target_seeds,
 )
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
+from tasks.attacks.precision import arithmetic, fp32_scoring
 from tasks.cases import Case
 
 __all__ = [
@@ -85,6 +86,10 @@ class InversionConfig:
     k: int = 1  # samples per request assumed under paper knowledge (reference: metadata.k)
     dry_run: bool = False  # one iteration only
     callback_every: int = 1
+    # Arithmetic of the optimisation's passes: "fp32" (TF32 off on CUDA too), "tf32" (TF32
+    # matmuls and convolutions on CUDA devices that have them; the same as fp32 elsewhere),
+    # "bf16" (autocast to bfloat16 on any device). The final scoring is always fp32.
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         from tasks.params import check, check_each
@@ -280,6 +285,7 @@ def make_batched_loss(model: nn.Module, tv_weight: float, path: str = "auto"):
     def batched(x, ysoft, gstack, gnorm):
         t, r, k = x.shape[:3]
         g = per_trial(x.reshape(t * r, k, *x.shape[3:]), ysoft.reshape(t * r, k, -1))
+        g = {n: g[n].float() for n in names}  # sums in fp32 under bf16 autocast too
         dot = sum((g[n].reshape(t, r, -1) * gstack[n].reshape(t, 1, -1)).sum(-1)
                   for n in names)
         sq = sum(g[n].reshape(t, r, -1).square().sum(-1) for n in names)
@@ -342,10 +348,35 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
     def soft_labels():
         return torch.softmax(ylogit, -1) if cfg.label_mode == "optimised" else yfixed
 
+    whole, forward = arithmetic(cfg.precision, torch.device(device))
+    with whole:
+        done, stopped = _optimise(cfg, x, opt, sched, batched, soft_labels, gstack, gnorm,
+                                  forward, callback, indices, start)
+    # Score the final iterates by the same forward path, without TV, in fp32.
+    final, _ = make_batched_loss(model, 0.0, path)
+    with torch.no_grad():
+        ys = soft_labels().detach()
+    xd = x.detach()
+    with fp32_scoring(torch.device(device)):
+        _, cost = final(xd, ys, gstack, gnorm)
+    cost = cost.detach()
+    if not torch.isfinite(cost).all():
+        raise NonFiniteLossError("non-finite matching loss at the final iterate")
+    best = cost.argmin(1)
+    tidx = torch.arange(t_count, device=device)
+    images = xd[tidx, best].cpu().numpy()  # (T, k, C, H, W)
+    used = ys[tidx, best].argmax(-1).cpu().numpy()  # (T, k)
+    return images, used, cost.cpu().numpy(), best.cpu().numpy(), done, stopped
+
+
+def _optimise(cfg: InversionConfig, x, opt, sched, batched, soft_labels, gstack, gnorm,
+              forward, callback, indices: tuple[int, ...], start: float) -> tuple[int, bool]:
+    """The signed-AdamW iterations; returns (iterations done, stopped by the callback)."""
     stopped, done = False, 0
     for it in range(1, cfg.steps + 1):
         opt.zero_grad(set_to_none=True)
-        total, cost = batched(x, soft_labels(), gstack, gnorm)  # (T, R) each
+        with forward():
+            total, cost = batched(x, soft_labels(), gstack, gnorm)  # (T, R) each
         if not torch.isfinite(total).all():
             bad = [indices[i] for i in torch.nonzero(~torch.isfinite(total).all(1)).flatten()]
             raise NonFiniteLossError(f"iteration {it}: non-finite matching loss for targets "
@@ -364,20 +395,7 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
             if verdict is True:
                 stopped = True
                 break
-    # Score the final iterates by the same forward path, without TV.
-    final, _ = make_batched_loss(model, 0.0, path)
-    with torch.no_grad():
-        ys = soft_labels().detach()
-    xd = x.detach()
-    _, cost = final(xd, ys, gstack, gnorm)
-    cost = cost.detach()
-    if not torch.isfinite(cost).all():
-        raise NonFiniteLossError("non-finite matching loss at the final iterate")
-    best = cost.argmin(1)
-    tidx = torch.arange(t_count, device=device)
-    images = xd[tidx, best].cpu().numpy()  # (T, k, C, H, W)
-    used = ys[tidx, best].argmax(-1).cpu().numpy()  # (T, k)
-    return images, used, cost.cpu().numpy(), best.cpu().numpy(), done, stopped
+    return done, stopped
 
 
 def recover(cases: Sequence[Case], config: InversionConfig, *,

@@ -176,7 +176,10 @@ def _conv_weight_grads(mod: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, n: 
     c_out = delta.shape[1]
     # Only the weight's shape matters when just the weight gradient is asked for (its double
     # backward does not read it either): an untouched buffer, never a b-fold copy.
-    weight = mod.weight.new_empty((b * c_out, *mod.weight.shape[1:]))
+    # Under bf16 autocast a and delta may differ in dtype (an aten call is not autocast):
+    # one dtype for the three operands.
+    delta = delta.to(a.dtype)
+    weight = a.new_empty((b * c_out, *mod.weight.shape[1:]))
     gw = torch.ops.aten.convolution_backward(
         delta.reshape(1, b * c_out, *delta.shape[2:]), a.reshape(1, b * c_in, h, w),
         weight, None, list(mod.stride),

@@ -85,3 +85,26 @@ def test_unsupported_models_fall_back_to_vmap():
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)).eval()
     assert "groups" in fast_path_reason(grouped)
     assert fast_path_reason(nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True)).eval())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fast_path_runs_under_bf16_autocast_close_to_fp32(name):
+    """precision: bf16 autocasts the fast path too (its grouped weight-gradient convolution
+    gets one dtype for its operands); the loss stays within bf16's precision of fp32's."""
+    torch.manual_seed(0)
+    model, shape = _model(name)
+    t, r = 2, 2
+    gstack = OrderedDict((n, torch.randn(t, *p.shape)) for n, p in model.named_parameters())
+    gnorm = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gstack.values()))
+    x0 = torch.rand(t, r, 1, *shape)
+    ysoft = F.softmax(torch.randn(t, r, 1, 10), -1)
+    fn, _ = make_batched_loss(model, 1e-2, "fast")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        x = x0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            total, _ = fn(x, ysoft, gstack, gnorm)
+        total.sum().backward()
+        assert torch.isfinite(x.grad).all()
+        out[precision] = total.detach().float()
+    assert torch.allclose(out["bf16"], out["fp32"], atol=0.05), (out["bf16"], out["fp32"])

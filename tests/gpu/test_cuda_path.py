@@ -8,11 +8,13 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
+from tasks.attacks.precision import cuda_tf32
 from tests.conftest import reduced_quickstart
 
 pytestmark = pytest.mark.skipif(
@@ -35,18 +37,53 @@ def test_fast_recovery_loss_on_cuda_equals_cpu():
     ysoft = F.softmax(torch.randn(t, r, k, 10), -1)
     out = {}
     for device in ("cpu", "cuda"):
-        # TF32 off: this compares float32 arithmetic on both devices.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
         fn, used = make_batched_loss(model.to(device), 1e-2, "auto")
         assert used == "fast"
         x = x0.clone().to(device).requires_grad_(True)
-        total, _ = fn(x, ysoft.to(device), OrderedDict((n, g.to(device)) for n, g in
-                                                        gstack.items()), gnorm.to(device))
-        total.sum().backward()
+        with cuda_tf32(False):  # this compares float32 arithmetic on both devices
+            total, _ = fn(x, ysoft.to(device), OrderedDict((n, g.to(device)) for n, g in
+                                                            gstack.items()), gnorm.to(device))
+            total.sum().backward()
         out[device] = (total.detach().cpu(), x.grad.cpu())
     for a, b in zip(out["cpu"], out["cuda"]):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
+
+
+def test_recovery_on_cuda_at_every_precision(digits_state):
+    """fp32 on CUDA recovers what the CPU recovers; TF32 within 1 dB of PSNR; bf16 (2.6 dB
+    below fp32 on the CPU) still well beyond the mean image."""
+    from tasks.attacks.inversion import InversionConfig, recover
+    from tasks.cases import build_case
+    from tasks.metrics import psnr
+    from tasks.unlearning import UNLEARNING, ForgetRequest
+
+    ga = UNLEARNING.get("gradient_ascent")()
+    per_device = {}
+    for device in ("cpu", "cuda"):
+        cases, truths = [], []
+        for i in (1, 2, 4, 9):
+            req = ForgetRequest(f"r{i}", "single", (i,))
+            theta_u = ga.unlearn(digits_state, req, ga.Params(lr=1.0, steps=1))
+            case, truth = build_case(dataset=digits_state.dataset, theta=digits_state.original,
+                                     theta_u=theta_u, request=req, knowledge="reference",
+                                     unlearn_lr=1.0, exact=False, device=device)
+            cases.append(case)
+            truths.append(truth)
+        per_device[device] = (cases, truths)
+    runs = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "tf32"),
+                              ("cuda", "bf16")):
+        cases, truths = per_device[device]
+        res = recover(cases, InversionConfig(iterations=150, restarts=3, precision=precision),
+                      seeds=[0, 1, 2, 3])
+        runs[device, precision] = float(np.mean([psnr(res.images[i], t.x)[0]
+                                                  for i, t in enumerate(truths)]))
+    reference = runs["cpu", "fp32"]
+    assert abs(runs["cuda", "fp32"] - reference) < 0.5, runs
+    assert abs(runs["cuda", "tf32"] - reference) < 1.0, runs
+    mean_img = digits_state.dataset.x_test.mean(0, keepdims=True)
+    baseline = np.mean([psnr(mean_img, t.x)[0] for t in per_device["cpu"][1]])
+    assert runs["cuda", "bf16"] - baseline > 6.0, (runs, baseline)
 
 
 def test_quickstart_runs_on_cuda_end_to_end(tmp_path, repo):

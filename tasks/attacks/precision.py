@@ -1,0 +1,40 @@
+"""The arithmetic of feature recovery's optimisation (issue 16, item 4).
+
+``fp32`` is exact float32 everywhere (TF32 off on CUDA as well: cuDNN allows it by default);
+``tf32`` lets CUDA devices that have it run matmuls and convolutions in TF32 (elsewhere it is
+the same as fp32); ``bf16`` autocasts each forward pass to bfloat16 on any device, the
+backward pass following the forward's dtypes. Scoring stays fp32 whatever the setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def cuda_tf32(allowed: bool):
+    """TF32 for CUDA matmuls and convolutions on or off, restored afterwards."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def arithmetic(precision: str, device: torch.device):
+    """(context for the whole optimisation, factory of a context for each forward pass)."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+    whole = cuda_tf32(precision == "tf32") if device.type == "cuda" \
+        else contextlib.nullcontext()
+    if precision == "bf16":
+        return whole, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return whole, contextlib.nullcontext
+
+
+def fp32_scoring(device: torch.device):
+    """The context in which final iterates are scored: plain float32."""
+    return cuda_tf32(False) if device.type == "cuda" else contextlib.nullcontext()
