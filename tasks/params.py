@@ -214,6 +214,17 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def key_settings(config: Any) -> dict:
+    """:func:`to_dict` of a config as result keys see it: a field added after results were
+    keyed, listed with its default in the class's ``KEYED_IF_CHANGED``, enters the key only
+    when set to another value, so adding it leaves the rows already written theirs."""
+    out = to_dict(config)
+    for name, default in getattr(type(config), "KEYED_IF_CHANGED", {}).items():
+        if out.get(name) == default:
+            out.pop(name)
+    return out
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass as plain JSON-able data (tuples become lists)."""
     if dataclasses.is_dataclass(obj):

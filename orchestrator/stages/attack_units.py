@@ -27,7 +27,7 @@ from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis import SCORERS, ScoringContext
 from tasks.cases import Case, PublicMetadata, QueryAccess
-from tasks.params import to_dict
+from tasks.params import key_settings, to_dict
 from tasks.splits import select_training_set
 from tasks.training import seed_everything
 
@@ -112,8 +112,8 @@ def attack_batch(params: dict, ctx: TaskContext) -> Rows:
     result = attack.run(cases, config, seeds=seeds, prepared=prepared)
     wall = time.perf_counter() - start
     scored = scorer.score(result, truths, config, scoring_context(spec, state.dataset, seed))
-    settings = to_dict(config)
-    config_cols = flatten(settings, "attack")
+    settings = key_settings(config)
+    config_cols = flatten(to_dict(config), "attack")
     common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
               "dataset": spec.dataset.name, "model": spec.model.name,
               "unlearning_method": provider.method, "exact": provider.exact,

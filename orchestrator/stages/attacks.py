@@ -35,7 +35,7 @@ from orchestrator.store import artifact_key
 from orchestrator.tables import FIGURE_INDEX
 from tasks.analysis import SCORERS, Scorer
 from tasks.attacks import ATTACKS, Attack, ThreatModel
-from tasks.params import FieldError, ParamError, build, check, to_dict
+from tasks.params import FieldError, ParamError, build, check, key_settings
 from tasks.registry import UnknownComponentError
 from tasks.unlearning import UNLEARNING, ForgetConfig, make_requests
 
@@ -215,7 +215,7 @@ def _own_pairs(spec: Spec, core: CorePlan, entry: AttackEntry, methods, units: l
 
 def row_key(unlearned: str, entry: AttackEntry, settings: dict, name: str,
             part: int | None) -> str:
-    """``settings``: ``to_dict`` of the entry's typed config (computed once per entry)."""
+    """``settings``: ``key_settings`` of the entry's typed config (computed once per entry)."""
     return "atk-" + stable_hash([unlearned, entry.attack, settings, name, part], 24)
 
 
@@ -230,7 +230,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
         attack_cls = entry.attack_class()
         scorer = SCORERS.get(attack_cls.scorer)
         config = entry.typed_config()
-        settings = to_dict(config)
+        settings = key_settings(config)
         if entry.forget is not None:
             aspec, pairs = _own_pairs(spec, core, entry, methods, units, seen)
         else:

@@ -90,6 +90,7 @@ class InversionConfig:
     # matmuls and convolutions on CUDA devices that have them; the same as fp32 elsewhere),
     # "bf16" (autocast to bfloat16 on any device). The final scoring is always fp32.
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    KEYED_IF_CHANGED: ClassVar[dict[str, Any]] = {"precision": "fp32"}  # added in issue 16
 
     def __post_init__(self) -> None:
         from tasks.params import check, check_each

@@ -189,3 +189,12 @@ def test_bf16_runs_on_both_per_trial_gradient_paths(digits_state, path):
                   seeds=[1, 2], path=path)
     assert all(np.isfinite(img).all() for img in res.images)
     assert np.isfinite(res.matching_loss).all()
+
+
+def test_precision_enters_result_keys_only_when_not_fp32():
+    """Adding the field left the keys of rows written before it as they were."""
+    from tasks.params import key_settings, to_dict
+
+    assert "precision" in to_dict(InversionConfig())  # the row's attack.* columns show it
+    assert "precision" not in key_settings(InversionConfig())
+    assert key_settings(InversionConfig(precision="bf16"))["precision"] == "bf16"
