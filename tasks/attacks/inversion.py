@@ -355,12 +355,9 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
                                   forward, callback, indices, start)
     # Score the final iterates by the same forward path, without TV, in fp32.
     final, _ = make_batched_loss(model, 0.0, path)
-    with torch.no_grad():
-        ys = soft_labels().detach()
-    xd = x.detach()
+    ys, xd = soft_labels().detach(), x.detach()
     with fp32_scoring(torch.device(device)):
-        _, cost = final(xd, ys, gstack, gnorm)
-    cost = cost.detach()
+        cost = final(xd, ys, gstack, gnorm)[1].detach()
     if not torch.isfinite(cost).all():
         raise NonFiniteLossError("non-finite matching loss at the final iterate")
     best = cost.argmin(1)
