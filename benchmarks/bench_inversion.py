@@ -58,7 +58,7 @@ def _dataset(model_name: str):
         return load_dataset("digits", None)
     try:
         return load_dataset("cifar10", None)
-    except (OSError, ValueError, KeyError) as err:  # no CIFAR-10 subset on this machine: random CIFAR-shaped data
+    except (OSError, ValueError, KeyError) as err:  # no CIFAR-10 subset: CIFAR-shaped data
         print(f"cifar10 unavailable ({err}); random 3x32x32 inputs")
         from types import SimpleNamespace
 

@@ -112,11 +112,11 @@ def _child(n: int, num_cpus: int, folder: str) -> dict:
             plain_s = time.perf_counter() - t0
     finally:
         stop_ray()
-    return {"units": n, "warm_s": warm_s, "plan_s": plan_s, "run_s": report.wall_s, "per_unit_ms":
-            1000 * report.wall_s / n, "plain_ms": 1000 * plain_s / n, "rss_idle_mib": rss_idle,
-            "rss_planned_mib": rss_planned, "rss_peak_mib": mem.peak,
-            "plain_rss_peak_mib": plain_mem.peak, "parts": parts_before, "read_keys_s": read_before,
-            "compact_s": compact_s, "parts_compacted": parts_after,
+    return {"units": n, "warm_s": warm_s, "plan_s": plan_s, "run_s": report.wall_s,
+            "per_unit_ms": 1000 * report.wall_s / n, "plain_ms": 1000 * plain_s / n,
+            "rss_idle_mib": rss_idle, "rss_planned_mib": rss_planned, "rss_peak_mib": mem.peak,
+            "plain_rss_peak_mib": plain_mem.peak, "parts": parts_before,
+            "read_keys_s": read_before, "compact_s": compact_s, "parts_compacted": parts_after,
             "read_keys_compacted_s": read_after}
 
 

@@ -120,7 +120,8 @@ def _machine() -> str:
         import torch
 
         if torch.cuda.is_available():
-            gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            gpu = ", ".join(torch.cuda.get_device_name(i)
+                            for i in range(torch.cuda.device_count()))
     except ImportError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {memory}, {gpu}, {platform.system()}"

@@ -39,8 +39,8 @@ TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")
 COLUMNS = ("p90_epsilon", "forget_score", "records_half_leak", "unlearned_test_acc",
            "unlearned_retain_acc", "forget_acc", "original_test_acc", "unlearn_s_per_model",
-           "chen_auc", "chen_auc_low", "chen_auc_high", "chen_tpr_at_0_1pct", "n_models", "n_records", "design", "variant",
-           "variance")
+           "chen_auc", "chen_auc_low", "chen_auc_high", "chen_tpr_at_0_1pct", "n_models",
+           "n_records", "design", "variant", "variance")
 RECOVERY, LABELS = "recoveries", "label_inference"
 IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
                  "recovery_psnr_db", "recovery_targets", "label_inference_acc",
