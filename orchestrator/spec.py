@@ -1,7 +1,8 @@
 """Experiment specs: YAML -> validated :class:`Spec` variants, with errors naming the key path.
 
 A spec file may hold a ``grid:`` of key paths to value lists; it expands into one variant per
-combination (``dataset.train_size: [8, 32, 128]``). ``--set key.path=value`` overrides are
+combination (``dataset.train_size: [8, 32, 128]``); a key joining paths with commas sets them
+together (:mod:`orchestrator.key_paths`). ``--set key.path=value`` overrides are
 applied before expansion; values are read as YAML (``--set training.epochs=5``).
 
 Attack, defence and analysis sections are the entries of
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -26,6 +26,7 @@ import yaml
 
 from orchestrator.fingerprint import file_fingerprint
 from orchestrator.hashing import stable_hash
+from orchestrator.key_paths import SpecError, grid_variants, set_path
 from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
 from tasks.params import (
@@ -41,10 +42,6 @@ from tasks.params import (
 from tasks.registry import UnknownComponentError
 from tasks.training import TrainConfig
 from tasks.unlearning import UNLEARNING, ForgetConfig
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; the message starts with the offending key path."""
 
 
 class SpecFileError(SpecError):
@@ -242,43 +239,6 @@ def flatten(obj: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested mappings and lists; SpecError naming the key when the path
-    does not fit the data (a list index that is not a number or out of range, a value where a
-    section should be)."""
-    keys = dotted.split(".")
-    if not dotted or any(not k for k in keys):
-        raise SpecError(f"{dotted!r}: expected a key path such as training.epochs")
-    node: Any = data
-    for i, k in enumerate(keys):
-        here = ".".join(keys[:i + 1])
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            try:
-                index = int(k)
-                if not -len(node) <= index < len(node):
-                    raise IndexError
-            except (ValueError, IndexError):
-                raise SpecError(f"{here}: no such list item (the list has {len(node)} "
-                                f"item(s), numbered from 0)") from None
-            if last:
-                node[index] = value
-                return
-            nxt = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[k] = value
-                return
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-        else:
-            raise SpecError(f"{'.'.join(keys[:i])}: is a value, not a section")
-        if not isinstance(nxt, (dict, list)):
-            raise SpecError(f"{here}: is a value, not a section")
-        node = nxt
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``key.path=value`` -> (key path, the value read as YAML)."""
     if "=" not in text:
@@ -299,7 +259,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> None:
     for text in overrides:
         key, value = parse_override(text)
         try:
-            _set_path(data, key, value)
+            set_path(data, key, value)
         except SpecError as err:
             raise SpecError(f"--set {text}: {err}") from None
 
@@ -437,25 +397,8 @@ def expand(data: Mapping[str, Any], overrides: list[str] = (),
     data = copy.deepcopy(dict(data))
     apply_overrides(data, overrides)
     grid = data.pop("grid", None) or {}
-    if not isinstance(grid, Mapping):
-        raise SpecError("grid: expected a mapping of key paths to lists of values")
-    for key, values in grid.items():
-        if not isinstance(key, str):
-            raise SpecError(f"grid.{key}: expected a key path such as training.epochs")
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"grid.{key}: expected a non-empty list of values")
     data.pop("description", None)
-    variants = []
-    keys = list(grid)
-    for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-        variant = copy.deepcopy(data)
-        for key, value in zip(keys, combo):
-            try:
-                _set_path(variant, key, value)
-            except SpecError as err:
-                raise SpecError(f"grid.{err}") from None
-        variants.append(build_variant(variant, local_devices))
-    return variants
+    return [build_variant(variant, local_devices) for variant in grid_variants(data, grid)]
 
 
 def read_spec_file(path: str | Path) -> Mapping[str, Any]:

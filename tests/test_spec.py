@@ -46,6 +46,32 @@ def test_grid_and_overrides_expand_into_variants():
     assert len({v.config_hash for v in variants}) == 4
 
 
+def test_joint_grid_keys_set_their_paths_together():
+    """A model and the unlearning settings tuned for it vary together, not as a product."""
+    mlp = [{"method": "retrain"}, {"method": "gradient_ascent", "lr": 0.5}]
+    logreg = [{"method": "retrain"}, {"method": "gradient_ascent", "lr": 0.01}]
+    data = {**BASE, "grid": {"model.hidden, unlearning": [[[64], mlp], [[], logreg]],
+                             "training.epochs": [1, 2]}}
+    variants = expand(data)
+    assert len(variants) == 4
+    assert {(tuple(v.model.params["hidden"]), v.unlearning[1].typed_params().lr,
+             v.training.epochs) for v in variants} == {
+        ((64,), 0.5, 1), ((64,), 0.5, 2), ((), 0.01, 1), ((), 0.01, 2)}
+
+
+@pytest.mark.parametrize("grid,message", [
+    ({"model.hidden, unlearning": [[[64]]]},
+     (r"^grid\.model\.hidden, unlearning\.0: expected a list of 2 values, one for each of "
+     r"model\.hidden, unlearning$")),
+    ({"model.hidden, unlearning": [[64], 3]}, r"^grid\.model\.hidden, unlearning\.0: "),
+    ({"model.hidden,": [[[64]]]}, r"^grid\.model\.hidden,: expected a key path"),
+    ({"model.hidden, unlearning.x": [[[64], 1]]}, r"^grid\.unlearning\.x: no such list item"),
+])
+def test_bad_joint_grid_keys_are_refused_naming_the_key(grid, message):
+    with pytest.raises(SpecError, match=message):
+        expand({**BASE, "grid": grid})
+
+
 def test_cli_exits_2_naming_the_misspelled_key(tmp_path, repo):
     spec = tmp_path / "bad.yaml"
     spec.write_text("experiment: bad\ndataset: {name: digits}\ntraining: {epohcs: 3}\n")

@@ -44,11 +44,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.key_paths import set_path
 from orchestrator.search.space import Dimension, dimension_dict, order_conditions, parse_dimension
 from orchestrator.spec import (
     Spec,
     SpecError,
-    _set_path,
     apply_overrides,
     expand,
     read_spec_file,
@@ -177,7 +177,7 @@ class SearchPlan:
             return self.base
         data = copy.deepcopy(self.raw)
         for key, value in spec_params.items():
-            _set_path(data, key, value)
+            set_path(data, key, value)
         # Trials run on workers; the driver checked the device when it loaded the spec.
         (spec,) = expand(data, local_devices=False)
         return spec
@@ -192,7 +192,7 @@ def attack_settings(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[
     out = copy.deepcopy(dict(base))
     for key, value in params.items():
         if key.startswith(ATTACK_PREFIX):
-            _set_path(out, key[len(ATTACK_PREFIX):], value)
+            set_path(out, key[len(ATTACK_PREFIX):], value)
     return out
 
 
@@ -282,7 +282,7 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
         for value in dim.sample_values():
             trial = copy.deepcopy(data)
             try:
-                _set_path(trial, dim.key, value)
+                set_path(trial, dim.key, value)
                 expand(trial)
             except SpecError as err:
                 raise SpecError(f"search.space.{dim.key}: {value!r} gives an invalid spec "
