@@ -47,7 +47,7 @@ BENCHMARKS = {
                                ["bench_inversion.py", "--model", "convnet", "--iterations",
                                 "30", "--targets", "2", "--precision", "bf16"]),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
-                           ["bench_inversion.py", "--model", "resnet18", "--iterations", "2",
+                           ["bench_inversion.py", "--model", "resnet18", "--iterations", "6",
                             "--targets", "8", "--vmap"],
                            ["bench_inversion.py", "--model", "resnet18", "--iterations", "1",
                             "--targets", "2"]),

@@ -50,6 +50,7 @@ from tasks.attacks.base import (
 )
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
 from tasks.attacks.precision import arithmetic, fp32_scoring
+from tasks.attacks.recovery_groups import group_targets
 from tasks.cases import Case
 
 __all__ = [
@@ -310,13 +311,6 @@ def _init_images(gen: torch.Generator, cfg: InversionConfig, shape: tuple[int, .
     return x.clamp_(0.0, 1.0)
 
 
-def _same_model(a: nn.Module, b: nn.Module) -> bool:
-    if a is b:
-        return True
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa)
-
-
 def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: list[int],
                cfg: InversionConfig, input_shape: tuple[int, ...], num_classes: int,
                device: torch.device, callback, indices: tuple[int, ...], start: float,
@@ -441,15 +435,8 @@ def recover(cases: Sequence[Case], config: InversionConfig, *,
         else:
             labels = np.zeros(k, dtype=np.int64)  # replaced by the optimised dummy labels
         prepared.append((gstar, model, where, labels))
-    # Group targets that share an evaluation model and a request size.
-    groups: list[tuple[nn.Module, int, list[int]]] = []
-    for i, (_, model, _, labels) in enumerate(prepared):
-        for gmodel, gk, members in groups:
-            if gk == len(labels) and _same_model(gmodel, model):
-                members.append(i)
-                break
-        else:
-            groups.append((model, len(labels), [i]))
+    groups = group_targets([(p[1], len(p[3])) for p in prepared], config.restarts,
+                           cases[0].device, chunk=callback is None)
     n = len(cases)
     images: list = [None] * n
     used: list = [None] * n

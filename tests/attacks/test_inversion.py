@@ -198,3 +198,31 @@ def test_precision_enters_result_keys_only_when_not_fp32():
     assert "precision" in to_dict(InversionConfig())  # the row's attack.* columns show it
     assert "precision" not in key_settings(InversionConfig())
     assert key_settings(InversionConfig(precision="bf16"))["precision"] == "bf16"
+
+
+def test_large_models_recover_in_chunks_of_targets_small_ones_together(digits_state):
+    """Per-trial gradients past the device's budget split a group into chunks (ResNet-18 on a
+    CPU: one target at a time); the MLP stays whole; a search's callback keeps groups whole;
+    chunking changes nothing in what is recovered."""
+    from torch import nn
+
+    from tasks.attacks.recovery_groups import TRIAL_GRADIENT_BUDGET, group_targets
+
+    big = nn.Linear(4096, 4096)  # 64 MiB of float32 weights: over the CPU budget per trial
+    small = digits_state.original
+    assert 2 * 4096 * 4097 * 4 > TRIAL_GRADIENT_BUDGET["cpu"]
+    chunks = group_targets([(big, 1)] * 3 + [(small, 1)] * 3, restarts=2, device="cpu")
+    assert [m for _, _, m in chunks] == [[0], [1], [2], [3, 4, 5]]
+    whole = group_targets([(big, 1)] * 3, restarts=2, device="cpu", chunk=False)
+    assert [m for _, _, m in whole] == [[0, 1, 2]]
+    cases, _ = _ascent_cases(digits_state, [3, 5, 8])
+    cfg = InversionConfig(iterations=20, restarts=2)
+    together = recover(cases, cfg, seeds=[0, 1, 2])
+    budget = TRIAL_GRADIENT_BUDGET["cpu"]
+    try:
+        TRIAL_GRADIENT_BUDGET["cpu"] = 1  # every target its own chunk
+        apart = recover(cases, cfg, seeds=[0, 1, 2])
+    finally:
+        TRIAL_GRADIENT_BUDGET["cpu"] = budget
+    for a, b in zip(together.images, apart.images):
+        np.testing.assert_allclose(a, b, atol=1e-5)
