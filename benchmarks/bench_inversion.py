@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak (for the share of it achieved)")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device on this machine")
     torch.set_num_threads(args.threads)
     cases, truths = make_cases(args.model, args.targets, args.device)
     cfg = InversionConfig(iterations=args.iterations, restarts=args.restarts)

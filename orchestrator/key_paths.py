@@ -81,6 +81,12 @@ def grid_variants(data: dict, grid: Any) -> list[dict]:
     if not isinstance(grid, Mapping):
         raise SpecError("grid: expected a mapping of key paths to lists of values")
     entries = [(_grid_paths(key, values), values) for key, values in grid.items()]
+    seen: set[str] = set()
+    for paths, _ in entries:
+        for path in paths:
+            if path in seen:  # one would silently overwrite the other
+                raise SpecError(f"grid.{path}: set by two grid keys; keep it in one")
+            seen.add(path)
     variants = []
     for combo in itertools.product(*(values for _, values in entries)):
         variant = copy.deepcopy(data)

@@ -66,6 +66,8 @@ def test_joint_grid_keys_set_their_paths_together():
     ({"model.hidden, unlearning": [[64], 3]}, r"^grid\.model\.hidden, unlearning\.0: "),
     ({"model.hidden,": [[[64]]]}, r"^grid\.model\.hidden,: expected a key path"),
     ({"model.hidden, unlearning.x": [[[64], 1]]}, r"^grid\.unlearning\.x: no such list item"),
+    ({"model.hidden": [[8]], "model.hidden, unlearning": [[[64], []]]},
+     r"^grid\.model\.hidden: set by two grid keys; keep it in one$"),
 ])
 def test_bad_joint_grid_keys_are_refused_naming_the_key(grid, message):
     with pytest.raises(SpecError, match=message):
