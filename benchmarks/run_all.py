@@ -32,53 +32,44 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- run_all: begin -->", "<!-- run_all: end -->"
 
+
+def _inv(model: str, iterations: int, more: str = "") -> str:
+    """The arguments of one feature-recovery benchmark."""
+    return f"bench_inversion.py --model {model} --iterations {iterations} {more}".strip()
+
+
 # name -> (what it compares, full arguments, quick arguments)
 BENCHMARKS = {
-    "startup": ("command start-up beside importing torch", ["bench_startup.py", "--runs", "5"],
-                ["bench_startup.py", "--runs", "3"]),
+    "startup": ("command start-up beside importing torch",
+                "bench_startup.py --runs 5", "bench_startup.py --runs 3"),
     "inversion-convnet": ("ConvNet feature recovery: vectorised vs one trial at a time",
-                          ["bench_inversion.py", "--model", "convnet", "--iterations", "20",
-                           "--vmap", "--precision", "bf16"],
-                          ["bench_inversion.py", "--model", "convnet", "--iterations", "3",
-                           "--targets", "4"]),
+                          _inv("convnet", 20, "--vmap --precision bf16"),
+                          _inv("convnet", 3, "--targets 4")),
     "inversion-convnet-bf16": ("ConvNet recovery at a converging budget: bf16's effect on PSNR",
-                               ["bench_inversion.py", "--model", "convnet", "--iterations",
-                                "300", "--targets", "4", "--precision", "bf16"],
-                               ["bench_inversion.py", "--model", "convnet", "--iterations",
-                                "30", "--targets", "2", "--precision", "bf16"]),
+                               _inv("convnet", 300, "--targets 4 --precision bf16"),
+                               _inv("convnet", 30, "--targets 2 --precision bf16")),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
-                           ["bench_inversion.py", "--model", "resnet18", "--iterations", "6",
-                            "--targets", "8", "--vmap"],
-                           ["bench_inversion.py", "--model", "resnet18", "--iterations", "1",
-                            "--targets", "2"]),
+                           _inv("resnet18", 6, "--targets 8 --vmap"),
+                           _inv("resnet18", 1, "--targets 2")),
     "inversion-mlp": ("digits MLP feature recovery: vectorised vs one trial at a time",
-                      ["bench_inversion.py", "--model", "mlp", "--iterations", "200",
-                       "--threads", "1", "--vmap", "--precision", "bf16"],
-                      ["bench_inversion.py", "--model", "mlp", "--iterations", "30",
-                       "--threads", "1", "--precision", "bf16"]),
-    "ensemble": ("stacked ensemble vs one model at a time", ["bench_ensemble.py"],
-                 ["bench_ensemble.py", "--members", "16", "--epochs", "5"]),
-    "adult": ("chen2021_adult.yaml vs a sequential script", ["bench_adult.py"],
-              ["bench_adult.py", "--scale", "0.3"]),
-    "sweep": ("orchestration cost at 1k/10k/100k units vs empty Ray tasks", ["bench_sweep.py"],
-              ["bench_sweep.py", "--sizes", "1000", "10000"]),
+                      _inv("mlp", 200, "--threads 1 --vmap --precision bf16"),
+                      _inv("mlp", 30, "--threads 1 --precision bf16")),
+    "ensemble": ("stacked ensemble vs one model at a time", "bench_ensemble.py",
+                 "bench_ensemble.py --members 16 --epochs 5"),
+    "adult": ("chen2021_adult.yaml vs a sequential script", "bench_adult.py",
+              "bench_adult.py --scale 0.3"),
+    "sweep": ("orchestration cost at 1k/10k/100k units vs empty Ray tasks", "bench_sweep.py",
+              "bench_sweep.py --sizes 1000 10000"),
 }
 # Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput.
 GPU_BENCHMARKS = {
     "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32)",
-                               ["bench_inversion.py", "--model", "convnet", "--iterations",
-                                "200", "--targets", "64", "--device", "cuda", "--precision",
-                                "tf32"],
-                               ["bench_inversion.py", "--model", "convnet", "--iterations",
-                                "20", "--targets", "16", "--device", "cuda", "--precision",
-                                "tf32"]),
+                               _inv("convnet", 200, "--targets 64 --device cuda --precision tf32"),
+                               _inv("convnet", 20, "--targets 16 --device cuda --precision tf32")),
     "inversion-resnet18-cuda": ("ResNet-18 feature recovery on the GPU (fp32 vs bf16)",
-                                ["bench_inversion.py", "--model", "resnet18", "--iterations",
-                                 "20", "--targets", "32", "--device", "cuda", "--precision",
-                                 "bf16"],
-                                ["bench_inversion.py", "--model", "resnet18", "--iterations",
-                                 "5", "--targets", "8", "--device", "cuda", "--precision",
-                                 "bf16"]),
+                                _inv("resnet18", 20,
+                                     "--targets 32 --device cuda --precision bf16"),
+                                _inv("resnet18", 5, "--targets 8 --device cuda --precision bf16")),
 }
 
 
@@ -141,9 +132,10 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _run(name: str, args: list[str]) -> str:
+def _run(name: str, arguments: str) -> str:
+    args = arguments.split()
     command = [sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]]
-    shown = ".venv/bin/python benchmarks/" + " ".join(args)
+    shown = ".venv/bin/python benchmarks/" + arguments
     print(f"[run_all] {name}: {shown}", file=sys.stderr, flush=True)
     before, start = _load(), time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
