@@ -42,6 +42,7 @@ from tasks.attacks.inversion import (
     tv_mean,
 )
 from tasks.cases import build_case
+from tasks.metrics import psnr
 from tasks.models import ModelConfig, build_torch_model
 from tasks.training import TrainConfig, train_model
 from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState
@@ -95,8 +96,7 @@ def make_cases(model_name: str, targets: int, device: str = "cpu"):
 
 def mean_psnr(images, truths) -> float:
     """PSNR of each recovered image against the forgotten one (pixels in [0, 1]), averaged."""
-    return float(np.mean([10 * np.log10(1.0 / max(float(np.mean((a - t) ** 2)), 1e-10))
-                          for a, t in zip(images, truths)]))
+    return float(np.mean(np.concatenate([psnr(a, t) for a, t in zip(images, truths)])))
 
 
 def flops_per_trial_iteration(case, cfg: InversionConfig) -> float:

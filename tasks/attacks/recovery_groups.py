@@ -6,8 +6,8 @@ batch stops paying: ResNet-18 (11M parameters) on a 2-core CPU recovers 8 target
 restarts in 9.9 s all at once, 5.6 s four at a time and 4.2 s one at a time, against 5.2 s
 for the plain loop (2026-12-04). So a group is split into chunks of targets whose per-trial
 gradients fit :data:`TRIAL_GRADIENT_BUDGET` for the device; small models (the ConvNet: 0.7
-MiB a trial) stay in one chunk. Not under a progress callback: a search (ASHA) reads one
-iteration count per group, so its groups stay whole.
+MiB a trial) stay in one chunk. Not under a progress callback: every group counts its
+iterations from 1 again, which a search's callback (ASHA) would read as a restart.
 """
 
 from __future__ import annotations

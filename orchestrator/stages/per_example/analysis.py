@@ -36,7 +36,7 @@ from tasks.analysis.per_example import (
     roc_metrics,
 )
 from tasks.attacks.membership_features import build_features, fit_and_score, softmax
-from tasks.metrics_membership import roc
+from tasks.metrics_membership import auc, roc
 from tasks.params import to_dict
 
 ARRAYS = "per_example"
@@ -105,19 +105,6 @@ def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndar
     return out
 
 
-def _auc_interval(scores: np.ndarray, member_in: np.ndarray, seed: int,
-                  rounds: int = 200) -> dict[str, float]:
-    """95 % interval of an attack's AUC over target records, as :func:`_bootstrap` does for
-    U-LiRA: near chance, the best of several features is biased upwards, and the interval
-    says by how much a method's AUC may move with another draw of records."""
-    rng = np.random.default_rng([seed, 43])
-    draws = [roc_metrics(scores[:, cols], member_in[:, cols])["auc"]
-             for cols in (rng.integers(0, scores.shape[1], scores.shape[1])
-                          for _ in range(rounds))]
-    low, high = np.nanquantile(draws, [0.025, 0.975])
-    return {"auc_low": float(low), "auc_high": float(high)}
-
-
 def _utility(ctx: TaskContext, units: dict[str, list[str]]) -> dict[str, float]:
     """The members' accuracies and unlearning time (means over members), from the metrics
     the model units keep beside the weights."""
@@ -135,24 +122,40 @@ def _utility(ctx: TaskContext, units: dict[str, list[str]]) -> dict[str, float]:
     return out
 
 
-def _bootstrap(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray, seed: int,
-               rounds: int = 200) -> dict[str, float]:
-    """95 % intervals over target records (records resampled with replacement: the
-    variation a different draw of forgotten records would bring)."""
-    rng = np.random.default_rng([seed, 41])
-    draws: dict[str, list[float]] = {"auc": [], "tpr_at_1pct": [], "tpr_at_0_1pct": [],
-                                     "median_epsilon": []}
+def _record_intervals(n_records: int, stats, rng_key: list[int],
+                      rounds: int = 200) -> dict[str, float]:
+    """95 % intervals (``<name>_low``, ``<name>_high``) of the statistics ``stats(cols)``
+    returns, over target records resampled with replacement: the variation a different draw
+    of forgotten records would bring."""
+    rng = np.random.default_rng(rng_key)
+    draws: dict[str, list[float]] = {}
     for _ in range(rounds):
-        cols = rng.integers(0, scores.shape[1], scores.shape[1])
-        metrics = roc_metrics(scores[:, cols], member_in[:, cols])
-        for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct"):
-            draws[name].append(metrics[name])
-        draws["median_epsilon"].append(float(np.median(eps[cols])))
+        for name, value in stats(rng.integers(0, n_records, n_records)).items():
+            draws.setdefault(name, []).append(value)
     out = {}
     for name, values in draws.items():
         out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in
                                                    np.nanquantile(values, [0.025, 0.975]))
     return out
+
+
+def _bootstrap(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray,
+               seed: int) -> dict[str, float]:
+    """U-LiRA's intervals: AUC, TPR at 1 % and 0.1 % FPR and the median epsilon."""
+    def stats(cols):
+        metrics = roc_metrics(scores[:, cols], member_in[:, cols])
+        return {**{name: metrics[name] for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct")},
+                "median_epsilon": float(np.median(eps[cols]))}
+
+    return _record_intervals(scores.shape[1], stats, [seed, 41])
+
+
+def _auc_interval(scores: np.ndarray, member_in: np.ndarray, seed: int) -> dict[str, float]:
+    """Chen et al.'s AUC interval, as U-LiRA's: near chance the best of several features is
+    biased upwards, and the interval says by how much it may move with other records."""
+    return _record_intervals(
+        scores.shape[1], lambda cols: {"auc": auc(member_in[:, cols].ravel().astype(int),
+                                                  scores[:, cols].ravel())}, [seed, 43])
 
 
 @UNIT_FUNCTIONS.register("pe_analyse")
