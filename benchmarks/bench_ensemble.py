@@ -16,9 +16,10 @@ momentum 0.9, batch 64. Model building is timed everywhere.
 - ensemble: one ``train_ensemble`` call (all members stacked, one vmap program per step),
   first with the default allocator, then after ``tune_cpu_allocator()``.
 
-Prints wall seconds, the ratios, the largest parameter difference between the ensemble's
-members and the one-at-a-time models, and how often their test predictions agree. Results in
-docs/BENCHMARKS.md.
+Prints wall seconds, models trained per second, the ratios, the largest parameter difference
+between the ensemble's members and the one-at-a-time models, and how often their test
+predictions agree. ``--device cuda`` runs one-at-a-time and the ensemble on the GPU instead
+(the process-pool layouts are CPU ones and are left out). Results in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -69,6 +70,54 @@ def _ensemble_some(members: int, epochs: int, seeds: list[int]) -> int:
     return len(seeds)
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _agreement(d, single, ensemble, device: str) -> tuple[float, float, float, float]:
+    """(max parameter difference, test agreement, mean accuracy one-at-a-time, ensemble)."""
+    with torch.no_grad():
+        diff = max(float((p - q).abs().max()) for a, b in zip(single, ensemble)
+                   for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    logits = ensemble_logits(ensemble, d.x_test, device)
+    ref = [predict_logits(s, d.x_test, device) for s in single]
+    agree = np.mean([(logits[i].argmax(1) == r.argmax(1)).mean() for i, r in enumerate(ref)])
+    acc_one = np.mean([(r.argmax(1) == d.y_test).mean() for r in ref])
+    return diff, agree, acc_one, float((logits.argmax(2) == d.y_test).mean())
+
+
+def on_device(args) -> None:
+    """One-at-a-time vs one ensemble, both on ``args.device`` (a GPU)."""
+    m, dev = args.members, args.device
+    d, sets, tc = _setup(m, args.epochs)
+    make, seeds = _make(d), list(range(m))
+    warm = TrainConfig(epochs=1, lr=0.05, batch_size=64)
+    train_ensemble(make, d.x_train, d.y_train, sets[:4], warm, seeds[:4], device=dev)
+    train_model(make(0), d.x_train, d.y_train, sets[0], warm, 0, device=dev)
+    k = m if args.single is None else min(args.single, m)
+    _sync(dev)
+    t0 = time.perf_counter()
+    single = [train_model(make(s), d.x_train, d.y_train, sets[s], tc, s, device=dev)
+              for s in seeds[:k]]
+    _sync(dev)
+    t_one = (time.perf_counter() - t0) * m / k
+    t0 = time.perf_counter()
+    ensemble = train_ensemble(make, d.x_train, d.y_train, sets, tc, seeds, device=dev)
+    _sync(dev)
+    t_vec = time.perf_counter() - t0
+    diff, agree, acc_one, acc_ens = _agreement(d, single, ensemble[:k], dev)
+    note = "" if k == m else f"  ({k} timed, scaled x{m / k:.1f})"
+    name = torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "CPU"
+    print(f"members={m} epochs={args.epochs} device={dev} ({name})")
+    print(f"one-at-a-time  {t_one:8.2f} s   {m / t_one:8.1f} models/s{note}")
+    print(f"ensemble       {t_vec:8.2f} s   {m / t_vec:8.1f} models/s   ratio "
+          f"{t_one / t_vec:6.2f}x")
+    print(f"max |parameter difference| = {diff:.2e}; test predictions agree on "
+          f"{100 * agree:.2f}%; mean test accuracy one-at-a-time {acc_one:.4f}, "
+          f"ensemble {acc_ens:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=128)
@@ -77,7 +126,12 @@ def main() -> None:
                     help="time only this many one-at-a-time models and extrapolate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:i] (a GPU instead)")
     args = ap.parse_args()
+    if args.device != "cpu":
+        if not (args.device.startswith("cuda") and torch.cuda.is_available()):
+            ap.error(f"--device {args.device}: no such CUDA device on this machine")
+        return on_device(args)
     torch.set_num_threads(args.threads)
     m = args.members
     d, sets, tc = _setup(m, args.epochs)
@@ -115,28 +169,22 @@ def main() -> None:
     ensemble_tuned = train_ensemble(make, d.x_train, d.y_train, sets, tc, seeds)
     t_tuned = time.perf_counter() - t0
 
-    with torch.no_grad():
-        diff = max(float((p - q).abs().max())
-                   for run in (ensemble, ensemble_tuned) for a, b in zip(single, run)
-                   for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    logits = ensemble_logits(ensemble, d.x_test)
-    ref = [predict_logits(s, d.x_test) for s in single]
-    agree = np.mean([(logits[i].argmax(1) == r.argmax(1)).mean() for i, r in enumerate(ref)])
-    acc_one = np.mean([(r.argmax(1) == d.y_test).mean() for r in ref])
-    acc_ens = float((logits.argmax(2) == d.y_test).mean())
+    diff, agree, acc_one, acc_ens = _agreement(d, single, ensemble, "cpu")
+    diff = max(diff, _agreement(d, single, ensemble_tuned, "cpu")[0])
 
     steps = args.epochs * -(-len(sets[0]) // tc.batch_size)
     print(f"members={m} epochs={args.epochs} steps/member={steps} "
           f"train size={len(sets[0])} threads={args.threads}")
     note = "" if k == m else f"  ({k} timed, scaled x{m / k:.1f})"
-    print(f"one-at-a-time                 {t_one:8.2f} s{note}")
-    print(f"one-at-a-time, {args.workers} procs x 1 thr {t_par:8.2f} s")
+    print(f"one-at-a-time                 {t_one:8.2f} s   {m / t_one:6.1f} models/s{note}")
+    print(f"one-at-a-time, {args.workers} procs x 1 thr {t_par:8.2f} s   {m / t_par:6.1f} models/s")
     for label, t in (("ensemble", t_vec),
                      ("ensemble, tuned allocator" if tuned else "ensemble (no mallopt)",
                       t_tuned)):
-        print(f"{label:29s} {t:8.2f} s   ratio {t_one / t:6.2f}x vs one-at-a-time, "
-              f"{t_par / t:6.2f}x vs {args.workers} procs")
-    print(f"ensemble, {args.workers} procs x 1 thr       {t_ens_par:8.2f} s   ratio "
+        print(f"{label:29s} {t:8.2f} s   {m / t:6.1f} models/s   ratio {t_one / t:6.2f}x vs "
+              f"one-at-a-time, {t_par / t:6.2f}x vs {args.workers} procs")
+    print(f"ensemble, {args.workers} procs x 1 thr       {t_ens_par:8.2f} s   "
+          f"{m / t_ens_par:6.1f} models/s   ratio "
           f"{t_par / t_ens_par:6.2f}x vs {args.workers} procs one-at-a-time")
     print(f"max |parameter difference| = {diff:.2e}; test predictions agree on "
           f"{100 * agree:.2f}%; mean test accuracy one-at-a-time {acc_one:.4f}, "

@@ -64,7 +64,8 @@ BENCHMARKS = {
     "sweep": ("orchestration cost at 1k/10k/100k units vs empty Ray tasks", "bench_sweep.py",
               "bench_sweep.py --sizes 1000 10000"),
 }
-# Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput.
+# Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput;
+# shadow-model training on it in models per second.
 GPU_BENCHMARKS = {
     "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32)",
                                _inv("convnet", 200, "--targets 64 --device cuda --precision tf32"),
@@ -73,6 +74,9 @@ GPU_BENCHMARKS = {
                                 _inv("resnet18", 20,
                                      "--targets 32 --device cuda --precision bf16"),
                                 _inv("resnet18", 5, "--targets 8 --device cuda --precision bf16")),
+    "ensemble-cuda": ("digits MLPs trained on the GPU: one at a time vs one ensemble (models/s)",
+                      "bench_ensemble.py --device cuda --members 512 --single 32",
+                      "bench_ensemble.py --device cuda --members 64 --single 8 --epochs 5"),
 }
 
 
