@@ -65,7 +65,7 @@ BENCHMARKS = {
               "bench_sweep.py --sizes 1000 10000"),
 }
 # Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput;
-# shadow-model training on it in models per second.
+# shadow-model training on it in models per second; fractional packing of tasks on it.
 GPU_BENCHMARKS = {
     "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32)",
                                _inv("convnet", 200, "--targets 64 --device cuda --precision tf32"),
@@ -77,6 +77,9 @@ GPU_BENCHMARKS = {
     "ensemble-cuda": ("digits MLPs trained on the GPU: one at a time vs one ensemble (models/s)",
                       "bench_ensemble.py --device cuda --members 512 --single 32",
                       "bench_ensemble.py --device cuda --members 64 --single 8 --epochs 5"),
+    "gpu-packing": ("quickstart on the GPU: one task per GPU vs 2 or 4 sharing it",
+                    "bench_gpu_packing.py",
+                    "bench_gpu_packing.py --shares 1 0.25 --set training.epochs=3"),
 }
 
 
