@@ -49,7 +49,7 @@ from tasks.attacks.base import (
     target_seeds,
 )
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
-from tasks.attacks.precision import arithmetic, fp32_scoring
+from tasks.attacks.precision import Precision, arithmetic, fp32_scoring
 from tasks.attacks.recovery_groups import group_targets
 from tasks.cases import Case
 
@@ -90,7 +90,7 @@ class InversionConfig:
     # Arithmetic of the optimisation's passes: "fp32" (TF32 off on CUDA too), "tf32" (TF32
     # matmuls and convolutions on CUDA devices that have them; the same as fp32 elsewhere),
     # "bf16" (autocast to bfloat16 on any device). The final scoring is always fp32.
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     KEYED_IF_CHANGED: ClassVar[dict[str, Any]] = {"precision": "fp32"}  # added in issue 16
 
     def __post_init__(self) -> None:

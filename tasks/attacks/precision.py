@@ -9,8 +9,13 @@ backward pass following the forward's dtypes. Scoring stays fp32 whatever the se
 from __future__ import annotations
 
 import contextlib
+from typing import Literal, get_args
 
 import torch
+
+# The one list of settings: InversionConfig's field is typed by it, arithmetic() checks it.
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @contextlib.contextmanager
@@ -26,8 +31,8 @@ def cuda_tf32(allowed: bool):
 
 def arithmetic(precision: str, device: torch.device):
     """(context for the whole optimisation, factory of a context for each forward pass)."""
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     whole = cuda_tf32(precision == "tf32") if device.type == "cuda" \
         else contextlib.nullcontext()
     if precision == "bf16":
