@@ -69,13 +69,16 @@ class ParameterObfuscation(UpdateDefence):
         out = _copy(theta_u)
         if params.sigma == 0:
             return out  # exactly theta_u: no arithmetic, not even theta + (theta_u - theta)
+        # The noise is drawn on the CPU and moved to each parameter's device, so CPU and GPU
+        # runs of one seed publish the same model.
         gen = torch.Generator().manual_seed(int(seed))
         ref = dict(theta.named_parameters())
         with torch.no_grad():
             for name, p in out.named_parameters():
-                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-                update = p.double() - ref[name].detach().double()
-                p.copy_((ref[name].detach().double() + update + params.sigma * noise).to(p))
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device)
+                base = ref[name].detach().to(p.device).double()
+                update = p.double() - base
+                p.copy_((base + update + params.sigma * noise).to(p))
         return out
 
 
@@ -116,14 +119,15 @@ class MagnitudePruning(UpdateDefence):
         k = prune_count(flat.numel(), params.ratio)
         if k == 0:
             return out
-        order = torch.as_tensor(np.argsort(flat.numpy(), kind="stable")[:k])
+        # Ranked on the CPU (numpy's stable argsort); the mask then goes to each weight's device.
+        order = torch.as_tensor(np.argsort(flat.cpu().numpy(), kind="stable")[:k])
         mask = torch.ones(flat.numel(), dtype=torch.bool)
         mask[order] = False
         with torch.no_grad():
             start = 0
             for _, p in targets:
                 n = p.numel()
-                p.mul_(mask[start:start + n].view_as(p).to(p.dtype))
+                p.mul_(mask[start:start + n].view_as(p).to(p))
                 start += n
         return out
 

@@ -126,6 +126,19 @@ def _static_batch(ep, path: str, key: str) -> None:
                              f'dynamic_shapes={{"{user[0]}": {{0: torch.export.Dim("batch")}}}})')
 
 
+def _move_program(ep, device: str):
+    """``ep`` on ``device``: a program exported on the CPU burns ``device=cpu`` into the ops
+    that create tensors (torch.zeros, arange, ...) and keeps lifted constants as plain
+    attributes, which ``Module.to`` moves neither of; ``move_to_device_pass`` rewrites both."""
+    if torch.device(device).type == "cpu":
+        return ep  # the CPU path as it always was
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # older torch: parameters and buffers only (Module.to, below)
+        return ep
+    return move_to_device_pass(ep, device)
+
+
 def load_export_side(name: str, path: str, data: bytes, device: str) -> PairSide:
     key = side_key(name)
     problem = _archive_problem(data)
@@ -137,5 +150,5 @@ def load_export_side(name: str, path: str, data: bytes, device: str) -> PairSide
         _static_batch(ep, path, key)
         # The unlifted module holds the parameters as real tensors: autograd reaches them.
         # Its train/eval mode is fixed at export (eval() raises NotImplementedError).
-        module = ep.module().to(device)
+        module = _move_program(ep, device).module().to(device)
     return PairSide(name, True, module, source=path, device=device)

@@ -72,8 +72,10 @@ class BadTeacher(UnlearningMethod):
         ``state.initial_model``, which would load theta_0 when the recipe pretrains."""
         d = state.dataset
         seed = (state.seed + self.TEACHER_SEED_OFFSET) % 2**32
-        # build_torch_model seeds torch's global generator: keep the caller's stream intact.
-        with torch.random.fork_rng(devices=[]):
+        # build_torch_model seeds torch's global generators: keep the caller's streams intact
+        # (torch.manual_seed reseeds CUDA's too, which dropout on a GPU draws from).
+        cuda = [state.device] if torch.device(state.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             model = build_torch_model(state.model_cfg, d.input_shape, d.num_classes, d.mean,
                                       d.std, seed=seed)
         return model.to(state.device).eval()
