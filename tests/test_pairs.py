@@ -468,3 +468,26 @@ def test_formats_and_missing_files(d, tmp_path):
             "empty file")
     refused(lambda: load_pair(str(tmp_path), str(tmp_path), "onnx", d), "pair.original",
             tmp_path, "not a file")
+
+
+def test_exported_program_moves_to_another_device_with_its_constants():
+    """Ops an exported program creates tensors with carry ``device=cpu`` from the export;
+    ``meta`` stands in for a GPU (``Module.to`` alone left them on the CPU: a mismatch)."""
+    import io
+
+    from tasks.pairs.torch_formats import load_export_side
+
+    class WithConstants(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + torch.ones(x.shape[0], 3) + torch.tensor([1.0, 2.0, 3.0])
+
+    x = torch.rand(5, 4)
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(WithConstants().eval(), (x[:2],), dynamic_shapes={
+        "x": {0: torch.export.Dim("batch")}}), buf)
+    out = load_export_side("original", "m.pt2", buf.getvalue(), "meta").module(x.to("meta"))
+    assert out.device.type == "meta" and out.shape == (5, 3)

@@ -112,6 +112,16 @@ def test_noise_has_the_requested_scale_on_the_update():
     assert not torch.equal(_flat(out), _flat(other))
 
 
+def test_noise_lands_on_the_parameters_device():
+    """The noise is drawn on the CPU (same numbers on every device) and moved to each
+    parameter's device: ``meta`` stands in for a GPU here (before, CPU noise met the
+    parameter in one expression and raised "Expected all tensors to be on the same device")."""
+    theta, theta_u = (m.to("meta") for m in _pair())
+    out = DEFENCES.get("obfuscation")().apply(
+        theta, theta_u, DEFENCES.get("obfuscation")().params(0.1), seed=0)
+    assert {p.device.type for p in out.parameters()} == {"meta"}
+
+
 def test_negative_sigma_rejected():
     with pytest.raises(ParamError, match="sigma"):
         DEFENCES.get("obfuscation")().params(-1.0)
