@@ -11,9 +11,10 @@ benchmark measures, side by side on one machine, why that is (or is not) reachab
    (one grouped convolution), in GFLOP/s;
 2. one step of the vectorised recovery (ConvNet width 16, targets x 2 restarts, the fast
    per-trial path) under ``torch.profiler`` at fp32, bf16 and fp32 with the model in
-   channels-last: seconds per step, the share
-   spent in convolution operators, and the trial-iterations per second the step could reach
-   if every convolution took no time at all — beside the plain loop's rate measured here;
+   channels-last: seconds per step, the share of CPU time spent in convolution operators,
+   and the trial-iterations per second the step could reach if every convolution took no
+   time at all (the rest of the step's wall time, by that share) — beside the plain loop's
+   rate measured here;
 3. whether ``torch.compile`` accepts the recovery objective (a gradient of a gradient).
 """
 
