@@ -17,7 +17,8 @@ Prints wall seconds, ratios and the largest per-pixel difference between (a)'s b
 and the same restart run plainly, the throughput in trial-iterations per second and the
 achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
 ``torch.utils.flop_counter`` on the plain loop; ``--peak-tflops`` adds the share of the
-device's peak). ``--precision tf32|bf16`` adds (d): (a) at that arithmetic, timed beside
+device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed to
+zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that arithmetic, timed beside
 fp32, with both runs' PSNR against the forgotten images. ``--device cuda`` runs everything
 on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
 Results in docs/BENCHMARKS.md.
@@ -161,6 +162,8 @@ def main() -> None:
     ap.add_argument("--vmap", action="store_true", help="also time the old vmap path")
     ap.add_argument("--precision", choices=("tf32", "bf16"), default=None,
                     help="also run (a) at this arithmetic and compare PSNR with fp32")
+    ap.add_argument("--plain-flushed", action="store_true",
+                    help="also time the plain loop with denormal floats flushed to zero")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak (for the share of it achieved)")
@@ -210,6 +213,20 @@ def main() -> None:
           f"max |pixel diff| = {diff:.2e}   {trial_its / t_plain:,.0f} trial-iterations/s   "
           f"PSNR vs forgotten: (a) {mean_psnr(fast.images, truths):.2f} dB, "
           f"(b) {mean_psnr(same_restart, truths):.2f} dB", flush=True)
+    if args.plain_flushed:
+        # recover() flushes denormal floats to zero on a CPU; the textbook loop does not. The
+        # same loop with them flushed shows how much of (b)/(a) that alone accounts for.
+        from tasks.attacks.precision import flush_denormals
+
+        t0 = time.perf_counter()
+        with flush_denormals(torch.device(args.device)):
+            for c, s in zip(cases, seeds):
+                for r in range(args.restarts):
+                    plain_trial(c, cfg, s, r)
+        _sync(args.device)
+        t_ftz = time.perf_counter() - t0
+        print(f"(e) plain, denormals flushed {t_ftz:8.2f} s   ratio (e)/(a) = "
+              f"{t_ftz / t_vec:.2f}x   {trial_its / t_ftz:,.0f} trial-iterations/s", flush=True)
     if args.vmap:
         t0 = time.perf_counter()
         old = recover(cases, cfg, seeds=seeds, path="vmap")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from bench_inversion import make_cases, plain_trial
 
 from tasks.attacks.inversion import InversionConfig, make_batched_loss, target_gradient
-from tasks.attacks.precision import arithmetic
+from tasks.attacks.precision import arithmetic, flush_denormals
 
 # Operators that are convolutions (forward, backward, the double backward's) or their layout
 # conversions inside oneDNN.
@@ -118,7 +118,7 @@ def profile_step(cases, restarts: int, steps: int, plain_rate: float) -> None:
 
         def step(x=x, forward=forward, loss=loss):
             x.grad = None
-            with forward():
+            with forward(), flush_denormals(torch.device("cpu")):  # as recover() runs
                 total, _ = loss(x, y, gstack, gnorm)
             total.sum().backward()
 

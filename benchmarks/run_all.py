@@ -43,10 +43,11 @@ BENCHMARKS = {
     "startup": ("command start-up beside importing torch",
                 "bench_startup.py --runs 5", "bench_startup.py --runs 3"),
     "inversion-convnet": ("ConvNet feature recovery: vectorised vs one trial at a time",
-                          _inv("convnet", 20, "--vmap --precision bf16"),
+                          _inv("convnet", 20, "--vmap --precision bf16 --plain-flushed"),
                           _inv("convnet", 3, "--targets 4")),
     "inversion-convnet-bf16": ("ConvNet recovery at a converging budget: bf16's effect on PSNR",
-                               _inv("convnet", 300, "--targets 4 --precision bf16"),
+                               _inv("convnet", 300, "--targets 4 --precision bf16 "
+                                                    "--plain-flushed"),
                                _inv("convnet", 30, "--targets 2 --precision bf16")),
     "recovery-profile": ("where a ConvNet recovery step spends its time (fp32, bf16, compile)",
                          "bench_recovery_profile.py",

@@ -49,7 +49,7 @@ from tasks.attacks.base import (
     target_seeds,
 )
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
-from tasks.attacks.precision import Precision, arithmetic, fp32_scoring
+from tasks.attacks.precision import Precision, arithmetic, flush_denormals, fp32_scoring
 from tasks.attacks.recovery_groups import group_targets
 from tasks.cases import Case
 
@@ -344,13 +344,13 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
         return torch.softmax(ylogit, -1) if cfg.label_mode == "optimised" else yfixed
 
     whole, forward = arithmetic(cfg.precision, torch.device(device))
-    with whole:
+    with whole, flush_denormals(torch.device(device)):
         done, stopped = _optimise(cfg, x, opt, sched, batched, soft_labels, gstack, gnorm,
                                   forward, callback, indices, start)
     # Score the final iterates by the same forward path, without TV, in fp32.
     final, _ = make_batched_loss(model, 0.0, path)
     ys, xd = soft_labels().detach(), x.detach()
-    with fp32_scoring(torch.device(device)):
+    with fp32_scoring(torch.device(device)), flush_denormals(torch.device(device)):
         cost = final(xd, ys, gstack, gnorm)[1].detach()
     if not torch.isfinite(cost).all():
         raise NonFiniteLossError("non-finite matching loss at the final iterate")

@@ -43,3 +43,25 @@ def arithmetic(precision: str, device: torch.device):
 def fp32_scoring(device: torch.device):
     """The context in which final iterates are scored: plain float32."""
     return cuda_tf32(False) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _flushing() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has no getter: a probe)."""
+    return (torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device):
+    """On a CPU, denormal floats (below 1.2e-38) read and written as zero while recovery runs,
+    the caller's setting restored afterwards. Some targets' gradients carry them, and x86
+    arithmetic on denormals is many times slower: one such group of targets took 2.8x as long
+    as another. Zero in their place changes no recovery measurably. GPUs flush already."""
+    if device.type != "cpu":
+        yield
+        return
+    before = _flushing()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)

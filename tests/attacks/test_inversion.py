@@ -226,3 +226,19 @@ def test_large_models_recover_in_chunks_of_targets_small_ones_together(digits_st
         TRIAL_GRADIENT_BUDGET["cpu"] = budget
     for a, b in zip(together.images, apart.images):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("caller_flushes", [False, True])
+def test_recovery_flushes_denormals_on_cpu_and_restores_the_callers_setting(caller_flushes):
+    from tasks.attacks.precision import flush_denormals
+
+    def flushed() -> bool:
+        return (torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0
+
+    torch.set_flush_denormal(caller_flushes)
+    try:
+        with flush_denormals(torch.device("cpu")):
+            assert flushed()  # denormal arithmetic is many times slower on x86
+        assert flushed() == caller_flushes
+    finally:
+        torch.set_flush_denormal(False)
