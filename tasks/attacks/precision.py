@@ -4,6 +4,7 @@
 ``tf32`` lets CUDA devices that have it run matmuls and convolutions in TF32 (elsewhere it is
 the same as fp32); ``bf16`` autocasts each forward pass to bfloat16 on any device, the
 backward pass following the forward's dtypes. Scoring stays fp32 whatever the setting.
+Whatever the setting, recovery on a CPU flushes denormal floats to zero (``flush_denormals``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def flush_denormals(device: torch.device):
     """On a CPU, denormal floats (below 1.2e-38) read and written as zero while recovery runs,
     the caller's setting restored afterwards. Some targets' gradients carry them, and x86
     arithmetic on denormals is many times slower: one such group of targets took 2.8x as long
-    as another. Zero in their place changes no recovery measurably. GPUs flush already."""
+    as another. Zero in their place changes no recovery measurably. GPUs run denormals at
+    full speed: nothing to do there."""
     if device.type != "cpu":
         yield
         return
