@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from bench_inversion import sync_device
 
 from tasks.data import load_dataset
 from tasks.ensemble import ensemble_logits, train_ensemble, tune_cpu_allocator
@@ -70,11 +71,6 @@ def _ensemble_some(members: int, epochs: int, seeds: list[int]) -> int:
     return len(seeds)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _agreement(d, single, ensemble, device: str) -> tuple[float, float, float, float]:
     """(max parameter difference, test agreement, mean accuracy one-at-a-time, ensemble)."""
     with torch.no_grad():
@@ -96,15 +92,15 @@ def on_device(args) -> None:
     train_ensemble(make, d.x_train, d.y_train, sets[:4], warm, seeds[:4], device=dev)
     train_model(make(0), d.x_train, d.y_train, sets[0], warm, 0, device=dev)
     k = m if args.single is None else min(args.single, m)
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     single = [train_model(make(s), d.x_train, d.y_train, sets[s], tc, s, device=dev)
               for s in seeds[:k]]
-    _sync(dev)
+    sync_device(dev)
     t_one = (time.perf_counter() - t0) * m / k
     t0 = time.perf_counter()
     ensemble = train_ensemble(make, d.x_train, d.y_train, sets, tc, seeds, device=dev)
-    _sync(dev)
+    sync_device(dev)
     t_vec = time.perf_counter() - t0
     diff, agree, acc_one, acc_ens = _agreement(d, single, ensemble[:k], dev)
     note = "" if k == m else f"  ({k} timed, scaled x{m / k:.1f})"

@@ -17,9 +17,9 @@ Prints wall seconds, ratios and the largest per-pixel difference between (a)'s b
 and the same restart run plainly, the throughput in trial-iterations per second and the
 achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
 ``torch.utils.flop_counter`` on the plain loop; ``--peak-tflops`` adds the share of the
-device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed to
-zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that arithmetic, timed beside
-fp32, with both runs' PSNR against the forgotten images. ``--device cuda`` runs everything
+device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed
+to zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
+arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images. ``--device cuda`` runs everything
 on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
 Results in docs/BENCHMARKS.md.
 """
@@ -116,9 +116,20 @@ def flops_per_trial_iteration(case, cfg: InversionConfig) -> float:
     return float(counts[1] - counts[0])
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
+    """Wait for the device's queued work (GPU timings), nothing on a CPU."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def plain_cost(model, params: list, targets: list, gnorm, y, x) -> torch.Tensor:
+    """The textbook one-trial objective: 1 - cos(grad of the loss at x, g*), through
+    ``autograd.grad(create_graph=True)`` so that it differentiates to x."""
+    loss = -(y * F.log_softmax(model(x), -1)).sum(-1).mean()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    dot = sum((g * t).sum() for g, t in zip(grads, targets))
+    sq = sum((g * g).sum() for g in grads)
+    return 1.0 - dot / (torch.sqrt(sq) * gnorm + 1e-12)
 
 
 def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarray:
@@ -138,11 +149,7 @@ def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarr
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones(), gamma=cfg.lr_decay)
     for _ in range(cfg.steps):
         opt.zero_grad(set_to_none=True)
-        loss = -(y * F.log_softmax(model(x), -1)).sum(-1).mean()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * t).sum() for g, t in zip(grads, g_list))
-        sq = sum((g * g).sum() for g in grads)
-        cost = 1.0 - dot / (torch.sqrt(sq) * gnorm + 1e-12)
+        cost = plain_cost(model, params, g_list, gnorm, y, x)
         (cost + cfg.tv_weight * tv_mean(x)).backward()
         x.grad.sign_()
         opt.step()
@@ -150,6 +157,12 @@ def plain_trial(case, cfg: InversionConfig, seed: int, restart: int) -> np.ndarr
         with torch.no_grad():
             x.clamp_(0.0, 1.0)
     return x.detach().cpu().numpy()
+
+
+def plain_all(cases, cfg: InversionConfig, seeds: list[int]) -> list[list[np.ndarray]]:
+    """Every restart of every target through :func:`plain_trial`, one after another."""
+    return [[plain_trial(c, cfg, s, r) for r in range(cfg.restarts)]
+            for c, s in zip(cases, seeds)]
 
 
 def main() -> None:
@@ -179,10 +192,10 @@ def main() -> None:
     print(f"model={args.model} targets={len(cases)} restarts={args.restarts} "
           f"iterations={args.iterations} threads={args.threads} device={args.device} "
           f"load={os.getloadavg()[0]:.2f}", flush=True)
-    _sync(args.device)
+    sync_device(args.device)
     t0 = time.perf_counter()
     fast = recover(cases, cfg, seeds=seeds)
-    _sync(args.device)
+    sync_device(args.device)
     t_vec = time.perf_counter() - t0
     flops = flops_per_trial_iteration(cases[0], cfg) * trial_its
     peak = (f", {flops / t_vec / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops} TFLOP/s"
@@ -193,18 +206,17 @@ def main() -> None:
         from dataclasses import replace
 
         recover(cases[:2], replace(cfg, iterations=1, precision=args.precision))
-        _sync(args.device)
+        sync_device(args.device)
         t0 = time.perf_counter()
         low = recover(cases, replace(cfg, precision=args.precision), seeds=seeds)
-        _sync(args.device)
+        sync_device(args.device)
         t_low = time.perf_counter() - t0
         print(f"(d) {args.precision:<11} {t_low:8.2f} s   ratio (a)/(d) = {t_vec / t_low:.2f}x   "
               f"PSNR vs forgotten: fp32 {mean_psnr(fast.images, truths):.2f} dB, "
               f"{args.precision} {mean_psnr(low.images, truths):.2f} dB", flush=True)
     t0 = time.perf_counter()
-    plain = [[plain_trial(c, cfg, s, r) for r in range(args.restarts)]
-             for c, s in zip(cases, seeds)]
-    _sync(args.device)
+    plain = plain_all(cases, cfg, seeds)
+    sync_device(args.device)
     t_plain = time.perf_counter() - t0
     diff = max(float(np.abs(plain[i][int(fast.best_restart[i])] - fast.images[i]).max())
                for i in range(len(cases)))
@@ -220,10 +232,8 @@ def main() -> None:
 
         t0 = time.perf_counter()
         with flush_denormals(torch.device(args.device)):
-            for c, s in zip(cases, seeds):
-                for r in range(args.restarts):
-                    plain_trial(c, cfg, s, r)
-        _sync(args.device)
+            plain_all(cases, cfg, seeds)
+        sync_device(args.device)
         t_ftz = time.perf_counter() - t0
         print(f"(e) plain, denormals flushed {t_ftz:8.2f} s   ratio (e)/(a) = "
               f"{t_ftz / t_vec:.2f}x   {trial_its / t_ftz:,.0f} trial-iterations/s", flush=True)

@@ -15,12 +15,15 @@ benchmark measures, side by side on one machine, why that is (or is not) reachab
    and the trial-iterations per second the step could reach if every convolution took no
    time at all (the rest of the step's wall time, by that share) — beside the plain loop's
    rate measured here;
-3. whether ``torch.compile`` accepts the recovery objective (a gradient of a gradient).
+3. whether ``torch.compile`` accepts the recovery objective (a gradient of a gradient);
+4. ``recover`` on groups of 4 targets with denormal floats flushed to zero (as it runs on a
+   CPU) and without: some targets' gradients carry denormals, which x86 computes slowly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import time
@@ -29,9 +32,14 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from bench_inversion import make_cases, plain_trial
+from bench_inversion import make_cases, mean_psnr, plain_cost, plain_trial
 
-from tasks.attacks.inversion import InversionConfig, make_batched_loss, target_gradient
+from tasks.attacks.inversion import (
+    InversionConfig,
+    make_batched_loss,
+    recover,
+    target_gradient,
+)
 from tasks.attacks.precision import arithmetic, flush_denormals
 
 # Operators that are convolutions (forward, backward, the double backward's) or their layout
@@ -94,8 +102,8 @@ def _profile(step, steps: int) -> tuple[float, float, str]:
 
 
 def profile_step(cases, restarts: int, steps: int, plain_rate: float) -> None:
-    gstars = [target_gradient(c, "reference")[0] for c in cases]
-    model = target_gradient(cases[0], "reference")[1].eval()
+    views = [target_gradient(c, "reference") for c in cases]
+    gstars, model = [v[0] for v in views], views[0][1].eval()
     names = list(gstars[0])
     gstack = OrderedDict((n, torch.stack([g[n] for g in gstars])) for n in names)
     gnorm = torch.sqrt(sum(gstack[n].flatten(1).square().sum(1) for n in names))
@@ -136,21 +144,46 @@ def compile_check(case) -> None:
     model = copy.deepcopy(model).eval().requires_grad_(True)
     params = list(model.parameters())
     targets = [gstar[n] for n, _ in model.named_parameters()]
+    gnorm = torch.sqrt(sum(t.square().sum() for t in targets))
     y = F.one_hot(torch.as_tensor(case.metadata.labels), case.metadata.num_classes).float()
-
-    def cost(x):
-        loss = -(y * F.log_softmax(model(x), -1)).sum(-1).mean()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * s).sum() for g, s in zip(grads, targets))
-        return 1.0 - dot / torch.sqrt(sum(g.square().sum() for g in grads))
-
     x = torch.rand(len(case.metadata.labels), *case.metadata.input_shape, requires_grad=True)
     try:
-        torch.compile(cost)(x).backward()
+        torch.compile(lambda v: plain_cost(model, params, targets, gnorm, y, v))(x).backward()
         print("3. torch.compile of the recovery objective: accepted")
     except Exception as exc:  # noqa: BLE001 - the message is the result
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"3. torch.compile of the recovery objective: refused ({first[:160]})")
+
+
+def denormal_groups(cases, truths, iterations: int, size: int = 4) -> None:
+    """``recover`` on groups of ``size`` targets, with denormals flushed (as it runs) and with
+    the flush turned off (as it ran before 2026-12-04): seconds per group, and how far apart
+    the two recoveries are."""
+    from tasks.attacks import inversion
+
+    cfg = InversionConfig(iterations=iterations, restarts=2)
+    print(f"4. recover() on groups of {size} targets x 2 restarts x {iterations} iterations, "
+          "seconds per group:")
+    flushed = inversion.flush_denormals
+    runs = {}
+    try:
+        for label, flush in (("denormals flushed", flushed),
+                             ("not flushed", lambda device: contextlib.nullcontext())):
+            inversion.flush_denormals = flush  # what _run_group enters around the optimisation
+            times, images = [], []
+            for lo in range(0, len(cases), size):
+                start = time.perf_counter()
+                res = recover(cases[lo:lo + size], cfg, seeds=list(range(lo, lo + size)))
+                times.append(time.perf_counter() - start)
+                images += list(res.images)
+            runs[label] = images
+            print(f"   {label:<18} {' '.join(f'{t:5.2f}' for t in times)}   total "
+                  f"{sum(times):6.2f} s   mean PSNR {mean_psnr(images, truths):.2f} dB")
+    finally:
+        inversion.flush_denormals = flushed
+    diff = max(float(abs(a - b).max()) for a, b in zip(runs["denormals flushed"],
+                                                         runs["not flushed"]))
+    print(f"   max |pixel difference| between the two: {diff:.2e}")
 
 
 def main() -> None:
@@ -158,12 +191,14 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=16)
     ap.add_argument("--restarts", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="profiled recovery steps")
+    ap.add_argument("--group-iterations", type=int, default=20,
+                    help="iterations of the recoveries in groups (part 4)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} load={os.getloadavg()[0]:.2f}", flush=True)
     conv_rates(repeats=10)
-    cases, _ = make_cases("convnet", args.targets)
+    cases, truths = make_cases("convnet", args.targets)
     cfg = InversionConfig(iterations=args.steps + 1, restarts=1)
     plain_trial(cases[0], replace(cfg, iterations=1), 0, 0)  # warm-up
     start = time.perf_counter()
@@ -172,6 +207,7 @@ def main() -> None:
     plain_rate = min(4, len(cases)) * cfg.iterations / (time.perf_counter() - start)
     profile_step(cases, args.restarts, args.steps, plain_rate)
     compile_check(cases[0])
+    denormal_groups(cases, truths, args.group_iterations)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

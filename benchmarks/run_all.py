@@ -51,7 +51,7 @@ BENCHMARKS = {
                                _inv("convnet", 30, "--targets 2 --precision bf16")),
     "recovery-profile": ("where a ConvNet recovery step spends its time (fp32, bf16, compile)",
                          "bench_recovery_profile.py",
-                         "bench_recovery_profile.py --targets 4 --steps 2"),
+                         "bench_recovery_profile.py --targets 4 --steps 2 --group-iterations 3"),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
                            _inv("resnet18", 6, "--targets 8 --vmap"),
                            _inv("resnet18", 1, "--targets 2")),
