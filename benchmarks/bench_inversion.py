@@ -19,8 +19,9 @@ achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
 ``torch.utils.flop_counter`` on the plain loop; ``--peak-tflops`` adds the share of the
 device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed
 to zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
-arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images. ``--device cuda`` runs everything
-on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
+arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images.
+``--compile`` adds (f): ``recover(compile=True)`` at fp32 and at ``--precision``, its
+compilation timed apart. ``--device cuda`` runs everything on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
 Results in docs/BENCHMARKS.md.
 """
 
@@ -165,6 +166,29 @@ def plain_all(cases, cfg: InversionConfig, seeds: list[int]) -> list[list[np.nda
             for c, s in zip(cases, seeds)]
 
 
+def timed_compiled(cases, truths, cfg: InversionConfig, seeds, precision: str, device: str,
+                   fast, t_plain: float) -> None:
+    """(f) ``recover(compile=True)``: the first call's compilation timed on its own (a
+    one-iteration run of the same group shape), then the recovery beside (a) and (b)."""
+    from dataclasses import replace
+
+    trial_its = len(cases) * cfg.restarts * cfg.iterations
+    compiled = replace(cfg, precision=precision, compile=True)
+    t0 = time.perf_counter()
+    recover(cases, replace(compiled, iterations=1), seeds=seeds)
+    sync_device(device)
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = recover(cases, compiled, seeds=seeds)
+    sync_device(device)
+    t_run = time.perf_counter() - t0
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(res.images, fast.images))
+    print(f"(f) compiled {precision:<5} {t_run:8.2f} s   ratio (b)/(f) = {t_plain / t_run:.2f}x   "
+          f"{trial_its / t_run:,.0f} trial-iterations/s   compilation {t_compile:.0f} s   "
+          f"PSNR {mean_psnr(res.images, truths):.2f} dB   max |pixel diff| vs (a) = "
+          f"{diff:.2e}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=sorted(MODELS), default="convnet")
@@ -177,6 +201,8 @@ def main() -> None:
                     help="also run (a) at this arithmetic and compare PSNR with fp32")
     ap.add_argument("--plain-flushed", action="store_true",
                     help="also time the plain loop with denormal floats flushed to zero")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time recover(compile=True) at fp32 (and at --precision)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak (for the share of it achieved)")
@@ -225,6 +251,9 @@ def main() -> None:
           f"max |pixel diff| = {diff:.2e}   {trial_its / t_plain:,.0f} trial-iterations/s   "
           f"PSNR vs forgotten: (a) {mean_psnr(fast.images, truths):.2f} dB, "
           f"(b) {mean_psnr(same_restart, truths):.2f} dB", flush=True)
+    if args.compile:
+        for precision in ("fp32",) + ((args.precision,) if args.precision else ()):
+            timed_compiled(cases, truths, cfg, seeds, precision, args.device, fast, t_plain)
     if args.plain_flushed:
         # recover() flushes denormal floats to zero on a CPU; the textbook loop does not. The
         # same loop with them flushed shows how much of (b)/(a) that alone accounts for.

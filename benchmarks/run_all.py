@@ -45,13 +45,15 @@ BENCHMARKS = {
     "inversion-convnet": ("ConvNet feature recovery: vectorised vs one trial at a time",
                           _inv("convnet", 20, "--vmap --precision bf16 --plain-flushed"),
                           _inv("convnet", 3, "--targets 4")),
-    "inversion-convnet-bf16": ("ConvNet recovery at a converging budget: bf16's effect on PSNR",
+    "inversion-convnet-bf16": (("ConvNet recovery at a converging budget: bf16's effect on "
+                               "PSNR, and compiled"),
                                _inv("convnet", 300, "--targets 4 --precision bf16 "
-                                                    "--plain-flushed"),
+                                                    "--plain-flushed --compile"),
                                _inv("convnet", 30, "--targets 2 --precision bf16")),
     "recovery-profile": ("where a ConvNet recovery step spends its time (fp32, bf16, compile)",
                          "bench_recovery_profile.py",
-                         "bench_recovery_profile.py --targets 4 --steps 2 --group-iterations 3"),
+                         ("bench_recovery_profile.py --targets 4 --steps 2 --group-iterations 3 "
+                         "--no-compile")),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
                            _inv("resnet18", 6, "--targets 8 --vmap"),
                            _inv("resnet18", 1, "--targets 2")),

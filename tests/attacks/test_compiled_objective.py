@@ -1,0 +1,72 @@
+"""``compile: true``: the torch.func objective under torch.compile gives the eager results."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tasks.attacks.compiled_objective import compiled_batched_loss, compiler_missing
+from tasks.attacks.inversion import InversionConfig, make_batched_loss, recover
+from tasks.params import FieldError, key_settings
+from tests.attacks.test_inversion import _ascent_cases
+
+needs_compiler = pytest.mark.skipif(compiler_missing() is not None,
+                                    reason=f"torch.compile: {compiler_missing()}")
+
+
+@needs_compiler
+def test_compiled_objective_equals_the_eager_fast_path_on_a_conv_batchnorm_model():
+    """Values and the gradients handed to autograd (to x and the soft labels, each trial's
+    own, scaled by the incoming gradient) match the eager fast path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+    model[1].running_mean.uniform_(-0.1, 0.1)
+    model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    t, r, k = 3, 2, 2
+    gstack = OrderedDict((n, torch.randn(t, *p.shape)) for n, p in model.named_parameters())
+    gnorm = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gstack.values()))
+    weights = torch.rand(t, r)  # a weighted sum: each trial's gradient scales on its own
+    results = []
+    for make in (lambda: make_batched_loss(model, 1e-2, "fast")[0],
+                 lambda: compiled_batched_loss(model, 1e-2)):
+        x = torch.rand(t, r, k, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        logits = torch.randn(t, r, k, 3, generator=torch.Generator().manual_seed(2))
+        x.requires_grad_(True)
+        logits.requires_grad_(True)
+        total, cost = make()(x, torch.softmax(logits, -1), gstack, gnorm)
+        (total * weights).sum().backward()
+        results.append((total.detach(), cost.detach(), x.grad, logits.grad))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
+    assert results[0][2].abs().sum() > 0 and results[0][3].abs().sum() > 0
+
+
+@needs_compiler
+@pytest.mark.parametrize("label_mode", ["known", "optimised"])
+def test_compiled_recovery_equals_the_eager_one(digits_state, label_mode):
+    cases, _ = _ascent_cases(digits_state, [1, 6])
+    runs = [recover(cases, InversionConfig(iterations=40, restarts=2, label_mode=label_mode,
+                                           compile=compiled), seeds=[3, 4])
+            for compiled in (False, True)]
+    for eager, compiled in zip(runs[0].images, runs[1].images):
+        np.testing.assert_allclose(compiled, eager, atol=1e-4)
+    np.testing.assert_allclose(runs[1].matching_loss, runs[0].matching_loss, atol=1e-5)
+
+
+def test_compile_enters_result_keys_only_when_true():
+    assert "compile" not in key_settings(InversionConfig())
+    assert key_settings(InversionConfig(compile=True))["compile"] is True
+
+
+def test_compile_without_a_cxx_compiler_is_refused_up_front(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(FieldError, match=r"^compile: true needs a C\+\+ compiler"):
+        InversionConfig(compile=True)
+    InversionConfig(compile=False)  # the default needs none
