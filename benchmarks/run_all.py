@@ -70,8 +70,9 @@ BENCHMARKS = {
 # Where a GPU is present: the same recovery on it, at fp32 and TF32 / bf16, with throughput;
 # shadow-model training on it in models per second; fractional packing of tasks on it.
 GPU_BENCHMARKS = {
-    "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32)",
-                               _inv("convnet", 200, "--targets 64 --device cuda --precision tf32"),
+    "inversion-convnet-cuda": ("ConvNet feature recovery on the GPU (fp32 vs TF32, compiled)",
+                               _inv("convnet", 200, "--targets 64 --device cuda --precision tf32 "
+                                                    "--compile"),
                                _inv("convnet", 20, "--targets 16 --device cuda --precision tf32")),
     "inversion-resnet18-cuda": ("ResNet-18 feature recovery on the GPU (fp32 vs bf16)",
                                 _inv("resnet18", 20,

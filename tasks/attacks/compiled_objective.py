@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
 
+from tasks.attacks.trial_loss import make_trial_loss
+
 __all__ = ["compiled_batched_loss", "compiler_missing"]
 
 
@@ -66,9 +68,7 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
     ``forward`` is the precision's context (autocast for bf16), entered inside the compiled
     program. Compilation happens on the first call; if it fails (no C++ compiler, an
     unsupported operator), that call raises."""
-    from tasks.attacks.inversion import _make_trial_loss
-
-    trial = _make_trial_loss(model, tv_weight)
+    trial = make_trial_loss(model, tv_weight)
     per_trial = vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
 
     def objective(x, ysoft, gstack, gnorm):
@@ -82,7 +82,7 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
                 objective, argnums=(0, 1), has_aux=True)(x, ysoft, gstack, gnorm)
         return dx, dy, total, cost
 
-    compiled = torch.compile(step, dynamic=False)
+    compiled = torch.compile(step, dynamic=False, fullgraph=True)  # one graph, or an error
 
     def batched(x, ysoft, gstack, gnorm):
         with warnings.catch_warnings():

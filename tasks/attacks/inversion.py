@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
 from tasks.attacks.base import (
     ATTACKS,
@@ -51,6 +51,8 @@ from tasks.attacks.base import (
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
 from tasks.attacks.precision import Precision, arithmetic, flush_denormals, fp32_scoring
 from tasks.attacks.recovery_groups import group_targets
+from tasks.attacks.trial_loss import detached_params as _params
+from tasks.attacks.trial_loss import make_trial_loss, tv_mean
 from tasks.cases import Case
 
 __all__ = [
@@ -157,10 +159,6 @@ class RecoveryResult(AttackResult):
 
 # --- target gradient ---------------------------------------------------------------------------
 
-def _params(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    return OrderedDict((n, p.detach()) for n, p in model.named_parameters())
-
-
 def target_gradient(case: Case, knowledge: str = "reference"
                     ) -> tuple[OrderedDict[str, torch.Tensor], nn.Module, str]:
     """g* (a positive multiple of grad L(U)) and the model the trial gradient is taken at.
@@ -228,33 +226,6 @@ def infer_labels_from_gradient(gstar: OrderedDict[str, torch.Tensor], model: nn.
 
 # --- objective ---------------------------------------------------------------------------------
 
-def tv_mean(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic mean total variation of (..., H, W) images (the reference TV)."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-            + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
-
-
-def _make_trial_loss(model: nn.Module, tv_weight: float):
-    """(x (k,C,H,W), soft labels (k,C), g* dict, |g*|) -> (1 - cos + tv, 1 - cos)."""
-    params = _params(model)
-    buffers = OrderedDict((n, b.detach()) for n, b in model.named_buffers())
-    names = list(params)
-
-    def trial_loss(x, ysoft, gstar, gnorm):
-        def ce(p):
-            out = functional_call(model, (p, buffers), (x,))
-            return -(ysoft * F.log_softmax(out, dim=-1)).sum(-1).mean()
-
-        g = grad(ce)(params)
-        dot = sum((g[n] * gstar[n]).sum() for n in names)
-        sq = sum((g[n] * g[n]).sum() for n in names)
-        cos = dot / (torch.sqrt(sq) * gnorm + 1e-12)
-        cost = 1.0 - cos
-        return cost + tv_weight * tv_mean(x), cost
-
-    return trial_loss
-
-
 def matching_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   gstar: OrderedDict[str, torch.Tensor]) -> torch.Tensor:
     """1 - cos(grad L(f(x), y), g*) for one trial (x (k,C,H,W), y (k,) ints): the selection
@@ -262,7 +233,7 @@ def matching_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ysoft = F.one_hot(y.long(), num_classes=_num_outputs(model, x)).float()
     gnorm = torch.sqrt(sum((g * g).sum() for g in gstar.values()))
     with torch.enable_grad():
-        return _make_trial_loss(model, 0.0)(x, ysoft, gstar, gnorm)[1].detach()
+        return make_trial_loss(model, 0.0)(x, ysoft, gstar, gnorm)[1].detach()
 
 
 def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
@@ -288,7 +259,7 @@ def make_batched_loss(model: nn.Module, tv_weight: float, path: str = "auto"):
         raise ValueError(f"path must be 'auto', 'fast' or 'vmap', got {path!r}")
     use_fast = path == "fast" or (path == "auto" and fast_path_reason(model) is None)
     if not use_fast:
-        trial = _make_trial_loss(model, tv_weight)
+        trial = make_trial_loss(model, tv_weight)
         return vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0)), "vmap"
     per_trial = PerTrialGradients(model)
     names = list(per_trial.param_names)

@@ -70,3 +70,22 @@ def test_compile_without_a_cxx_compiler_is_refused_up_front(monkeypatch, tmp_pat
     with pytest.raises(FieldError, match=r"^compile: true needs a C\+\+ compiler"):
         InversionConfig(compile=True)
     InversionConfig(compile=False)  # the default needs none
+
+
+@needs_compiler
+def test_a_second_model_of_the_same_shapes_gets_its_own_results():
+    """Compiled programs are shared between models of one architecture (no recompilation);
+    each model's own weights must reach it, never the first model's."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 2, 1, 1, 4, 4, generator=gen)
+    ysoft = torch.softmax(torch.randn(2, 2, 1, 3, generator=gen), -1)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        gstack = OrderedDict((n, torch.randn(2, *p.shape, generator=gen))
+                             for n, p in model.named_parameters())
+        gnorm = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gstack.values()))
+        eager = make_batched_loss(model, 1e-2, "fast")[0](x, ysoft, gstack, gnorm)
+        compiled = compiled_batched_loss(model, 1e-2)(x, ysoft, gstack, gnorm)
+        for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)

@@ -442,3 +442,24 @@ def test_stage_runs_inline_on_cuda(tmp_path, stage):
     report = execute_inline(units, results, ctx)
     assert report.failed == 0, report.errors
     assert len(results.read(table))
+
+
+def test_compiled_recovery_on_cuda_equals_eager(digits_state):
+    """``compile: true`` on the GPU (Inductor's Triton kernels) recovers what the eager path
+    recovers there."""
+    from tasks.attacks.inversion import InversionConfig, recover
+    from tasks.cases import build_case
+
+    ga = UNLEARNING.get("gradient_ascent")()
+    cases = []
+    for i in (1, 6):
+        request = ForgetRequest(f"r{i}", "single", (i,))
+        theta_u = ga.unlearn(digits_state, request, ga.Params(lr=1.0, steps=1))
+        cases.append(build_case(dataset=digits_state.dataset, theta=digits_state.original,
+                                theta_u=theta_u, request=request, knowledge="reference",
+                                unlearn_lr=1.0, exact=False, device=GPU)[0])
+    runs = [recover(cases, InversionConfig(iterations=40, restarts=2, compile=compiled),
+                    seeds=[3, 4]) for compiled in (False, True)]
+    np.testing.assert_allclose(runs[1].matching_loss, runs[0].matching_loss, atol=1e-4)
+    for eager, compiled in zip(runs[0].images, runs[1].images):
+        np.testing.assert_allclose(compiled, eager, atol=1e-3)
