@@ -54,6 +54,8 @@ BENCHMARKS = {
                          "bench_recovery_profile.py",
                          ("bench_recovery_profile.py --targets 4 --steps 2 --group-iterations 3 "
                          "--no-compile")),
+    "denormals": ("training and label probing with denormal floats flushed vs not",
+                  "bench_denormals.py", "bench_denormals.py --quick"),
     "inversion-resnet18": ("ResNet-18 feature recovery: vectorised vs one trial at a time",
                            _inv("resnet18", 6, "--targets 8 --vmap"),
                            _inv("resnet18", 1, "--targets 2")),
