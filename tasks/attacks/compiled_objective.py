@@ -8,10 +8,10 @@ without a backward left to take, and Inductor compiles it. The compiled step ret
 gradients with the values; :class:`_Precomputed` hands them to autograd, so the optimiser loop
 sees the same ``(total, cost)`` interface as :func:`tasks.attacks.inversion.make_batched_loss`.
 
-Measured in ``benchmarks/bench_recovery_profile.py`` (part 3): on a 2-core CPU the compiled
-step is level with the eager fast path in fp32 and about 1.9x faster in bf16, after a
-compilation of about a minute (shorter from Inductor's on-disk cache). It pays for long
-recoveries, not short ones.
+Measured in ``benchmarks/bench_recovery_profile.py`` (part 3) on a 2-core CPU: the compiled
+step runs at 0.87-1.17x the eager fast path in fp32 and 1.4-1.9x in bf16, after a minute or
+two of compilation (shorter from Inductor's on-disk cache; models of one architecture share
+the compiled program). It pays for long recoveries, not short ones.
 """
 
 from __future__ import annotations

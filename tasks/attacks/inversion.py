@@ -93,8 +93,8 @@ class InversionConfig:
     # matmuls and convolutions on CUDA devices that have them; the same as fp32 elsewhere),
     # "bf16" (autocast to bfloat16 on any device). The final scoring is always fp32.
     precision: Precision = "fp32"
-    # torch.compile the objective (written with torch.func): minutes to compile, then faster
-    # steps (bf16 on a CPU about 1.9x); for long recoveries (tasks.attacks.compiled_objective).
+    # torch.compile the objective (written with torch.func; replaces recover's ``path``): a
+    # minute or two to compile, then bf16 steps 1.4-1.9x faster on a CPU; for long recoveries.
     compile: bool = False
     # Added in issue 16: keyed only when changed, so earlier rows keep their keys.
     KEYED_IF_CHANGED: ClassVar[dict[str, Any]] = {"precision": "fp32", "compile": False}
@@ -391,7 +391,8 @@ def recover(cases: Sequence[Case], config: InversionConfig, *,
             evaluation model and k form one group; groups run one after another.
         path: how per-trial gradients are formed: "auto" (the batched fast path of
             :mod:`tasks.attacks.per_trial_grads` where every layer supports it, else vmap),
-            "fast" or "vmap" (the same results within float tolerance).
+            "fast" or "vmap" (the same results within float tolerance). Unused with ``config.compile``,
+            which compiles the torch.func form (:mod:`tasks.attacks.compiled_objective`).
 
     Returns:
         :class:`RecoveryResult`, one entry per case in input order.
