@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sysconfig
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,13 +34,17 @@ __all__ = ["compiled_batched_loss", "compiler_missing"]
 
 
 def compiler_missing() -> str | None:
-    """Why ``compile: true`` cannot work on this machine (Inductor builds its CPU kernels with
-    a C++ compiler), or None."""
+    """Why ``compile: true`` cannot work on this machine, or None: Inductor builds its kernels
+    as C++ extensions (a compiler and Python's headers), even for a GPU's host code."""
     names = [n for n in (os.environ.get("CXX"), "g++", "c++", "clang++") if n]
-    if any(shutil.which(n) for n in names):
-        return None
-    return ("true needs a C++ compiler for torch.compile (g++, c++ or clang++ on PATH, or $CXX);"
-            " none found: install one or set compile: false")
+    if not any(shutil.which(n) for n in names):
+        return ("true needs a C++ compiler for torch.compile (g++, c++ or clang++ on PATH, or "
+                "$CXX); none found: install one or set compile: false")
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not header.is_file():
+        return (f"true needs Python's C headers for torch.compile ({header} is missing): "
+                "install the python3-dev package of this Python or set compile: false")
+    return None
 
 
 class _Precomputed(torch.autograd.Function):

@@ -89,3 +89,12 @@ def test_a_second_model_of_the_same_shapes_gets_its_own_results():
         compiled = compiled_batched_loss(model, 1e-2)(x, ysoft, gstack, gnorm)
         for a, b in zip(compiled, eager):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_without_python_headers_is_refused_up_front(monkeypatch, tmp_path):
+    import sysconfig
+
+    paths = {**sysconfig.get_paths(), "include": str(tmp_path)}
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
+    with pytest.raises(FieldError, match=r"^compile: true needs Python's C headers"):
+        InversionConfig(compile=True)
