@@ -173,7 +173,8 @@ def main() -> None:
           f"train size={len(sets[0])} threads={args.threads}")
     note = "" if k == m else f"  ({k} timed, scaled x{m / k:.1f})"
     print(f"one-at-a-time                 {t_one:8.2f} s   {m / t_one:6.1f} models/s{note}")
-    print(f"one-at-a-time, {args.workers} procs x 1 thr {t_par:8.2f} s   {m / t_par:6.1f} models/s")
+    print(f"one-at-a-time, {args.workers} procs x 1 thr {t_par:8.2f} s   "
+          f"{m / t_par:6.1f} models/s")
     for label, t in (("ensemble", t_vec),
                      ("ensemble, tuned allocator" if tuned else "ensemble (no mallopt)",
                       t_tuned)):

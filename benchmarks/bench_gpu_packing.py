@@ -1,7 +1,8 @@
 """Fractional-GPU packing: every task on a GPU of its own vs 2 or 4 tasks sharing one.
 
     .venv/bin/python benchmarks/bench_gpu_packing.py                       # quickstart.yaml
-    .venv/bin/python benchmarks/bench_gpu_packing.py --shares 1 0.25 --spec search_spaces/hu2024_digits.yaml
+    .venv/bin/python benchmarks/bench_gpu_packing.py --shares 1 0.25 \
+        --spec search_spaces/hu2024_digits.yaml
 
 Runs the spec on the embedded local Ray with ``runtime.device: cuda`` once per share, each
 into a fresh results folder, every task kind (train, unlearn, attack) asking for one CPU and

@@ -21,8 +21,8 @@ device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal float
 to zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
 arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images.
 ``--compile`` adds (f): ``recover(compile=True)`` at fp32 and at ``--precision``, its
-compilation timed apart. ``--device cuda`` runs everything on the GPU. CIFAR-10 models use ../shared/data when present, else random CIFAR-shaped data.
-Results in docs/BENCHMARKS.md.
+compilation timed apart. ``--device cuda`` runs everything on the GPU. CIFAR-10 models use
+../shared/data when present, else random CIFAR-shaped data. Results in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import argparse
 import copy
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -170,8 +171,6 @@ def timed_compiled(cases, truths, cfg: InversionConfig, seeds, precision: str, d
                    fast, t_plain: float) -> None:
     """(f) ``recover(compile=True)``: the first call's compilation timed on its own (a
     one-iteration run of the same group shape), then the recovery beside (a) and (b)."""
-    from dataclasses import replace
-
     trial_its = len(cases) * cfg.restarts * cfg.iterations
     compiled = replace(cfg, precision=precision, compile=True)
     t0 = time.perf_counter()
@@ -229,8 +228,6 @@ def main() -> None:
     print(f"(a) vectorised  {t_vec:8.2f} s   {trial_its / t_vec:,.0f} trial-iterations/s, "
           f"{flops / t_vec / 1e9:,.1f} GFLOP/s{peak}", flush=True)
     if args.precision:
-        from dataclasses import replace
-
         recover(cases[:2], replace(cfg, iterations=1, precision=args.precision))
         sync_device(args.device)
         t0 = time.perf_counter()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value
 
-from tasks.attacks.trial_loss import make_trial_loss
+from tasks.attacks.trial_loss import per_trial_loss
 
 __all__ = ["compiled_batched_loss", "compiler_missing"]
 
@@ -74,8 +74,7 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
     ``forward`` is the precision's context (autocast for bf16), entered inside the compiled
     program. Compilation happens on the first call; if it fails (no C++ compiler, an
     unsupported operator), that call raises."""
-    trial = make_trial_loss(model, tv_weight)
-    per_trial = vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
+    per_trial = per_trial_loss(model, tv_weight)
 
     def objective(x, ysoft, gstack, gnorm):
         total, cost = per_trial(x, ysoft, gstack, gnorm)

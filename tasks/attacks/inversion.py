@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import vmap
 
 from tasks.attacks.base import (
     ATTACKS,
@@ -51,8 +50,7 @@ from tasks.attacks.base import (
 from tasks.attacks.per_trial_grads import PerTrialGradients, fast_path_reason
 from tasks.attacks.precision import Precision, arithmetic, flush_denormals, fp32_scoring
 from tasks.attacks.recovery_groups import group_targets
-from tasks.attacks.trial_loss import detached_params as _params
-from tasks.attacks.trial_loss import make_trial_loss, tv_mean
+from tasks.attacks.trial_loss import detached_params, make_trial_loss, per_trial_loss, tv_mean
 from tasks.cases import Case
 
 __all__ = [
@@ -171,7 +169,7 @@ def target_gradient(case: Case, knowledge: str = "reference"
     if knowledge == "reference" and meta.knowledge != "reference":
         raise AttackConfigError("knowledge 'reference' needs a case built with reference "
                                 "knowledge (theta0, N, k, eta, labels)")
-    theta, theta_u = _params(case.theta), _params(case.theta_u)
+    theta, theta_u = detached_params(case.theta), detached_params(case.theta_u)
     if knowledge == "paper" or not meta.exact:
         scale = 1.0
         if knowledge == "reference" and meta.unlearn_lr:
@@ -189,7 +187,7 @@ def target_gradient(case: Case, knowledge: str = "reference"
         raise AttackConfigError(f"the exact reference target assumes one training step from "
                                 f"theta0; this recipe took {steps}")
     n, k = float(meta.n_finetune), float(meta.k)
-    theta0 = _params(case.theta0)
+    theta0 = detached_params(case.theta0)
     g = OrderedDict()
     for name in theta:
         t0 = theta0[name].double()
@@ -259,8 +257,7 @@ def make_batched_loss(model: nn.Module, tv_weight: float, path: str = "auto"):
         raise ValueError(f"path must be 'auto', 'fast' or 'vmap', got {path!r}")
     use_fast = path == "fast" or (path == "auto" and fast_path_reason(model) is None)
     if not use_fast:
-        trial = make_trial_loss(model, tv_weight)
-        return vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0)), "vmap"
+        return per_trial_loss(model, tv_weight), "vmap"
     per_trial = PerTrialGradients(model)
     names = list(per_trial.param_names)
 
@@ -318,7 +315,8 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(opt_params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones(), gamma=cfg.lr_decay)
-    whole, forward = arithmetic(cfg.precision, torch.device(device))
+    dev = torch.device(device)
+    whole, forward = arithmetic(cfg.precision, dev)
     if cfg.compile:
         from tasks.attacks.compiled_objective import compiled_batched_loss
 
@@ -329,13 +327,13 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
     def soft_labels():
         return torch.softmax(ylogit, -1) if cfg.label_mode == "optimised" else yfixed
 
-    with whole, flush_denormals(torch.device(device)):
+    with whole, flush_denormals(dev):
         done, stopped = _optimise(cfg, x, opt, sched, batched, soft_labels, gstack, gnorm,
                                   forward, callback, indices, start)
     # Score the final iterates by the same forward path, without TV, in fp32.
     final, _ = make_batched_loss(model, 0.0, path)
     ys, xd = soft_labels().detach(), x.detach()
-    with fp32_scoring(torch.device(device)), flush_denormals(torch.device(device)):
+    with fp32_scoring(dev), flush_denormals(dev):
         cost = final(xd, ys, gstack, gnorm)[1].detach()
     if not torch.isfinite(cost).all():
         raise NonFiniteLossError("non-finite matching loss at the final iterate")
@@ -391,8 +389,9 @@ def recover(cases: Sequence[Case], config: InversionConfig, *,
             evaluation model and k form one group; groups run one after another.
         path: how per-trial gradients are formed: "auto" (the batched fast path of
             :mod:`tasks.attacks.per_trial_grads` where every layer supports it, else vmap),
-            "fast" or "vmap" (the same results within float tolerance). Unused with ``config.compile``,
-            which compiles the torch.func form (:mod:`tasks.attacks.compiled_objective`).
+            "fast" or "vmap" (the same results within float tolerance). Unused with
+            ``config.compile``, which compiles the torch.func form
+            (:mod:`tasks.attacks.compiled_objective`).
 
     Returns:
         :class:`RecoveryResult`, one entry per case in input order.

@@ -56,7 +56,8 @@ def flush_denormals(device: torch.device):
     """On a CPU, denormal floats (below 1.2e-38) read and written as zero while recovery runs,
     the caller's setting restored afterwards. Some targets' gradients carry them, and x86
     arithmetic on denormals is many times slower: one such group of ConvNet targets took 4.7 s
-    instead of 1.6 s, its recovered images the same (``bench_recovery_profile.py``, part 4). GPUs run denormals at
+    instead of 1.6 s, its recovered images the same (``bench_recovery_profile.py``, part 4).
+    Training and probing gain nothing from it (``bench_denormals.py``). GPUs run denormals at
     full speed: nothing to do there."""
     if device.type != "cpu":
         yield

@@ -13,9 +13,9 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
-__all__ = ["detached_params", "make_trial_loss", "tv_mean"]
+__all__ = ["detached_params", "make_trial_loss", "per_trial_loss", "tv_mean"]
 
 
 def detached_params(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
@@ -47,3 +47,10 @@ def make_trial_loss(model: nn.Module, tv_weight: float):
         return cost + tv_weight * tv_mean(x), cost
 
     return trial_loss
+
+
+def per_trial_loss(model: nn.Module, tv_weight: float):
+    """:func:`make_trial_loss` over every trial: (x (T,R,k,C,H,W), soft labels (T,R,k,C), g*
+    stacked (T, ...), |g*| (T,)) -> (1 - cos + tv, 1 - cos), each (T, R)."""
+    trial = make_trial_loss(model, tv_weight)
+    return vmap(vmap(trial, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))

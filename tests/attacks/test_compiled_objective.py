@@ -79,6 +79,9 @@ def test_a_second_model_of_the_same_shapes_gets_its_own_results():
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(2, 2, 1, 1, 4, 4, generator=gen)
     ysoft = torch.softmax(torch.randn(2, 2, 1, 3, generator=gen), -1)
+    from torch._dynamo.utils import counters
+
+    graphs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -89,6 +92,8 @@ def test_a_second_model_of_the_same_shapes_gets_its_own_results():
         compiled = compiled_batched_loss(model, 1e-2)(x, ysoft, gstack, gnorm)
         for a, b in zip(compiled, eager):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0]  # the second model compiled nothing new
 
 
 def test_compile_without_python_headers_is_refused_up_front(monkeypatch, tmp_path):
