@@ -34,7 +34,7 @@ from tasks.unlearning import (
     make_requests,
 )
 from tests.conftest import reduced_quickstart
-from tests.defences.test_defences_stage import TINY
+from tests.defences.tiny_spec import TINY
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
