@@ -13,6 +13,7 @@ import sys
 from orchestrator.cli_support import (
     BriefParser,
     check_outputs,
+    data_root_problem,
     fail,
     positive_int,
     refusal,
@@ -35,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         return fail(line)
     # Before any other work: an output that cannot be written must cost nothing.
-    problem = check_outputs(args, variants[0].experiment, probe=not args.dry_run)
+    problem = (check_outputs(args, variants[0].experiment, probe=not args.dry_run)
+               or data_root_problem(args))
     if problem:
         return fail(problem)
     data_root = resolved_data_root(args)
@@ -109,6 +111,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from tasks.data import DATA_ROOT_ENV, dataset_status, resolve_data_root
 
+    if problem := data_root_problem(args):
+        return fail(problem)
     root = resolve_data_root(args.data_root)
     print(f"data root: {root or '(none: set --data-root or ' + DATA_ROOT_ENV + ')'}")
     for row in dataset_status(args.data_root):

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import NoReturn
 
-__all__ = ["EXIT_BAD_INPUT", "BriefParser", "check_outputs", "fail", "positive_int", "refusal",
-           "resolved_data_root", "task_context"]
+__all__ = ["EXIT_BAD_INPUT", "BriefParser", "check_outputs", "data_root_problem", "fail",
+           "positive_int", "refusal", "resolved_data_root", "task_context"]
 
 EXIT_BAD_INPUT = 2
 
@@ -79,6 +79,23 @@ def check_outputs(args: argparse.Namespace, experiment: str, *, probe: bool = Tr
             check_writable(target, *parts, probe=probe)
         except OutputError as err:
             return f"{flag} {target}: {err}"
+    return None
+
+
+def data_root_problem(args: argparse.Namespace) -> str | None:
+    """The refusal line for a data root that is named (``--data-root`` or the environment
+    variable) but is not a folder, else None: a typo there would otherwise show up only as
+    "no data" for every dataset, or not at all for the bundled ones."""
+    from tasks.data import DATA_ROOT_ENV
+
+    for name, value in (("--data-root ", args.data_root),
+                        (f"${DATA_ROOT_ENV}=", os.environ.get(DATA_ROOT_ENV))):
+        if value:
+            path = os.path.expanduser(value)
+            if not os.path.isdir(path):
+                what = "is a file" if os.path.exists(path) else "does not exist"
+                return f"{name}{value}: {what}; expected the folder that holds the datasets"
+            return None  # the explicit flag wins over the variable, as in resolve_data_root
     return None
 
 

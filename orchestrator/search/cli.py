@@ -11,6 +11,7 @@ import sys
 
 from orchestrator.cli_support import (
     check_outputs,
+    data_root_problem,
     fail,
     positive_int,
     refusal,
@@ -41,7 +42,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise
         return fail(line)
     # Before any other work: an output that cannot be written must cost nothing.
-    problem = check_outputs(args, plan.base.experiment)
+    problem = check_outputs(args, plan.base.experiment) or data_root_problem(args)
     if problem:
         return fail(problem)
     data_root = resolved_data_root(args)

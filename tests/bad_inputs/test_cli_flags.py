@@ -2,7 +2,8 @@
 
 ``--results`` and ``--artifacts`` are probed for writing before Ray starts (a file, a path
 under a file, a read-only folder, an unknown URI scheme); ``--num-cpus`` and ``--num-samples``
-take integers >= 1; argparse's own refusals are one line; ``tune --resume`` with no study and
+take integers >= 1; a ``--data-root`` (or ``$UNLEARN_AUDIT_DATA``) that is not a folder
+is refused; argparse's own refusals are one line; ``tune --resume`` with no study and
 ``show`` on something that is not a results folder are refused.
 """
 
@@ -82,6 +83,14 @@ ROWS = [
      ("file://", "does not exist")),
     ("show-a-file", ["show", "{tmp}/afile"], ("afile", "is a file")),
     ("show-not-a-results-folder", ["show", "{tmp}/notes"], ("notes", "not a results folder")),
+    ("data-root-missing", ["run", "{tmp}/spec.yaml", "--data-root", "{tmp}/nothing-here"],
+     ("--data-root", "nothing-here", "does not exist")),
+    ("data-root-is-a-file", ["run", "{tmp}/spec.yaml", "--data-root", "{tmp}/afile"],
+     ("--data-root", "afile", "is a file")),
+    ("tune-data-root-missing", ["tune", "{tmp}/tune.yaml", "--data-root", "{tmp}/nothing-here"],
+     ("--data-root", "does not exist")),
+    ("datasets-data-root-is-a-file", ["datasets", "--data-root", "{tmp}/afile"],
+     ("--data-root", "is a file")),
 ]
 
 
@@ -160,3 +169,14 @@ def test_object_store_probe_writes_and_deletes_one_object() -> None:
     assert left == []  # neither the probe nor the folders made for it remain
     with pytest.raises(OutputError, match="not a usable location"):
         check_writable("nosuch://bucket/R", "exp")
+
+
+def test_data_root_variable_naming_no_folder_is_refused(tmp: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment variable is checked like the flag (and named in the line); the flag,
+    when given, wins over it, as it does where the data is read."""
+    monkeypatch.setenv("UNLEARN_AUDIT_DATA", str(tmp / "nothing-here"))
+    refused(["run", str(tmp / "spec.yaml")], tmp, ("$UNLEARN_AUDIT_DATA=", "does not exist"))
+    code, _, err = run_cli(["run", str(tmp / "spec.yaml"), "--data-root", str(tmp),
+                            "--dry-run"], tmp)
+    assert code == 0, err
