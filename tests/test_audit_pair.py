@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -321,3 +322,24 @@ def test_an_untrusted_skops_type_is_refused(outside, tmp_path):
     spec.write_text(spec.read_text().replace("name: files\n  path: digits.npz", "name: digits"))
     refused(["run", spec.name, "--results", "R"], tmp_path,
             ("pair.trusted", "lr.skops", "sklearn.tree._tree.Tree"))
+
+
+@pytest.mark.parametrize(("text", "ids_or_message"), [
+    ("7\n", (7,)),
+    ("record_id\n3\n1, 2; 5  # the rest\n", (3, 1, 2, 5)),
+    ("-1\n", "line 1: '-1' is not a record id"),
+    ("7\n8 7\n", "record id 7 appears twice"),
+    ("seven\n", "holds no record ids (its first line, 'seven', was read as a column header)"),
+    ("", "holds no record ids"),
+])
+def test_the_forget_file_reads_ids_or_says_what_is_wrong(tmp_path, text, ids_or_message):
+    from orchestrator.stages.pair.params import read_forget_ids
+    from tasks.params import FieldError
+
+    path = tmp_path / "forget.txt"
+    path.write_text(text)
+    if isinstance(ids_or_message, tuple):
+        assert read_forget_ids(str(path)) == ids_or_message
+        return
+    with pytest.raises(FieldError, match=re.escape(ids_or_message)):
+        read_forget_ids(str(path))

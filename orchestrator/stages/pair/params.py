@@ -197,10 +197,14 @@ def read_forget_ids(path: str) -> tuple[int, ...]:
     except UnicodeDecodeError:
         raise FieldError("forget", f"{path}: not a text file of record ids") from None
     ids: list[int] = []
+    header = ""
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
-        if not line or (number == 1 and not line[0].isdigit()
-                        and _SEPARATORS.split(line)[0].isidentifier()):
+        if number == 1 and line and not line[0].isdigit() \
+                and _SEPARATORS.split(line)[0].isidentifier():
+            header = f" (its first line, {line!r}, was read as a column header)"
+            continue
+        if not line:
             continue
         for token in _SEPARATORS.split(line):
             if not token:
@@ -210,9 +214,12 @@ def read_forget_ids(path: str) -> tuple[int, ...]:
                                            "id (a row number of x_train, from 0)")
             ids.append(int(token))
     if not ids:
-        raise FieldError("forget", f"{path}: holds no record ids")
-    if len(set(ids)) != len(ids):
-        raise FieldError("forget", f"{path}: a record id appears twice")
+        raise FieldError("forget", f"{path}: holds no record ids{header}")
+    seen: set[int] = set()
+    for i in ids:
+        if i in seen:
+            raise FieldError("forget", f"{path}: record id {i} appears twice")
+        seen.add(i)
     return tuple(ids)
 
 
