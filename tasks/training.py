@@ -86,7 +86,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _set_bn_mode(model: nn.Module, mode: str) -> None:
+def train_mode(model: nn.Module, mode: str) -> None:
+    """Train mode, with BatchNorm statistics frozen when the recipe freezes them."""
     model.train()
     if mode == "eval":
         for m in model.modules():
@@ -114,11 +115,11 @@ def train_model(model: nn.Module, x: np.ndarray, y: np.ndarray, indices: np.ndar
     exclude = list(exclude)
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(cfg.epochs):
-        _set_bn_mode(model, cfg.bn_mode)
+        train_mode(model, cfg.bn_mode)
         order = torch.as_tensor(epoch_order(base, seed, epoch, exclude), device=device)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start: start + cfg.batch_size]
-            if len(batch) < 2 and cfg.bn_mode == "train" and _has_bn(model):
+            if len(batch) < 2 and cfg.bn_mode == "train" and has_batchnorm(model):
                 continue  # BatchNorm cannot train on a single sample
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xs[batch]), ys[batch])
@@ -129,7 +130,8 @@ def train_model(model: nn.Module, x: np.ndarray, y: np.ndarray, indices: np.ndar
     return model
 
 
-def _has_bn(model: nn.Module) -> bool:
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer is in the model (it cannot train on a one-sample batch)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from tasks.models import build_torch_model
 from tasks.params import check
-from tasks.training import epoch_order, make_optimizer
+from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -105,10 +105,10 @@ class BadTeacher(UnlearningMethod):
         cfg = dataclasses.replace(state.train_cfg, lr=params.lr or state.train_cfg.lr)
         opt = make_optimizer(student, cfg)
         batch = params.batch_size or cfg.batch_size
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+        has_bn = has_batchnorm(student)
         positions = np.arange(len(x_mix), dtype=np.int64)
         for epoch in range(params.epochs):
-            self._train_mode(student, cfg.bn_mode)
+            train_mode(student, cfg.bn_mode)
             order = torch.as_tensor(
                 epoch_order(positions, state.seed + self.SAMPLE_SEED_OFFSET, epoch),
                 device=device)
@@ -124,11 +124,3 @@ class BadTeacher(UnlearningMethod):
         student.eval()
         return student
 
-    @staticmethod
-    def _train_mode(model: nn.Module, bn_mode: str) -> None:
-        """Train mode, with BatchNorm statistics frozen when the recipe freezes them."""
-        model.train()
-        if bn_mode == "eval":
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()

@@ -139,6 +139,13 @@ class TrainingState:
         return model.to(self.device)
 
 
+def retained_indices(state: TrainingState, request: ForgetRequest) -> np.ndarray:
+    """The training records still held: neither in the request nor removed before."""
+    gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
+    keep = np.asarray(state.train_indices, dtype=np.int64)
+    return keep[~np.isin(keep, gone)]
+
+
 def fit_standard(state: TrainingState, indices: np.ndarray | None = None,
                  exclude: tuple[int, ...] = (), extra: tuple[int, ...] = (),
                  seed: int | None = None) -> Model:

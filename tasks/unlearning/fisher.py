@@ -20,8 +20,8 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    retained_indices,
 )
-from tasks.unlearning.scrub import retained_indices
 from tasks.unlearning.ssd import fisher_diagonal
 
 # Weights no retained record moves have F = 0; the floor keeps F^(-1/4) finite, and ``cap``

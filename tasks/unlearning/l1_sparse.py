@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import check
-from tasks.training import epoch_order, make_optimizer
+from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -18,8 +18,8 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    retained_indices,
 )
-from tasks.unlearning.scrub import retained_indices, train_mode
 
 
 @UNLEARNING.register("l1_sparse")
@@ -64,7 +64,7 @@ class L1Sparse(UnlearningMethod):
         retain = retained_indices(state, request)
         seed = state.seed + self.SEED_OFFSET
         weights = [p for p in model.parameters() if p.requires_grad]
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        has_bn = has_batchnorm(model)
         orders = [epoch_order(retain, seed, e) for e in range(params.epochs)]
         # The schedule runs over the steps actually taken (a skipped single-sample batch
         # under BatchNorm is not one).

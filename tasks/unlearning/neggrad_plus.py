@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import check
-from tasks.training import epoch_order, make_optimizer
+from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -19,8 +19,8 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    retained_indices,
 )
-from tasks.unlearning.scrub import retained_indices, train_mode
 
 
 @UNLEARNING.register("neggrad_plus")
@@ -68,7 +68,7 @@ class NegGradPlus(UnlearningMethod):
         # One shuffle of U, read cyclically, so every forget record is ascended equally often.
         cycle = torch.as_tensor(epoch_order(forget, seed + 1, 0), device=device)
         f_batch = min(batch, k)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        has_bn = has_batchnorm(model)
         cursor = 0
         for epoch in range(params.epochs):
             train_mode(model, cfg.bn_mode)

@@ -20,8 +20,8 @@ from tasks.unlearning.base import (
     UnlearningMethod,
     copy_model,
     fit_standard,
+    retained_indices,
 )
-from tasks.unlearning.scrub import retained_indices
 
 # torch.func.hessian pushes one tangent per head weight through a chunk of records: bound
 # weights x records x (features + classes) so wide heads run in smaller chunks.

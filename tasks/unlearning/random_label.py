@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.training import epoch_order, make_optimizer
+from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -17,8 +17,8 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    retained_indices,
 )
-from tasks.unlearning.scrub import retained_indices, train_mode
 
 
 def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,7 +56,7 @@ def relabelled_finetune(state: TrainingState, request: ForgetRequest, *, epochs:
         cfg = dataclasses.replace(cfg, weight_decay=0.0)
     opt = make_optimizer(model, cfg)
     batch = batch_size or cfg.batch_size
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    has_bn = has_batchnorm(model)
     positions = np.arange(len(idx), dtype=np.int64)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for epoch in range(epochs):

@@ -11,13 +11,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import FieldError, check
-from tasks.training import epoch_order, make_optimizer
+from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
     TrainingState,
     UnlearningMethod,
     copy_model,
+    retained_indices,
 )
 
 
@@ -29,22 +30,6 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_t = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
     return kl * temperature ** 2
-
-
-def train_mode(model: nn.Module, bn_mode: str) -> None:
-    """Train mode, with BatchNorm statistics frozen when the recipe freezes them."""
-    model.train()
-    if bn_mode == "eval":
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def retained_indices(state: TrainingState, request: ForgetRequest) -> np.ndarray:
-    """The training records still held: neither in the request nor removed before."""
-    gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
-    keep = np.asarray(state.train_indices, dtype=np.int64)
-    return keep[~np.isin(keep, gone)]
 
 
 @UNLEARNING.register("scrub")
@@ -123,7 +108,7 @@ class Scrub(UnlearningMethod):
               params: Scrub.Params, maximise: bool) -> None:
         """One epoch over ``order``: a max pass (ascend the KL) or a min pass."""
         train_mode(student, bn_mode)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+        has_bn = has_batchnorm(student)
         order_t = torch.as_tensor(order, device=x.device)
         for start in range(0, len(order_t), batch):
             sel = order_t[start: start + batch]
