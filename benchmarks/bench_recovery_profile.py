@@ -17,7 +17,8 @@ benchmark measures, side by side on one machine, why that is (or is not) reachab
    rate measured here;
 3. whether ``torch.compile`` accepts the recovery objective (a gradient of a gradient): it
    refuses the autograd form; the torch.func form (vmap of grad, then grad to x) compiles,
-   and its compiled step is timed against the eager fast path at fp32 and bf16;
+   and its compiled step is timed against the eager fast path at fp32 and bf16, with all
+   targets in one call and a few at a time (as ``recover`` runs it on a CPU);
 4. ``recover`` on groups of 4 targets with denormal floats flushed to zero (as it runs on a
    CPU) and without: some targets' gradients carry denormals, which x86 computes slowly.
 """
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from bench_inversion import make_cases, mean_psnr, plain_cost, plain_trial
 
-from tasks.attacks.compiled_objective import compiled_batched_loss
+from tasks.attacks.compiled_objective import chunk_targets_for, compiled_batched_loss
 from tasks.attacks.inversion import (
     InversionConfig,
     make_batched_loss,
@@ -177,6 +178,8 @@ def compile_func_step(cases, restarts: int, steps: int, plain_rate: float) -> No
     gstack, gnorm, y, model, shape = _step_inputs(cases, restarts)
     trials = shape[0] * shape[1]
     eager_loss, _ = make_batched_loss(model, 1e-4, "fast")
+    chosen = chunk_targets_for(model, shape[2:], restarts, torch.device("cpu"))
+    chunks = [None] + ([chosen] if chosen < shape[0] else [])
     print("   the same objective through torch.func (vmap of grad, then grad to x), compiled,"
           " against the eager fast path at the same precision:")
     for name in ("fp32", "bf16"):
@@ -193,21 +196,25 @@ def compile_func_step(cases, restarts: int, steps: int, plain_rate: float) -> No
         with flush_denormals(torch.device("cpu")):  # as recover() runs
             reference = step(eager_loss).clone()
             eager = _seconds(lambda: step(eager_loss), steps)
-            compiled_loss = compiled_batched_loss(model, 1e-4, forward)
-            start = time.perf_counter()
-            try:
-                out = step(compiled_loss)
-            except Exception as exc:  # noqa: BLE001 - the message is the result
-                print(f"   {name}: refused ({_refusal(exc)})")
-                continue
-            first = time.perf_counter() - start
-            wall = _seconds(lambda loss=compiled_loss: step(loss), steps)
-        diff = float((out - reference).abs().max())
-        print(f"   {name}: first call {first:.0f} s (compilation; Inductor's on-disk cache "
-              f"shortens it in later processes), then {wall:.3f} s per step "
-              f"({trials / wall:.0f} trial-iterations/s, {trials / wall / plain_rate:.2f}x the "
-              f"plain loop) against eager {eager:.3f} s: {eager / wall:.2f}x; max |gradient "
-              f"difference| {diff:.1e}")
+            for chunk in chunks:
+                compiled_loss = compiled_batched_loss(model, 1e-4, forward, chunk)
+                start = time.perf_counter()
+                try:
+                    out = step(compiled_loss)
+                except Exception as exc:  # noqa: BLE001 - the message is the result
+                    print(f"   {name}: refused ({_refusal(exc)})")
+                    break
+                first = time.perf_counter() - start
+                wall = _seconds(lambda loss=compiled_loss: step(loss), steps)
+                diff = float((out - reference).abs().max())
+                how = ("all targets in one call" if chunk is None else
+                       f"{chunk} targets a call (recover's choice for this model)")
+                print(f"   {name}, {how}: first call {first:.0f} s (compilation; Inductor's "
+                      f"on-disk cache shortens it in later processes), then {wall:.3f} s per "
+                      f"step ({trials / wall:.0f} trial-iterations/s, "
+                      f"{trials / wall / plain_rate:.2f}x the plain loop) against eager "
+                      f"{eager:.3f} s: {eager / wall:.2f}x; max |gradient difference| "
+                      f"{diff:.1e}")
 
 
 def denormal_groups(cases, truths, iterations: int, size: int = 4) -> None:

@@ -8,10 +8,11 @@ without a backward left to take, and Inductor compiles it. The compiled step ret
 gradients with the values; :class:`_Precomputed` hands them to autograd, so the optimiser loop
 sees the same ``(total, cost)`` interface as :func:`tasks.attacks.inversion.make_batched_loss`.
 
-Measured in ``benchmarks/bench_recovery_profile.py`` (part 3) on a 2-core CPU: the compiled
-step runs at 0.87-1.17x the eager fast path in fp32 and 1.4-1.9x in bf16, after a minute or
-two of compilation (shorter from Inductor's on-disk cache; models of one architecture share
-the compiled program). It pays for long recoveries, not short ones.
+Measured in ``benchmarks/bench_recovery_profile.py`` (part 3) on a 2-core CPU, with the
+targets run a few at a time (:func:`chunk_targets_for`): the compiled step runs at about 1.2x
+the eager fast path in fp32 and 2x in bf16, after a minute or two of compilation (shorter
+from Inductor's on-disk cache; models of one architecture share the compiled program). It
+pays for long recoveries, not short ones.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from torch.func import grad_and_value
 
 from tasks.attacks.trial_loss import per_trial_loss
 
-__all__ = ["compiled_batched_loss", "compiler_missing"]
+__all__ = ["chunk_targets_for", "compiled_batched_loss", "compiler_missing"]
+
+# Forward activations (fp32 bytes) one compiled call may cover on a CPU. The compiled program's
+# per-sample convolution gradients slow down with the batch: for the CIFAR ConvNet (width 16,
+# 3.4 MiB a trial) 8 trials a call ran 1.30x (bf16) and 1.37x (fp32) faster per step than 32,
+# and 4 or 16 were slower than 8 (bench_recovery_profile.py, part 3). Measured on that model.
+CPU_CHUNK_BYTES = 32 * 2**20
 
 
 def compiler_missing() -> str | None:
@@ -45,6 +52,38 @@ def compiler_missing() -> str | None:
         return (f"true needs Python's C headers for torch.compile ({header} is missing): "
                 "install the python3-dev package of this Python or set compile: false")
     return None
+
+
+def _forward_bytes(model: nn.Module, sample: tuple[int, ...]) -> int:
+    """Bytes of every leaf module's output for one trial (``sample``: k, C, H, W) in fp32."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        total += sum(o.numel() for o in outputs if isinstance(o, torch.Tensor))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.zeros(sample, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 4 * total
+
+
+def chunk_targets_for(model: nn.Module, sample: tuple[int, ...], restarts: int,
+                      device: torch.device) -> int | None:
+    """Targets per compiled call: as many as keep a call's forward activations within
+    :data:`CPU_CHUNK_BYTES` on a CPU (at least one); None (all at once) on other devices,
+    whose throughput grows with the batch."""
+    if device.type != "cpu":
+        return None
+    trials = max(1, CPU_CHUNK_BYTES // max(1, _forward_bytes(model, sample)))
+    return max(1, trials // restarts)
 
 
 class _Precomputed(torch.autograd.Function):
@@ -66,14 +105,17 @@ class _Precomputed(torch.autograd.Function):
 
 
 def compiled_batched_loss(model: nn.Module, tv_weight: float,
-                          forward: Callable | None = None) -> Callable:
+                          forward: Callable | None = None,
+                          chunk_targets: int | None = None) -> Callable:
     """Same signature and results (within float tolerance) as ``make_batched_loss``'s function:
     (x (T,R,k,C,H,W), soft labels (T,R,k,classes), g* stacked, |g*| (T,)) -> (1 - cos + tv,
     1 - cos), each (T, R), differentiable to x and the soft labels (not to g*).
 
     ``forward`` is the precision's context (autocast for bf16), entered inside the compiled
-    program. Compilation happens on the first call; if it fails (no C++ compiler, an
-    unsupported operator), that call raises."""
+    program. ``chunk_targets``: run the compiled program on that many targets at a time (the
+    last chunk padded with copies of its first target, so every call has one shape and one
+    compiled program); None runs all at once. Compilation happens on the first call; if it
+    fails (no C++ compiler, an unsupported operator), that call raises."""
     per_trial = per_trial_loss(model, tv_weight)
 
     def objective(x, ysoft, gstack, gnorm):
@@ -89,12 +131,28 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
 
     compiled = torch.compile(step, dynamic=False, fullgraph=True)  # one graph, or an error
 
+    def run(x, ysoft, gstack, gnorm):
+        t = x.shape[0]
+        size = t if chunk_targets is None else min(chunk_targets, t)
+        parts = []
+        for start in range(0, t, size):
+            n = min(size, t - start)
+            # Whole chunks are views; only a short last chunk is gathered (and padded).
+            take = (slice(start, start + size) if n == size else
+                    torch.cat([torch.arange(start, t), torch.full((size - n,), start)]))
+            out = compiled(x[take], ysoft[take], {k: v[take] for k, v in gstack.items()},
+                           gnorm[take])
+            parts.append([o[:n] for o in out])
+        if len(parts) == 1:
+            return parts[0]
+        return [torch.cat(p) for p in zip(*parts)]
+
     def batched(x, ysoft, gstack, gnorm):
         with warnings.catch_warnings():
             # vmap has no batching rule for eval-mode batch norm and says so while tracing;
             # the compiled program does not run that fallback.
             warnings.filterwarnings("ignore", message=".*batching rule.*")
-            dx, dy, total, cost = compiled(x.detach(), ysoft.detach(), gstack, gnorm)
+            dx, dy, total, cost = run(x.detach(), ysoft.detach(), gstack, gnorm)
         return _Precomputed.apply(x, ysoft, total.float(), cost.float(), dx, dy)
 
     return batched

@@ -318,9 +318,10 @@ def _run_group(model: nn.Module, gstars: list, labels: list[np.ndarray], seeds: 
     dev = torch.device(device)
     whole, forward = arithmetic(cfg.precision, dev)
     if cfg.compile:
-        from tasks.attacks.compiled_objective import compiled_batched_loss
+        from tasks.attacks.compiled_objective import chunk_targets_for, compiled_batched_loss
 
-        batched = compiled_batched_loss(model, cfg.tv_weight, forward)
+        chunk = chunk_targets_for(model, (k, *input_shape), r_count, dev)
+        batched = compiled_batched_loss(model, cfg.tv_weight, forward, chunk)
     else:
         batched, _ = make_batched_loss(model, cfg.tv_weight, path)
 

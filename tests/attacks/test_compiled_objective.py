@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.attacks.compiled_objective import compiled_batched_loss, compiler_missing
+from tasks.attacks.compiled_objective import (
+    chunk_targets_for,
+    compiled_batched_loss,
+    compiler_missing,
+)
 from tasks.attacks.inversion import InversionConfig, make_batched_loss, recover
 from tasks.params import FieldError, key_settings
 from tests.attacks.test_inversion import _ascent_cases
@@ -19,9 +23,11 @@ needs_compiler = pytest.mark.skipif(compiler_missing() is not None,
 
 
 @needs_compiler
-def test_compiled_objective_equals_the_eager_fast_path_on_a_conv_batchnorm_model():
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_compiled_objective_equals_the_eager_fast_path_on_a_conv_batchnorm_model(chunk):
     """Values and the gradients handed to autograd (to x and the soft labels, each trial's
-    own, scaled by the incoming gradient) match the eager fast path."""
+    own, scaled by the incoming gradient) match the eager fast path; also when the targets
+    run two at a time (the last chunk padded)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
@@ -34,7 +40,7 @@ def test_compiled_objective_equals_the_eager_fast_path_on_a_conv_batchnorm_model
     weights = torch.rand(t, r)  # a weighted sum: each trial's gradient scales on its own
     results = []
     for make in (lambda: make_batched_loss(model, 1e-2, "fast")[0],
-                 lambda: compiled_batched_loss(model, 1e-2)):
+                 lambda: compiled_batched_loss(model, 1e-2, chunk_targets=chunk)):
         x = torch.rand(t, r, k, 3, 8, 8, generator=torch.Generator().manual_seed(1))
         logits = torch.randn(t, r, k, 3, generator=torch.Generator().manual_seed(2))
         x.requires_grad_(True)
@@ -57,6 +63,25 @@ def test_compiled_recovery_equals_the_eager_one(digits_state, label_mode):
     for eager, compiled in zip(runs[0].images, runs[1].images):
         np.testing.assert_allclose(compiled, eager, atol=1e-4)
     np.testing.assert_allclose(runs[1].matching_loss, runs[0].matching_loss, atol=1e-5)
+
+
+def test_chunks_follow_the_models_activations_on_a_cpu_only():
+    """The CIFAR ConvNet (3.4 MiB of activations a trial) runs 4 targets x 2 restarts a call,
+    the measured best; the digits MLP all at once in practice; other devices all at once."""
+    from tasks.models import ModelConfig, build_torch_model
+
+    def model(name, config, shape):
+        return build_torch_model(ModelConfig(name, config), shape, 10, [0.5] * shape[0],
+                                 [0.25] * shape[0], seed=0).eval()
+
+    cpu = torch.device("cpu")
+    convnet = model("convnet", {"width": 16}, (3, 32, 32))
+    assert chunk_targets_for(convnet, (1, 3, 32, 32), 2, cpu) == 4
+    assert chunk_targets_for(convnet, (1, 3, 32, 32), 1, cpu) == 9
+    assert chunk_targets_for(convnet, (4, 3, 32, 32), 2, cpu) == 1  # never below one
+    assert chunk_targets_for(model("mlp", {"hidden": [64]}, (1, 8, 8)), (1, 1, 8, 8), 2,
+                             cpu) > 10_000
+    assert chunk_targets_for(convnet, (1, 3, 32, 32), 2, torch.device("cuda")) is None
 
 
 def test_compile_enters_result_keys_only_when_true():
