@@ -35,8 +35,9 @@ __all__ = ["chunk_targets_for", "compiled_batched_loss", "compiler_missing"]
 
 # Forward activations (fp32 bytes) one compiled call may cover on a CPU. The compiled program's
 # per-sample convolution gradients slow down with the batch: for the CIFAR ConvNet (width 16,
-# 3.4 MiB a trial) 8 trials a call ran 1.30x (bf16) and 1.37x (fp32) faster per step than 32,
-# and 4 or 16 were slower than 8 (bench_recovery_profile.py, part 3). Measured on that model.
+# 3.4 MiB a trial) 8 trials a call ran 1.30x (bf16) and 1.36x (fp32) faster per step than 32,
+# and 4 or 16 were slower than 8 (docs/BENCHMARKS.md; bench_recovery_profile.py, part 3).
+# Measured on that model only.
 CPU_CHUNK_BYTES = 32 * 2**20
 
 
