@@ -7,6 +7,7 @@ without loading torch, Ray or Optuna. Each command imports what it needs.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -100,8 +101,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f"holds {len(found)} experiments ({', '.join(found)}); give RESULTS/<experiment>")
             return fail(f"{args.results}: {what}")
         experiment = found[0]
+    out = args.out
+    if out is not None:  # checked before the page is rendered
+        if os.path.isdir(out):
+            out = os.path.join(out, f"{experiment}.html")
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            return fail(f"--out {args.out}: no folder {folder} to write it in")
+        if not os.access(folder, os.W_OK):
+            return fail(f"--out {args.out}: the folder {folder} is not writable")
     try:
-        where = write_report(root, experiment, args.out)
+        where = write_report(root, experiment, out)
     except OSError as err:
         return fail(f"{args.out or args.results}: cannot write the report ({err})")
     print(f"report: {where}")
@@ -192,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="RESULTS/<experiment> (or RESULTS holding one "
                                         "experiment); a path or a URI")
     report.add_argument("--out", default=None, metavar="FILE",
-                        help="where to write it (default: RESULTS/<experiment>/report.html)")
+                        help="where to write it (default: RESULTS/<experiment>/report.html; "
+                             "a folder: <folder>/<experiment>.html)")
     report.set_defaults(func=cmd_report)
 
     datasets = sub.add_parser("datasets", help="list datasets and where they are read from",

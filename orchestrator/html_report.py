@@ -14,6 +14,7 @@ import datetime
 import html
 import importlib.metadata
 import json
+import os
 
 import pandas as pd
 
@@ -278,6 +279,12 @@ def write_report(root: str, experiment: str, out: str | None = None) -> str:
     page = render(results).encode("utf-8")
     if out is None:
         return results.location.write_bytes(page, experiment, "report.html")
-    with open(out, "wb") as fh:
-        fh.write(page)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(page)
+        os.replace(tmp, out)  # a reader never sees half a page
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out

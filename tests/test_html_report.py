@@ -222,3 +222,21 @@ def test_the_page_loads_in_a_real_browser_without_errors_and_is_not_blank(browse
     blank.write_text("<html><body></body></html>")
     _, pixels = _open(browser, blank, tmp_path / "blank.png")
     assert float(pixels[..., :3].var()) <= 1e-3
+
+
+def test_report_out_a_folder_or_nowhere(tmp_path, capsys):
+    """``--out`` naming a folder writes <folder>/<experiment>.html; one under a missing folder
+    is refused in one line before the page is rendered, and leaves nothing behind."""
+    from orchestrator.tables import Results
+
+    Results(tmp_path, "exp").write("toy_attack", [{"key": "r0", "score": 1.0, "seed": 0}])
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    assert main(["report", str(tmp_path / "exp"), "--out", str(pages)]) == 0
+    assert [p.name for p in pages.iterdir()] == ["exp.html"]
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "exp"), "--out",
+                 str(tmp_path / "nowhere" / "page.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "no folder" in err[0]
+    assert not (tmp_path / "nowhere").exists()
