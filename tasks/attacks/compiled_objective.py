@@ -31,7 +31,8 @@ from torch.func import grad_and_value
 
 from tasks.attacks.trial_loss import per_trial_loss
 
-__all__ = ["chunk_targets_for", "compiled_batched_loss", "compiler_missing"]
+__all__ = ["CompileFailedError", "chunk_targets_for", "compiled_batched_loss",
+           "compiler_missing"]
 
 # Forward activations (fp32 bytes) one compiled call may cover on a CPU. The compiled program's
 # per-sample convolution gradients slow down with the batch: for the CIFAR ConvNet (width 16,
@@ -39,6 +40,16 @@ __all__ = ["chunk_targets_for", "compiled_batched_loss", "compiler_missing"]
 # and 4 or 16 were slower than 8 (docs/BENCHMARKS.md; bench_recovery_profile.py, part 3).
 # Measured on that model only.
 CPU_CHUNK_BYTES = 32 * 2**20
+
+
+class CompileFailedError(RuntimeError):
+    """torch.compile could not build the objective for this model (said in one line; the
+    compiler's own output is the cause)."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def compiler_missing() -> str | None:
@@ -148,12 +159,26 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
             return parts[0]
         return [torch.cat(p) for p in zip(*parts)]
 
+    built = False
+
     def batched(x, ysoft, gstack, gnorm):
+        nonlocal built
         with warnings.catch_warnings():
             # vmap has no batching rule for eval-mode batch norm and says so while tracing;
             # the compiled program does not run that fallback.
             warnings.filterwarnings("ignore", message=".*batching rule.*")
-            dx, dy, total, cost = run(x.detach(), ysoft.detach(), gstack, gnorm)
+            try:
+                dx, dy, total, cost = run(x.detach(), ysoft.detach(), gstack, gnorm)
+            except Exception as err:
+                if built:
+                    raise
+                # Compilation errors run to pages of generated C++; the unit's error row
+                # keeps one line (e.g. torch 2.13's Inductor on ResNet-18 in bf16).
+                raise CompileFailedError(
+                    f"compile: true: torch.compile could not build the recovery objective for "
+                    f"this model ({_first_line(err)}); set compile: false (the eager path "
+                    "computes the same)") from err
+        built = True
         return _Precomputed.apply(x, ysoft, total.float(), cost.float(), dx, dy)
 
     return batched

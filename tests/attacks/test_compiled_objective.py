@@ -128,3 +128,25 @@ def test_compile_without_python_headers_is_refused_up_front(monkeypatch, tmp_pat
     monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
     with pytest.raises(FieldError, match=r"^compile: true needs Python's C headers"):
         InversionConfig(compile=True)
+
+
+@needs_compiler
+def test_a_compilation_failure_is_one_line_that_names_the_way_out(digits_state, monkeypatch):
+    """Inductor's failures run to pages of generated C++ (torch 2.13 fails on ResNet-18 in
+    bf16); the recovery raises one line naming the option, the compiler's text as its cause."""
+    import tasks.attacks.compiled_objective as co
+
+    def fails(fn, **_):
+        def call(*args):
+            raise RuntimeError("CppCompileError: C++ compile error\n\nCommand:\ng++ -O3 ...")
+        return call
+
+    monkeypatch.setattr(co.torch, "compile", fails)
+    cases, _ = _ascent_cases(digits_state, [1])
+    with pytest.raises(co.CompileFailedError) as caught:
+        recover(cases, InversionConfig(iterations=2, restarts=1, compile=True), seeds=[0])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "RuntimeError: CppCompileError: C++ compile error" in message
+    assert "set compile: false" in message
+    assert isinstance(caught.value.__cause__, RuntimeError)
