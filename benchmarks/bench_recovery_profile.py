@@ -18,7 +18,8 @@ benchmark measures, side by side on one machine, why that is (or is not) reachab
 3. whether ``torch.compile`` accepts the recovery objective (a gradient of a gradient): it
    refuses the autograd form; the torch.func form (vmap of grad, then grad to x) compiles,
    and its compiled step is timed against the eager fast path at fp32 and bf16, with all
-   targets in one call and a few at a time (as ``recover`` runs it on a CPU);
+   targets in one call and a few at a time (as ``recover`` runs it on a CPU; ``--chunks``
+   times other sizes);
 4. ``recover`` on groups of 4 targets with denormal floats flushed to zero (as it runs on a
    CPU) and without: some targets' gradients carry denormals, which x86 computes slowly.
 """
@@ -170,7 +171,8 @@ def compile_check(case) -> None:
         print(f"3. torch.compile, the objective through autograd.grad: refused ({_refusal(exc)})")
 
 
-def compile_func_step(cases, restarts: int, steps: int, plain_rate: float) -> None:
+def compile_func_step(cases, restarts: int, steps: int, plain_rate: float,
+                      sizes: list[int] | None = None) -> None:
     """The same objective written with torch.func (vmap over trials of grad of the trial loss,
     then grad with respect to x) has no double backward left, and torch.compile accepts it
     (``tasks.attacks.compiled_objective``, ``compile: true``): its step beside the eager fast
@@ -179,7 +181,7 @@ def compile_func_step(cases, restarts: int, steps: int, plain_rate: float) -> No
     trials = shape[0] * shape[1]
     eager_loss, _ = make_batched_loss(model, 1e-4, "fast")
     chosen = chunk_targets_for(model, shape[2:], restarts, torch.device("cpu"))
-    chunks = [None] + ([chosen] if chosen < shape[0] else [])
+    chunks = [None] + sorted({c for c in (sizes or [chosen]) if c < shape[0]})
     print("   the same objective through torch.func (vmap of grad, then grad to x), compiled,"
           " against the eager fast path at the same precision:")
     for name in ("fp32", "bf16"):
@@ -208,7 +210,8 @@ def compile_func_step(cases, restarts: int, steps: int, plain_rate: float) -> No
                 wall = _seconds(lambda loss=compiled_loss: step(loss), steps)
                 diff = float((out - reference).abs().max())
                 how = ("all targets in one call" if chunk is None else
-                       f"{chunk} targets a call (recover's choice for this model)")
+                       f"{chunk} targets a call" + (" (recover's choice for this model)"
+                                                    if chunk == chosen else ""))
                 print(f"   {name}, {how}: first call {first:.0f} s (compilation; Inductor's "
                       f"on-disk cache shortens it in later processes), then {wall:.3f} s per "
                       f"step ({trials / wall:.0f} trial-iterations/s, "
@@ -258,6 +261,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="skip compiling the torch.func objective (minutes on 2 cores)")
+    ap.add_argument("--chunks", type=int, nargs="+", default=None, metavar="TARGETS",
+                    help="targets per compiled call to time beside all at once (part 3; "
+                         "default: recover's choice for the model)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} load={os.getloadavg()[0]:.2f}", flush=True)
@@ -272,7 +278,7 @@ def main() -> None:
     profile_step(cases, args.restarts, args.steps, plain_rate)
     compile_check(cases[0])
     if args.compile:
-        compile_func_step(cases, args.restarts, args.steps, plain_rate)
+        compile_func_step(cases, args.restarts, args.steps, plain_rate, args.chunks)
     denormal_groups(cases, truths, args.group_iterations)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 

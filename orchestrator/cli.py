@@ -105,11 +105,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out is not None:  # checked before the page is rendered
         if os.path.isdir(out):
             out = os.path.join(out, f"{experiment}.html")
+        from orchestrator.storage import OutputError, check_writable
+
         folder = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(folder):
             return fail(f"--out {args.out}: no folder {folder} to write it in")
-        if not os.access(folder, os.W_OK):
-            return fail(f"--out {args.out}: the folder {folder} is not writable")
+        try:
+            check_writable(folder)  # a probe file, as for --results
+        except OutputError as err:
+            return fail(f"--out {args.out}: {err}")
     try:
         where = write_report(root, experiment, out)
     except OSError as err:

@@ -9,8 +9,8 @@ gradients with the values; :class:`_Precomputed` hands them to autograd, so the 
 sees the same ``(total, cost)`` interface as :func:`tasks.attacks.inversion.make_batched_loss`.
 
 Measured in ``benchmarks/bench_recovery_profile.py`` (part 3) on a 2-core CPU, with the
-targets run a few at a time (:func:`chunk_targets_for`): the compiled step runs at about 1.2x
-the eager fast path in fp32 and 2x in bf16, after a minute or two of compilation (shorter
+targets run a few at a time (:func:`chunk_targets_for`): the compiled step runs at 1.15x
+the eager fast path in fp32 and 1.9x in bf16 for the CIFAR ConvNet, after a minute or two of compilation (shorter
 from Inductor's on-disk cache; models of one architecture share the compiled program). It
 pays for long recoveries, not short ones.
 """
@@ -36,9 +36,9 @@ __all__ = ["CompileFailedError", "chunk_targets_for", "compiled_batched_loss",
 
 # Forward activations (fp32 bytes) one compiled call may cover on a CPU. The compiled program's
 # per-sample convolution gradients slow down with the batch: for the CIFAR ConvNet (width 16,
-# 3.4 MiB a trial) 8 trials a call ran 1.30x (bf16) and 1.36x (fp32) faster per step than 32,
-# and 4 or 16 were slower than 8 (docs/BENCHMARKS.md; bench_recovery_profile.py, part 3).
-# Measured on that model only.
+# 3.4 MiB a trial) 8 trials a call ran 1.29-1.30x (bf16) and 1.24-1.37x (fp32) faster per
+# step than 32; 16 were slower than 8, and 4 slower in bf16, level in fp32 (docs/BENCHMARKS.md;
+# ``bench_recovery_profile.py --chunks 2 4 8``, part 3). Measured on that model only.
 CPU_CHUNK_BYTES = 32 * 2**20
 
 
@@ -127,7 +127,8 @@ def compiled_batched_loss(model: nn.Module, tv_weight: float,
     program. ``chunk_targets``: run the compiled program on that many targets at a time (the
     last chunk padded with copies of its first target, so every call has one shape and one
     compiled program); None runs all at once. Compilation happens on the first call; if it
-    fails (no C++ compiler, an unsupported operator), that call raises."""
+    fails (an unsupported operator, a compiler bug), that call raises
+    :class:`CompileFailedError`, one line with the compiler's error as its cause."""
     per_trial = per_trial_loss(model, tv_weight)
 
     def objective(x, ysoft, gstack, gnorm):
