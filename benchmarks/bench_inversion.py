@@ -16,8 +16,8 @@ Side by side, same targets, seeds, initialisations and iterations:
 Prints wall seconds, ratios and the largest per-pixel difference between (a)'s best restart
 and the same restart run plainly, the throughput in trial-iterations per second and the
 achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
-``torch.utils.flop_counter`` on the plain loop; ``--peak-tflops`` adds the share of the
-device's peak). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed
+``torch.utils.flop_counter`` on the plain loop), with the share of the device's peak at each
+arithmetic where it is known (H100, H200, A100 data sheets; ``--peak-tflops`` for others). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed
 to zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
 arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images.
 ``--compile`` adds (f): ``recover(compile=True)`` at fp32 and at ``--precision``, its
@@ -118,6 +118,34 @@ def flops_per_trial_iteration(case, cfg: InversionConfig) -> float:
     return float(counts[1] - counts[0])
 
 
+# Dense peak TFLOP/s of GPUs we have run on, from NVIDIA's data sheets (SXM parts): fp32 on
+# the CUDA cores, TF32 and bf16 on the tensor cores (without sparsity).
+KNOWN_PEAKS = {"H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
+               "H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
+               "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}}
+
+
+def device_peaks(device: str, given: float | None) -> dict[str, float]:
+    """Peak TFLOP/s by arithmetic: ``--peak-tflops`` for all of them when given, else the
+    data-sheet figures of a known GPU, else none (no share is printed)."""
+    if given:
+        return {"fp32": given, "tf32": given, "bf16": given}
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, peaks in KNOWN_PEAKS.items():
+            if key in name:
+                return peaks
+    return {}
+
+
+def rate(flops: float, seconds: float, peaks: dict[str, float], precision: str) -> str:
+    """Achieved GFLOP/s and, where the peak is known, the share of it at that arithmetic."""
+    achieved = flops / seconds
+    share = (f", {achieved / (peaks[precision] * 1e12):.2%} of the {precision} peak "
+             f"({peaks[precision]:g} TFLOP/s)" if precision in peaks else "")
+    return f"{achieved / 1e9:,.1f} GFLOP/s{share}"
+
+
 def sync_device(device: str) -> None:
     """Wait for the device's queued work (GPU timings), nothing on a CPU."""
     if device.startswith("cuda"):
@@ -168,7 +196,7 @@ def plain_all(cases, cfg: InversionConfig, seeds: list[int]) -> list[list[np.nda
 
 
 def timed_compiled(cases, truths, cfg: InversionConfig, seeds, precision: str, device: str,
-                   fast, t_plain: float) -> None:
+                   fast, t_plain: float, flops: float, peaks: dict[str, float]) -> None:
     """(f) ``recover(compile=True)``: the first call's compilation timed on its own (a
     one-iteration run of the same group shape), then the recovery beside (a) and (b)."""
     trial_its = len(cases) * cfg.restarts * cfg.iterations
@@ -183,7 +211,8 @@ def timed_compiled(cases, truths, cfg: InversionConfig, seeds, precision: str, d
     t_run = time.perf_counter() - t0
     diff = max(float(np.abs(a - b).max()) for a, b in zip(res.images, fast.images))
     print(f"(f) compiled {precision:<5} {t_run:8.2f} s   ratio (b)/(f) = {t_plain / t_run:.2f}x   "
-          f"{trial_its / t_run:,.0f} trial-iterations/s   compilation {t_compile:.0f} s   "
+          f"{trial_its / t_run:,.0f} trial-iterations/s, {rate(flops, t_run, peaks, precision)}"
+          f"   compilation {t_compile:.0f} s   "
           f"PSNR {mean_psnr(res.images, truths):.2f} dB   max |pixel diff| vs (a) = "
           f"{diff:.2e}", flush=True)
 
@@ -204,7 +233,8 @@ def main() -> None:
                     help="also time recover(compile=True) at fp32 (and at --precision)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="the device's peak (for the share of it achieved)")
+                    help="the device's peak at every arithmetic (for the share of it "
+                         "achieved); known GPUs (H100, H200, A100) need none")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA device on this machine")
@@ -223,10 +253,9 @@ def main() -> None:
     sync_device(args.device)
     t_vec = time.perf_counter() - t0
     flops = flops_per_trial_iteration(cases[0], cfg) * trial_its
-    peak = (f", {flops / t_vec / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops} TFLOP/s"
-            if args.peak_tflops else "")
+    peaks = device_peaks(args.device, args.peak_tflops)
     print(f"(a) vectorised  {t_vec:8.2f} s   {trial_its / t_vec:,.0f} trial-iterations/s, "
-          f"{flops / t_vec / 1e9:,.1f} GFLOP/s{peak}", flush=True)
+          f"{rate(flops, t_vec, peaks, 'fp32')}", flush=True)
     if args.precision:
         recover(cases[:2], replace(cfg, iterations=1, precision=args.precision))
         sync_device(args.device)
@@ -235,7 +264,9 @@ def main() -> None:
         sync_device(args.device)
         t_low = time.perf_counter() - t0
         print(f"(d) {args.precision:<11} {t_low:8.2f} s   ratio (a)/(d) = {t_vec / t_low:.2f}x   "
-              f"PSNR vs forgotten: fp32 {mean_psnr(fast.images, truths):.2f} dB, "
+              f"{trial_its / t_low:,.0f} trial-iterations/s, "
+              f"{rate(flops, t_low, peaks, args.precision)}   PSNR vs forgotten: "
+              f"fp32 {mean_psnr(fast.images, truths):.2f} dB, "
               f"{args.precision} {mean_psnr(low.images, truths):.2f} dB", flush=True)
     t0 = time.perf_counter()
     plain = plain_all(cases, cfg, seeds)
@@ -245,12 +276,14 @@ def main() -> None:
                for i in range(len(cases)))
     same_restart = [plain[i][int(fast.best_restart[i])] for i in range(len(cases))]
     print(f"(b) plain       {t_plain:8.2f} s   ratio (b)/(a) = {t_plain / t_vec:.2f}x   "
-          f"max |pixel diff| = {diff:.2e}   {trial_its / t_plain:,.0f} trial-iterations/s   "
+          f"max |pixel diff| = {diff:.2e}   {trial_its / t_plain:,.0f} trial-iterations/s, "
+          f"{rate(flops, t_plain, peaks, 'fp32')}   "
           f"PSNR vs forgotten: (a) {mean_psnr(fast.images, truths):.2f} dB, "
           f"(b) {mean_psnr(same_restart, truths):.2f} dB", flush=True)
     if args.compile:
         for precision in ("fp32",) + ((args.precision,) if args.precision else ()):
-            timed_compiled(cases, truths, cfg, seeds, precision, args.device, fast, t_plain)
+            timed_compiled(cases, truths, cfg, seeds, precision, args.device, fast, t_plain,
+                           flops, peaks)
     if args.plain_flushed:
         # recover() flushes denormal floats to zero on a CPU; the textbook loop does not. The
         # same loop with them flushed shows how much of (b)/(a) that alone accounts for.

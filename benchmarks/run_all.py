@@ -12,7 +12,9 @@ section of ``docs/BENCHMARKS.md`` between the ``run_all`` markers, which this co
 (the hand-written analyses around it stay as they are). With ``--only``, the named
 benchmarks' subsections are replaced and the others kept as they were, each saying when and
 at which commit it ran. A benchmark that fails is recorded as failed, the others still run,
-and the exit status is 1. ``--out FILE`` writes the section to another file instead.
+and the exit status is 1; ``--timeout S`` stops any one benchmark after S seconds, recorded
+the same way. The section is rewritten after each benchmark, so a run stopped part-way keeps
+what it measured. ``--out FILE`` writes the section to another file instead.
 """
 
 from __future__ import annotations
@@ -148,22 +150,34 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _run(name: str, arguments: str) -> str:
+def _run(name: str, arguments: str, timeout: float | None = None) -> str:
     args = arguments.split()
     command = [sys.executable, str(REPO / "benchmarks" / args[0]), *args[1:]]
     shown = ".venv/bin/python benchmarks/" + arguments
     print(f"[run_all] {name}: {shown}", file=sys.stderr, flush=True)
     before, start = _load(), time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False,
+                              timeout=timeout)
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as late:  # what it printed before its limit is kept
+        code = f"stopped at its {timeout:g} s limit"
+        stdout, stderr = (_text(late.stdout), _text(late.stderr))
     wall = time.perf_counter() - start
-    status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
-    out = done.stdout.strip()
-    if done.returncode:
-        out += "\n" + "\n".join(done.stderr.strip().splitlines()[-10:])
+    status = "ok" if code == 0 else f"FAILED ({'exit ' if isinstance(code, int) else ''}{code})"
+    out = stdout.strip()
+    if code:
+        out += "\n" + "\n".join(stderr.strip().splitlines()[-10:])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"### {name}: {ALL[name][0]}\n\n`{shown}`: {status}, {wall:.0f} s, "
             f"load average (1/5/15 min) {before} before, {_load()} after; {when}, "
             f"commit {_commit()}\n\n```text\n{out}\n```\n")
+
+
+def _text(captured: bytes | str | None) -> str:
+    if isinstance(captured, bytes):
+        return captured.decode(errors="replace")
+    return captured or ""
 
 
 def _earlier_parts(text: str) -> dict[str, str]:
@@ -207,13 +221,15 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=sorted(ALL), default=None,
                     metavar="NAME", help=f"some of: {', '.join(ALL)}")
     ap.add_argument("--out", type=Path, default=DOC, help="where the section goes")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop a benchmark after this long (recorded as failed, with its "
+                         "output so far); the others still run")
     args = ap.parse_args()
+    if args.timeout is not None and not args.timeout > 0:
+        ap.error(f"--timeout {args.timeout:g}: expected a number of seconds above 0")
     names = args.only or list(_with_gpu())
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    fresh = {name: _run(name, ALL[name][2 if args.quick else 1]) for name in names}
     kept = {} if args.only is None or args.out != DOC else _earlier_parts(DOC.read_text())
-    parts = [fresh.get(name) or kept.get(name) for name in ALL]
-    parts = [p for p in parts if p]
     command = "benchmarks/run_all.py" + (" --quick" if args.quick else "")
     header = (f"## Latest full run (`{command}`)\n\nGenerated {started}"
               + (f" for {', '.join(names)} (the other subsections are from earlier runs; "
@@ -221,7 +237,12 @@ def main() -> int:
               + f"; commit {_commit()}.\nMachine: {_machine()}.\nVersions: {_versions()}.\n"
               + ("Quick sizes: a smoke run, not the figures the sections above discuss.\n"
                  if args.quick else "") + "\n")
-    _write(header + "\n".join(parts), args.out)
+    fresh: dict[str, str] = {}
+    for name in names:
+        fresh[name] = _run(name, ALL[name][2 if args.quick else 1], args.timeout)
+        # Written after each benchmark, so a run stopped later keeps what it measured.
+        parts = [fresh.get(n) or kept.get(n) for n in ALL]
+        _write(header + "\n".join(p for p in parts if p), args.out)
     print(f"[run_all] wrote {args.out}", file=sys.stderr)
     return 1 if any("FAILED" in p.split("\n", 3)[2] for p in fresh.values()) else 0
 
