@@ -26,15 +26,17 @@ class SpecError(ValueError):
 def set_path(data: dict, dotted: str, value: Any) -> None:
     """Set ``a.b.0.c`` in nested mappings and lists; SpecError naming the key when the path
     does not fit the data (a list index that is not a number or out of range, a value where a
-    section should be)."""
+    section should be). A mapping's key that itself holds dots (a search space's
+    ``attack.lr``) is matched whole, the longest such key first."""
     keys = dotted.split(".")
     if not dotted or any(not k for k in keys):
         raise SpecError(f"{dotted!r}: expected a key path such as training.epochs")
     node: Any = data
-    for i, k in enumerate(keys):
-        here = ".".join(keys[:i + 1])
-        last = i == len(keys) - 1
+    i = 0
+    while True:
         if isinstance(node, list):
+            k, step = keys[i], 1
+            here = ".".join(keys[:i + 1])
             try:
                 index = int(k)
                 if not -len(node) <= index < len(node):
@@ -42,12 +44,16 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
             except (ValueError, IndexError):
                 raise SpecError(f"{here}: no such list item (the list has {len(node)} "
                                 f"item(s), numbered from 0)") from None
-            if last:
+            if i + step == len(keys):
                 node[index] = value
                 return
             nxt = node[index]
         elif isinstance(node, dict):
-            if last:
+            step = next((j - i for j in range(len(keys), i + 1, -1)
+                         if ".".join(keys[i:j]) in node), 1)
+            k = ".".join(keys[i:i + step])
+            here = ".".join(keys[:i + step])
+            if i + step == len(keys):
                 node[k] = value
                 return
             nxt = node.get(k)
@@ -58,6 +64,7 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(nxt, (dict, list)):
             raise SpecError(f"{here}: is a value, not a section")
         node = nxt
+        i += step
 
 
 def _grid_paths(key: Any, values: Any) -> list[str]:

@@ -125,6 +125,32 @@ def test_override_errors_name_the_override():
         expand({**BASE, "grid": {"unlearning.x": [1]}})
 
 
+def test_a_dotted_key_of_the_spec_is_set_whole():
+    """A search space's keys are dotted paths ('attack.lr'): --set search.space.attack.lr=...
+    replaces that entry rather than nesting a new 'attack' section beside it."""
+    from orchestrator.key_paths import set_path
+
+    data = {"search": {"space": {"attack.lr": {"loguniform": [1e-3, 0.3]},
+                                 "attack.restarts": {"choice": [1, 2]}}}}
+    set_path(data, "search.space.attack.lr", {"loguniform": [1e-4, 0.1]})
+    assert data["search"]["space"] == {"attack.lr": {"loguniform": [1e-4, 0.1]},
+                                       "attack.restarts": {"choice": [1, 2]}}
+    set_path(data, "search.space.attack.restarts.choice.1", 5)  # into the entry's list
+    assert data["search"]["space"]["attack.restarts"] == {"choice": [1, 5]}
+    set_path(data, "search.space.attack.tv_weight", 1)  # a new path still nests
+    assert data["search"]["space"]["attack"] == {"tv_weight": 1}
+
+
+def test_a_nested_search_space_entry_is_named_with_a_hint(repo):
+    from orchestrator.search.spec import load_search_file
+
+    path = repo / "search_spaces" / "inversion_search.yaml"
+    with pytest.raises(SpecError, match=r"search\.space\.attack: expected exactly one of .*"
+                                        r"a space key is one whole dotted path, such as "
+                                        r"attack\.lr"):
+        load_search_file(path, ["search.space.attack.bogus={choice: [1]}"])
+
+
 def test_a_cuda_device_is_left_to_the_cluster_when_tasks_ask_for_gpus():
     """No GPU here, but the spec's tasks ask Ray for one: the cluster's resources decide."""
     gpu_tasks = {"resources": {"train": {"gpus": 1}, "unlearn": {"gpus": 1}},

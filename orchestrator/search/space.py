@@ -133,7 +133,10 @@ def parse_dimension(key: str, data: Any, path: str) -> Dimension:
         bounds = None
     else:
         if len(kinds) != 1:
-            raise ParamError(path, f"expected exactly one of {', '.join(KINDS)} (or type:)")
+            nested = not kinds and any(isinstance(v, Mapping) for v in data.values())
+            raise ParamError(path, f"expected exactly one of {', '.join(KINDS)} (or type:)"
+                             + ("; a space key is one whole dotted path, such as attack.lr"
+                                if nested else ""))
         kind = kinds[0]
         bounds = data.pop(kind)
     allowed = {"choice": {"choices"}, "int": {"low", "high", "step", "log"}}.get(
