@@ -28,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES: the spec's attack sections)
     from orchestrator.plan import plan_run
     from orchestrator.spec import load_spec
-    from orchestrator.tables import Results
+    from orchestrator.tables import DamagedPart, Results
 
     try:
         variants = load_spec(args.spec, args.set)
@@ -51,6 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiment = variants[0].experiment
     units = [u for _, us in plans for u in us]
     results = Results(args.results, experiment)
+    try:
+        results.check_parts()  # a damaged part is named before any work, not part-way
+    except DamagedPart as err:
+        return fail(str(err))
     header = (f"{experiment}: {len(variants)} variant(s), {len(units)} units -> "
               f"{results.location.uri}/{experiment}")
     if args.dry_run:
@@ -139,7 +143,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from orchestrator.lock import ExperimentLock, LockHeld
     from orchestrator.report import NotResults, locate
-    from orchestrator.tables import Results
+    from orchestrator.tables import DamagedPart, Results
 
     try:
         root, experiment, table = locate(args.results)
@@ -147,16 +151,22 @@ def cmd_compact(args: argparse.Namespace) -> int:
         return fail(f"{args.results}: {err}")
     if experiment is None:
         return fail(f"{args.results}: give RESULTS/<experiment> (or one table's folder)")
+    results = Results(root, experiment)
+    try:
+        results.check_parts()  # refused before any table is rewritten (or the lock taken)
+    except DamagedPart as err:
+        return fail(str(err))
     lock = ExperimentLock(root, experiment)
     try:
         lock.acquire()  # one writer: a run adding parts meanwhile would race the deletes
     except LockHeld as err:
         return fail(str(err))
     try:
-        results = Results(root, experiment)
         for name in [table] if table else results.tables():
             before, after = results.compact(name, max_rows=args.max_rows)
             print(f"  {name:<28} {before:>6} parts -> {after}")
+    except DamagedPart as err:  # damaged since the check, by another hand
+        return fail(str(err))
     finally:
         lock.release()
     return 0

@@ -21,11 +21,13 @@ def refusal(err: BaseException, as_is: tuple[type[BaseException], ...] = ()) -> 
     from orchestrator.lock import LockHeld
     from orchestrator.ray_session import ClusterUnreachable
     from orchestrator.spec import SpecError, SpecFileError
+    from orchestrator.tables import DamagedPart
     from tasks.data import DataError, MissingDataError
     from tasks.params import one_line
     from tasks.registry import UnknownComponentError
 
-    if isinstance(err, (SpecFileError, MissingDataError, LockHeld, ClusterUnreachable, *as_is)):
+    if isinstance(err, (SpecFileError, MissingDataError, LockHeld, ClusterUnreachable,
+                        DamagedPart, *as_is)):
         return str(err)  # "<path>: ..." / "<folder> is in use ..." / "--address ...: ..."
     if isinstance(err, DataError):  # a present but malformed data file (also a ValueError)
         return f"data error: {err}"

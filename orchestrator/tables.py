@@ -33,6 +33,26 @@ PART_BYTES = 64 << 20
 COMPACT_AT_PARTS = 32
 
 
+class DamagedPart(ValueError):
+    """A table part that Parquet cannot read. Parts are written whole, so it was cut short or
+    changed afterwards (a failed copy, a full disk elsewhere); the message names the file."""
+
+    def __init__(self, part: str, err: BaseException) -> None:
+        folder = part.rsplit("/", 1)[0]
+        text = " ".join(str(err).split())
+        super().__init__(f"{part}: not a readable Parquet part ({type(err).__name__}: "
+                         f"{text[:200]}); move it out of {folder} and rerun the experiment "
+                         "to compute its rows again")
+
+
+# What pyarrow raises for a file that is not (or no longer) Parquet: ArrowInvalid, or an
+# OSError without an errno ("Couldn't deserialize thrift"); a permission or I/O error of the
+# system (an errno) is not a damaged part and is left as it is.
+def _damaged(err: BaseException) -> bool:
+    return (isinstance(err, (pa.ArrowException, OSError))
+            and getattr(err, "errno", None) is None)
+
+
 def _cell(value: Any) -> Any:
     """Scalars stay scalars; tuples, lists and dicts become JSON text (one schema per column)."""
     if isinstance(value, (np.generic,)):
@@ -136,17 +156,38 @@ class Results:
         if table not in self._schemas:
             schema, seen = None, []
             for part in self.parts(table):
-                with self.location.fs.open_input_file(part) as fh:
-                    seen.append(pq.read_schema(fh))
+                seen.append(self._part_schema(part))
                 schema = unify_schemas(schema, seen[-1])
             if any(not s.equals(schema) for s in seen):
                 self._mixed.add(table)
             self._schemas[table] = schema
         return self._schemas[table]
 
-    def _read_part(self, part: str) -> pa.Table:
-        with self.location.fs.open_input_file(part) as fh:
-            return pq.read_table(fh)
+    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+        try:
+            with self.location.fs.open_input_file(part) as fh:
+                return pq.read_table(fh, columns=columns)
+        except Exception as err:
+            if _damaged(err):
+                raise DamagedPart(part, err) from err
+            raise
+
+    def _part_schema(self, part: str) -> pa.Schema:
+        try:
+            with self.location.fs.open_input_file(part) as fh:
+                return pq.read_schema(fh)
+        except Exception as err:
+            if _damaged(err):
+                raise DamagedPart(part, err) from err
+            raise
+
+    def check_parts(self) -> None:
+        """Read every part's footer and keys: DamagedPart for the first that Parquet cannot
+        read, so a command refuses a damaged folder before it starts instead of failing
+        part-way. (Damage inside another column shows only where that column is read.)"""
+        for table in self.tables():
+            for part in self.parts(table):
+                self._read_part(part, columns=["key"])
 
     def _write_part(self, data: pa.Table, table: str, name: str) -> str:
         buf = io.BytesIO()
@@ -161,10 +202,7 @@ class Results:
         return [t for t in self.location.list_dirs(self.experiment) if self.parts(t)]
 
     def read(self, table: str) -> pd.DataFrame:
-        frames = []
-        for part in self.parts(table):
-            with self.location.fs.open_input_file(part) as fh:
-                frames.append(pq.read_table(fh).to_pandas())
+        frames = [self._read_part(part).to_pandas() for part in self.parts(table)]
         if not frames:
             return pd.DataFrame()
         frame = pd.concat(frames, ignore_index=True)
@@ -173,8 +211,7 @@ class Results:
     def existing_keys(self, table: str) -> set[str]:
         keys: set[str] = set()
         for part in self.parts(table):
-            with self.location.fs.open_input_file(part) as fh:
-                keys.update(pq.read_table(fh, columns=["key"]).column("key").to_pylist())
+            keys.update(self._read_part(part, columns=["key"]).column("key").to_pylist())
         return keys
 
     def compact(self, table: str, max_rows: int = PART_ROWS,

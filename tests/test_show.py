@@ -119,10 +119,14 @@ def test_a_failing_summary_falls_back_to_the_rows(run_root: Path, tmp_path: Path
 
 def test_a_damaged_part_is_reported_and_the_rest_shown(run_root: Path, tmp_path: Path) -> None:
     folder = _partial(run_root, tmp_path / "R")
-    next((folder / "models").glob("part-*.parquet")).write_bytes(b"not parquet")
+    part = next((folder / "models").glob("part-*.parquet"))
+    part.write_bytes(b"not parquet")
     code, text = _show(folder, tmp_path)
     assert code == 0, text
-    assert "== partial/models: unreadable (ArrowInvalid" in text
+    # The damaged file itself is named, with what to do about it.
+    assert (f"== partial/models: unreadable (DamagedPart: {part}: not a readable Parquet "
+            "part (ArrowInvalid") in text
+    assert "move it out of" in text
     assert "== partial/errors: 1 rows" in text
 
 

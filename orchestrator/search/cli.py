@@ -48,6 +48,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data_root = resolved_data_root(args)
     results = Results(args.results, plan.base.experiment)
     try:
+        results.check_parts()  # a damaged part is named before any work, not part-way
         search_dir(results)
         from orchestrator.plan import plan_core
 

@@ -180,3 +180,32 @@ def test_data_root_variable_naming_no_folder_is_refused(tmp: Path,
     code, _, err = run_cli(["run", str(tmp / "spec.yaml"), "--data-root", str(tmp),
                             "--dry-run"], tmp)
     assert code == 0, err
+
+
+def _damaged_results(tmp: Path) -> tuple[Path, Path]:
+    """A results folder of experiment 'bad' (VALID's) whose one part is cut short, beside a
+    good table: (the results folder, the damaged part)."""
+    from orchestrator.tables import Results
+
+    results = Results(tmp / "R", "bad")
+    results.write("models", [{"key": "a", "value": 1.0}])
+    good = Path(results.write("recoveries", [{"key": f"k{i}", "psnr": float(i)}
+                                             for i in range(50)]))
+    damaged = good.with_name("part-damaged.parquet")
+    damaged.write_bytes(good.read_bytes()[:100])
+    return tmp / "R", damaged
+
+
+@pytest.mark.parametrize("command", ["run", "run --dry-run", "tune", "compact"])
+def test_a_damaged_table_part_is_named_before_any_work(tmp: Path, command: str) -> None:
+    """A part Parquet cannot read (a failed copy, say) is named with what to do, before any
+    table is read for work or rewritten, instead of a pyarrow traceback part-way."""
+    results, damaged = _damaged_results(tmp)
+    argv = {"run": ["run", str(tmp / "spec.yaml"), "--results", str(results)],
+            "run --dry-run": ["run", str(tmp / "spec.yaml"), "--results", str(results),
+                              "--dry-run"],
+            "tune": ["tune", str(tmp / "tune.yaml"), "--results", str(results)],
+            "compact": ["compact", str(results / "bad")]}[command]
+    refused(argv, tmp, (str(damaged), "not a readable Parquet part",
+                        "move it out of", "rerun the experiment"))
+
