@@ -2,7 +2,9 @@
 
 The study is the single source of truth. It lives in ``RESULTS/<experiment>/_search/
 study.journal`` (Optuna's JournalStorage on a file, append-only, so a killed process leaves at
-most one half-written line, which Optuna skips). Finished trials (complete, pruned, or failed
+most one half-written last line: Optuna skips it when reading, but the next append would join
+it into one unreadable line, so :func:`drop_partial_record` cuts it off first, under the
+experiment's lock). A journal damaged otherwise is refused in one line. Finished trials (complete, pruned, or failed
 with an error) count towards the budget; a trial left running by a stopped search is marked
 ``interrupted`` and its parameters are enqueued, so ``--resume`` reruns that configuration. On
 resume the sampler's seed is advanced by the number of trials the study holds, so a seeded
@@ -16,8 +18,8 @@ import os
 from orchestrator.search.spec import SearchPlan
 from orchestrator.tables import Results
 
-__all__ = ["INTERRUPTED", "SEARCH_DIR", "SearchStateError", "finished", "make_sampler",
-           "open_study", "recover_stale", "search_dir"]
+__all__ = ["INTERRUPTED", "SEARCH_DIR", "SearchStateError", "drop_partial_record", "finished",
+           "make_sampler", "open_study", "recover_stale", "search_dir"]
 
 SEARCH_DIR = "_search"
 INTERRUPTED = "interrupted"
@@ -52,14 +54,24 @@ def open_study(plan: SearchPlan, results: Results, resume: bool):
             f"--resume: nothing to resume: {results.location.uri} holds no study of "
             f"{results.experiment!r}; run without --resume to start one")
     os.makedirs(folder, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     name = plan.base.experiment
     search = plan.search
+    try:  # the storage reads the whole journal as it opens
+        storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        if existed:
+            study = optuna.load_study(study_name=name, storage=storage)
+            trials = study.trials
+    except (ValueError, KeyError) as err:  # JSONDecodeError, or no study record at all
+        if not existed:
+            raise
+        text = " ".join(str(err).split()).strip("'")
+        raise SearchStateError(
+            f"{path}: damaged study journal ({type(err).__name__}: {text}); move {folder} "
+            "aside to start the search afresh, or use another --results directory") from None
     if existed:
-        study = optuna.load_study(study_name=name, storage=storage)
-        if study.trials and not resume:
+        if trials and not resume:
             raise SearchStateError(
-                f"{folder} already holds a search with {len(study.trials)} trials; pass "
+                f"{folder} already holds a search with {len(trials)} trials; pass "
                 "--resume to continue it, or choose another --results directory")
         old = study.user_attrs.get("fingerprint")
         if old and old != search.fingerprint():
@@ -72,6 +84,29 @@ def open_study(plan: SearchPlan, results: Results, resume: bool):
         study.set_user_attr("fingerprint", search.fingerprint())
         study.set_user_attr("metrics", [m.name for m in search.metrics])
     return study
+
+
+def drop_partial_record(results: Results) -> int:
+    """Cut a half-written last line off the journal (a process killed while appending), so
+    the next append starts a line of its own; the bytes dropped. Only under the lock."""
+    path = os.path.join(search_dir(results), "study.journal")
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:  # back to the last newline, a block at a time
+            start = max(0, end - 65536)
+            fh.seek(start)
+            cut = fh.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        if end == size:
+            return 0
+        fh.truncate(end)
+    return size - end
 
 
 def make_sampler(plan: SearchPlan, n_existing: int):

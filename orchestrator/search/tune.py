@@ -37,6 +37,7 @@ from orchestrator.search.space import suggest_params
 from orchestrator.search.spec import SearchPlan
 from orchestrator.search.study import (
     INTERRUPTED,
+    drop_partial_record,
     finished,
     make_sampler,
     open_study,
@@ -257,6 +258,10 @@ def run_search(plan: SearchPlan, results: Results, ctx: TaskContext, *, resume: 
     from ray import tune
 
     start = time.perf_counter()
+    dropped = drop_partial_record(results)  # the caller holds the experiment's lock
+    if dropped:
+        log(f"the study journal ended in a half-written record ({dropped} bytes, from a "
+            "stopped search); it was dropped")
     study = open_study(plan, results, resume)
     requested = num_samples or plan.search.budget.trials
     if resume:

@@ -91,6 +91,47 @@ def test_journal_resume_and_its_guards(tmp_path):
     assert {f"param.{d.key}" for d in plan.search.dimensions} <= set(rows[0])
 
 
+def test_a_half_written_last_record_is_dropped_before_the_next_append(tmp_path):
+    """A search killed while appending leaves a partial last line. Optuna reads past it, but
+    the next append would join it into one unreadable line (JSONDecodeError on every later
+    read); drop_partial_record cuts it off first, and the study goes on."""
+    from orchestrator.search.study import drop_partial_record
+
+    plan = _plan()
+    results = Results(tmp_path, "s")
+    study = open_study(plan, results, resume=False)
+    study.sampler = make_sampler(plan, 0)
+    _ask(study, plan, 3)
+    journal = tmp_path / "s" / "_search" / "study.journal"
+    whole = journal.read_bytes()
+    assert drop_partial_record(results) == 0 and journal.read_bytes() == whole
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "sta')
+    assert drop_partial_record(results) == len(b'{"op_code": 5, "worker_id": "x", '
+                                               b'"trial_id": 0, "sta')
+    assert journal.read_bytes() == whole
+    again = open_study(plan, results, resume=True)
+    again.sampler = make_sampler(plan, len(again.trials))
+    _ask(again, plan, 1)  # an append, then a read of the whole journal
+    assert sum(finished(t) for t in open_study(plan, results, resume=True).trials) == 4
+
+
+@pytest.mark.parametrize("content", [b"garbage{{{\n", b'{"op_code": 0, "worker_id"\n{}\n'])
+def test_a_damaged_journal_is_refused_in_one_line(tmp_path, content):
+    from orchestrator.search import SearchStateError
+
+    plan = _plan()
+    results = Results(tmp_path, "s")
+    open_study(plan, results, resume=False)
+    journal = tmp_path / "s" / "_search" / "study.journal"
+    journal.write_bytes(content)
+    with pytest.raises(SearchStateError) as info:
+        open_study(plan, results, resume=True)
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith(f"{journal}: damaged study journal (")
+    assert "aside to start the search afresh" in line
+
+
 def test_pareto_front_respects_directions():
     pts = np.array([[20.0, 0.90], [25.0, 0.95], [30.0, 0.97], [28.0, 0.93], [20.0, 0.89]])
     # leakage (PSNR) minimised, utility maximised: the last two are dominated
