@@ -19,6 +19,7 @@ from orchestrator.cli_support import (
     positive_int,
     refusal,
     resolved_data_root,
+    task_context,
 )
 from orchestrator.run_driver import add_run_flags, drive
 from orchestrator.search.cli import add_tune_parser
@@ -64,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(header)
         units = dedupe(units)
-        todo = pending_units(units, results)
+        store = task_context(args, results, variants[0], data_root).store
+        todo = pending_units(units, results, store)
         for fn, n in sorted(Counter(u.fn for u in units).items()):
             left = sum(1 for u in todo if u.fn == fn)
             print(f"  {fn:<20} {n:>5} units, {left:>5} to run")

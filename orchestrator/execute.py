@@ -96,15 +96,37 @@ def dedupe(units: Iterable[Unit]) -> list[Unit]:
     return list(seen.values())
 
 
-def pending_units(units: list[Unit], results: Results) -> list[Unit]:
+# Tables whose units save, for each row key, an artifact under that key (a model; an attack's
+# work on the original): the artifacts other units load.
+ARTIFACT_TABLES = ("models", "prepared")
+
+
+def pending_units(units: list[Unit], results: Results, store=None) -> list[Unit]:
+    """The units whose rows are not all in their tables. With the artifact ``store``, also a
+    unit of an :data:`ARTIFACT_TABLES` table whose artifact is gone (deleted, or moved aside as
+    damaged) where a pending unit depends on it, directly or through other such units: what
+    pending units load is made again, and nothing is retrained only to be stored."""
     done: dict[str, set[str]] = {}
-    out = []
+    pending: set[str] = set()
     for u in units:
         if u.table not in done:
             done[u.table] = results.existing_keys(u.table)
         if not all(k in done[u.table] for k in u.row_keys):
-            out.append(u)
-    return out
+            pending.add(u.key)
+    if store is not None and pending:
+        present: set[str] | None = None
+        lost: dict[str, Unit] = {}
+        for u in units:
+            if u.key not in pending and u.table in ARTIFACT_TABLES:
+                present = store.names() if present is None else present
+                if not all(f"{k}.pt" in present or f"{k}.npz" in present for k in u.row_keys):
+                    lost[u.key] = u
+        needed = {d for u in units if u.key in pending for d in u.deps}
+        while again := [k for k in lost if k in needed]:
+            for k in again:
+                pending.add(k)
+                needed.update(lost.pop(k).deps)
+    return [u for u in units if u.key in pending]
 
 
 class _RowBuffer:
@@ -230,7 +252,7 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
 
     start = time.perf_counter()
     units = dedupe(units)
-    todo = pending_units(units, results)
+    todo = pending_units(units, results, ctx.store)
     report = RunReport(total=len(units), skipped=len(units) - len(todo))
     if todo and embedded():
         check_capacity(todo, resources)
@@ -403,7 +425,7 @@ def execute_inline(units: list[Unit], results: Results, ctx: TaskContext) -> Run
 
     start = time.perf_counter()
     units = dedupe(units)
-    todo = pending_units(units, results)
+    todo = pending_units(units, results, ctx.store)
     report = RunReport(total=len(units), skipped=len(units) - len(todo))
     failed: set[str] = set()
     for u in todo:

@@ -52,6 +52,44 @@ def _check_capacity(todo: list, resources: Any, embedded: bool, wait_s: float) -
               f"for a node that has it to join", file=sys.stderr, flush=True)
 
 
+# A unit that finds a model it loads missing or damaged (moved aside) fails, and the unit that
+# makes that model is pending again (``pending_units``): another pass remakes it and reruns
+# what needed it. Each pass can uncover one more layer (pretrained, original, unlearned, an
+# attack's own models); passes stop as soon as one changes nothing.
+ARTIFACT_PASSES = 8
+ARTIFACT_ERRORS = ("DamagedArtifact", "MissingArtifact")
+
+
+def _execute_until_artifacts_remade(units: list, results: Any, ctx: Any, spec: Any,
+                                    args: argparse.Namespace) -> Any:
+    """``execute``, then again while units failed for want of a model that the next pass can
+    make again; one report for all the passes (the errors: the last pass's)."""
+    from orchestrator.execute import execute
+
+    report = execute(units, results, ctx, spec.resources, progress=not args.quiet,
+                     resource_wait_s=args.resource_wait)
+    succeeded, seen = report.succeeded, None
+    for _ in range(ARTIFACT_PASSES):
+        lost = {(e.get("unit"), e.get("error")) for e in report.errors
+                if e.get("error_type") in ARTIFACT_ERRORS}
+        if report.interrupted or report.stalled or not lost or lost == seen:
+            break
+        seen = lost
+        print(f"{len(lost)} unit(s) found a model missing or damaged (moved aside); making it "
+              "again and rerunning them", file=sys.stderr, flush=True)
+        if any(e.get("error_type") == "DamagedArtifact" for e in report.errors):
+            # Where one was damaged others may be: find them all now, not one a pass.
+            read, damaged = ctx.store.scan()
+            print(f"checked the {read} artifacts of {ctx.store.uri}: {len(damaged)} more "
+                  "damaged, moved aside", file=sys.stderr, flush=True)
+        report = execute(units, results, ctx, spec.resources, progress=not args.quiet,
+                         resource_wait_s=args.resource_wait)
+        succeeded += report.succeeded
+    report.succeeded = succeeded
+    report.skipped = report.total - succeeded - report.failed - report.not_run
+    return report
+
+
 def _compact(results: Any) -> None:
     """Merge the small parts of tables that have piled up (each flush writes one)."""
     from orchestrator.tables import compact_tables
@@ -64,7 +102,7 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
           data_root: str | None, header: str) -> int:
     """Run ``units`` (every variant's) into ``results``; the exit code of ``run``."""
     from orchestrator.capacity import CapacityError
-    from orchestrator.execute import dedupe, execute, pending_units
+    from orchestrator.execute import dedupe, pending_units
     from orchestrator.lock import ExperimentLock, LockHeld
     from orchestrator.ray_session import ClusterUnreachable, embedded, start_ray, stop_ray
     from orchestrator.report import describe
@@ -72,7 +110,7 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
     start = time.perf_counter()
     experiment = spec.experiment
     units = dedupe(units)
-    todo = pending_units(units, results)
+    todo = pending_units(units, results, task_context(args, results, spec, data_root).store)
     if not todo:
         # Everything is already in the tables: no need to start Ray at all.
         print(header)
@@ -97,8 +135,7 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
         print(header)
         _compact(results)  # what an interrupted run left in small parts
         ctx = task_context(args, results, spec, data_root)
-        report = execute(units, results, ctx, spec.resources, progress=not args.quiet,
-                         resource_wait_s=args.resource_wait)
+        report = _execute_until_artifacts_remade(units, results, ctx, spec, args)
         _compact(results)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (cli.main makes it one)
         print("\ninterrupted: finished units are saved; rerun the same command to resume",

@@ -214,6 +214,15 @@ class Results:
             keys.update(self._read_part(part, columns=["key"]).column("key").to_pylist())
         return keys
 
+    def has_repeated_keys(self, table: str) -> bool:
+        seen: set[str] = set()
+        for part in self.parts(table):
+            keys = self._read_part(part, columns=["key"]).column("key").to_pylist()
+            if seen.intersection(keys):
+                return True
+            seen.update(keys)
+        return False
+
     def compact(self, table: str, max_rows: int = PART_ROWS,
                 max_bytes: int = PART_BYTES) -> tuple[int, int]:
         """Rewrite ``table`` as few parts of at most ``max_rows`` rows and about ``max_bytes``
@@ -262,10 +271,13 @@ FIGURE_INDEX = "figure_index"
 
 def compact_tables(results: Results, min_parts: int = COMPACT_AT_PARTS
                    ) -> dict[str, tuple[int, int]]:
-    """Compact every table of ``results`` holding at least ``min_parts`` parts."""
+    """Compact every table of ``results`` holding at least ``min_parts`` parts, or a key in
+    two parts (rows written again, as when a lost model was made again), so that a reader
+    that does not drop duplicates, reading the folder as one dataset, sees each row once."""
     out = {}
     for table in results.tables():
-        if len(results.parts(table)) >= min_parts:
+        parts = results.parts(table)
+        if len(parts) >= min_parts or (len(parts) > 1 and results.has_repeated_keys(table)):
             out[table] = results.compact(table)
     return out
 

@@ -21,7 +21,7 @@ from orchestrator.provider import (
     save_model,
 )
 from orchestrator.spec import Spec
-from orchestrator.store import ArtifactStore
+from orchestrator.store import ArtifactStore, reuse
 from tasks.registry import Registry
 from tasks.splits import select_training_set
 from tasks.training import (
@@ -109,14 +109,13 @@ def pretrain(params: dict, ctx: TaskContext) -> Rows:
                               spec.dataset.train_size, seed)
     start = time.perf_counter()
     seed_everything(seed)
-    model = state.initial_model()
-    if not ctx.store.has(key):
+    model = reuse(functools.partial(load_torch_model, ctx, key, state)) if ctx.store.has(key) else None
+    if model is None:
+        model = state.initial_model()
         d = state.dataset
         train_model(model, d.x_train, d.y_train, sel.public, spec.pretraining, seed,
                     state.device)
         save_model(ctx, key, model, state)
-    else:
-        model = load_torch_model(ctx, key, state)
     state.train_indices = sel.public
     row = model_row(spec, ctx, key=key, seed=seed, role="pretrained", model=model, state=state,
                     wall_s=time.perf_counter() - start, artifact=ctx.store.path(key))
@@ -133,9 +132,9 @@ def train_original(params: dict, ctx: TaskContext) -> Rows:
     start = time.perf_counter()
     seed_everything(seed)
     suffix = ".npz" if spec.model.family == "sklearn" else ".pt"
-    if ctx.store.has(key, suffix):
-        model = load_original(spec, seed, m, key, ctx, state)
-    else:
+    model = (reuse(functools.partial(load_original, spec, seed, m, key, ctx, state))
+             if ctx.store.has(key, suffix) else None)
+    if model is None:
         model = method.train_original(state, entry.typed_params())
         save_model(ctx, key, model, state)
     wall = time.perf_counter() - start
@@ -161,9 +160,9 @@ def unlearn_batch(params: dict, ctx: TaskContext) -> Rows:
     for request, key in zip(params["requests"], params["model_keys"]):
         start = time.perf_counter()
         seed_everything(seed)
-        if suffix == ".pt" and ctx.store.has(key):
-            model = load_torch_model(ctx, key, state)
-        else:
+        model = (reuse(functools.partial(load_torch_model, ctx, key, state))
+                 if suffix == ".pt" and ctx.store.has(key) else None)
+        if model is None:
             model = method.unlearn(state, request, method_params)
             save_model(ctx, key, model, state)
         rows.append(model_row(

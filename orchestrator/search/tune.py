@@ -243,7 +243,7 @@ def _prepare_core(plan: SearchPlan, results: Results, ctx: TaskContext, progress
         objective.prepare(plan.base, results, ctx, progress)
         return
     core = plan_core(plan.base, ctx.data_root)
-    todo = pending_units(dedupe(core.units), results)
+    todo = pending_units(dedupe(core.units), results, ctx.store)
     if todo:
         report = execute(core.units, results, ctx, plan.base.resources, progress=progress)
         if report.failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from orchestrator.provider import (
 from orchestrator.spec import Spec, flatten, stable_hash
 from orchestrator.stages.attacks import row_key
 from orchestrator.storage import Location
+from orchestrator.store import reuse
 from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis import SCORERS, ScoringContext
@@ -77,9 +79,8 @@ def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
     case = Case(meta, theta=private if threat.white_box else None,
                 query_original=QueryAccess(private, state.device), device=state.device)
     start = time.perf_counter()
-    if ctx.store.has(key, ".npz"):
-        arrays = ctx.store.load_arrays(key)
-    else:
+    arrays = reuse(partial(ctx.store.load_arrays, key)) if ctx.store.has(key, ".npz") else None
+    if arrays is None:
         arrays = attack.prepare(case, config, seed) or {}
         ctx.store.save_arrays(key, **arrays)
     row = {"key": key, "experiment": spec.experiment, "config_hash": spec.config_hash,

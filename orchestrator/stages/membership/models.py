@@ -4,6 +4,7 @@ package docstring). Each saves the logits its pairs score, so attacks never relo
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from orchestrator.provider import (
 )
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.params import eval_records
+from orchestrator.store import reuse
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.models import SklearnModel
 from tasks.training import accuracy, seed_everything
@@ -75,7 +77,8 @@ def mia_original(params: dict, ctx: TaskContext) -> Rows:
     start = time.perf_counter()
     trained = False
     torch_model = spec.model.family == "torch"
-    arrays = ctx.store.load_arrays(key) if has_artifacts(ctx, key, torch_model) else {}
+    arrays = ((reuse(partial(ctx.store.load_arrays, key)) or {})
+              if has_artifacts(ctx, key, torch_model) else {})
     # Arrays stored before ``test_correct`` existed are rebuilt (the model is deterministic).
     if "test_correct" not in arrays:
         state = _state(spec, params, ctx)
@@ -138,9 +141,10 @@ def mia_unlearn(params: dict, ctx: TaskContext) -> Rows:
         cached = has_artifacts(ctx, key, torch_model and params["chain"])
         model = None
         if cached:
-            arrays = ctx.store.load_arrays(key)
-            if params["chain"] and needs_model:
-                model = load_torch_model(ctx, key, state) if torch_model else None
+            arrays = reuse(partial(ctx.store.load_arrays, key))
+            cached = arrays is not None
+        if cached and params["chain"] and needs_model and torch_model:
+            model = reuse(partial(load_torch_model, ctx, key, state))
         if not cached or (params["chain"] and needs_model and model is None):
             first_of_chain = previous is None or not params["chain"]
             if needs_model and first_of_chain and state.original is None:
