@@ -17,8 +17,9 @@ Prints wall seconds, ratios and the largest per-pixel difference between (a)'s b
 and the same restart run plainly, the throughput in trial-iterations per second and the
 achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
 ``torch.utils.flop_counter`` on the plain loop), with the share of the device's peak at each
-arithmetic where it is known (H100, H200, A100 data sheets; ``--peak-tflops`` for others). ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed
-to zero, as ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
+arithmetic where it is known (H100, H200, A100 data sheets; ``--peak-tflops`` for others).
+``--plain-flushed`` adds (e): the plain loop with denormal floats flushed to zero, as
+``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
 arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images.
 ``--compile`` adds (f): ``recover(compile=True)`` at fp32 and at ``--precision``, its
 compilation timed apart. ``--device cuda`` runs everything on the GPU. CIFAR-10 models use

@@ -49,6 +49,18 @@ def reuse(load: Callable[[], T]) -> T | None:
         return None
 
 
+def _to_device(value: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.location = Location(root)
@@ -128,8 +140,10 @@ class ArtifactStore:
         return self.location.write_bytes(buf.getvalue(), *self._name(key, ".pt"))
 
     def load_torch(self, key: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        return self._read(key, ".pt", lambda data: torch.load(
-            io.BytesIO(data), map_location=map_location, weights_only=True))
+        # Read on the CPU, then moved: a device error (no CUDA here) must not pass for damage.
+        payload = self._read(key, ".pt", lambda data: torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=True))
+        return _to_device(payload, torch.device(map_location))
 
     # -- numpy -------------------------------------------------------------------------------
     def save_arrays(self, key: str, **arrays: np.ndarray) -> str:

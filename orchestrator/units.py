@@ -109,7 +109,8 @@ def pretrain(params: dict, ctx: TaskContext) -> Rows:
                               spec.dataset.train_size, seed)
     start = time.perf_counter()
     seed_everything(seed)
-    model = reuse(functools.partial(load_torch_model, ctx, key, state)) if ctx.store.has(key) else None
+    model = (reuse(functools.partial(load_torch_model, ctx, key, state))
+             if ctx.store.has(key) else None)
     if model is None:
         model = state.initial_model()
         d = state.dataset

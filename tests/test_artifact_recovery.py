@@ -53,6 +53,17 @@ def test_a_damaged_artifact_is_named_and_moved_aside(tmp_path):
     assert store.names() == {"m-1.pt.damaged", "a-1.npz.damaged"}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_error_is_not_taken_for_damage(tmp_path):
+    """Read on the CPU, then moved: no CUDA here is the device's error, and the file stays."""
+    store = ArtifactStore(tmp_path)
+    store.save_torch("m-1", {"state_dict": torch.nn.Linear(3, 2).state_dict()})
+    with pytest.raises((RuntimeError, AssertionError)) as info:
+        store.load_torch("m-1", map_location="cuda")
+    assert not isinstance(info.value, DamagedArtifact)
+    assert store.names() == {"m-1.pt"}
+
+
 def test_reuse_gives_none_only_for_damage(tmp_path):
     store = ArtifactStore(tmp_path)
     store.save_arrays("a-1", x=np.arange(3))

@@ -4,11 +4,12 @@ The study is the single source of truth. It lives in ``RESULTS/<experiment>/_sea
 study.journal`` (Optuna's JournalStorage on a file, append-only, so a killed process leaves at
 most one half-written last line: Optuna skips it when reading, but the next append would join
 it into one unreadable line, so :func:`drop_partial_record` cuts it off first, under the
-experiment's lock). A journal damaged otherwise is refused in one line. Finished trials (complete, pruned, or failed
-with an error) count towards the budget; a trial left running by a stopped search is marked
-``interrupted`` and its parameters are enqueued, so ``--resume`` reruns that configuration. On
-resume the sampler's seed is advanced by the number of trials the study holds, so a seeded
-search repeats its first trials on a fresh start and never replays them on a resume.
+experiment's lock). A journal damaged otherwise is refused in one line. Finished trials
+(complete, pruned, or failed with an error) count towards the budget; a trial left running by
+a stopped search is marked ``interrupted`` and its parameters are enqueued, so ``--resume``
+reruns that configuration. On resume the sampler's seed is advanced by the number of trials
+the study holds, so a seeded search repeats its first trials on a fresh start and never
+replays them on a resume.
 """
 
 from __future__ import annotations
