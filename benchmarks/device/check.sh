@@ -44,7 +44,10 @@ print("cuda available:", torch.cuda.is_available(),
 PYEOF
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$OUT/nvidia-smi.txt"
 limit_tests=${LIMIT_TESTS:-240}
-limit_each=${LIMIT_EACH:-150}
+# Full sizes: the ConvNet's plain loop alone takes ~110 s on an H200, compilation more.
+default_each=150
+[ "$MODE" = full ] && default_each=300
+limit_each=${LIMIT_EACH:-$default_each}
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout "$limit_tests" "$PY" -m pytest -q -p no:cacheprovider -ra tests/gpu \
     > "$OUT/tests_gpu.log" 2>&1
