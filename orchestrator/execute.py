@@ -101,11 +101,13 @@ def dedupe(units: Iterable[Unit]) -> list[Unit]:
 ARTIFACT_TABLES = ("models", "prepared")
 
 
-def pending_units(units: list[Unit], results: Results, store=None) -> list[Unit]:
+def pending_units(units: list[Unit], results: Results, store=None,
+                  needed: Iterable[str] = ()) -> list[Unit]:
     """The units whose rows are not all in their tables. With the artifact ``store``, also a
     unit of an :data:`ARTIFACT_TABLES` table whose artifact is gone (deleted, or moved aside as
-    damaged) where a pending unit depends on it, directly or through other such units: what
-    pending units load is made again, and nothing is retrained only to be stored."""
+    damaged) where a pending unit depends on it, directly or through other such units, or
+    where its key is in ``needed`` (models a search loads outside any unit): what is loaded
+    is made again, and nothing is retrained only to be stored."""
     done: dict[str, set[str]] = {}
     pending: set[str] = set()
     for u in units:
@@ -113,7 +115,8 @@ def pending_units(units: list[Unit], results: Results, store=None) -> list[Unit]
             done[u.table] = results.existing_keys(u.table)
         if not all(k in done[u.table] for k in u.row_keys):
             pending.add(u.key)
-    if store is not None and pending:
+    needed = set(needed)
+    if store is not None and (pending or needed):
         present: set[str] | None = None
         lost: dict[str, Unit] = {}
         for u in units:
@@ -121,7 +124,7 @@ def pending_units(units: list[Unit], results: Results, store=None) -> list[Unit]
                 present = store.names() if present is None else present
                 if not all(f"{k}.pt" in present or f"{k}.npz" in present for k in u.row_keys):
                     lost[u.key] = u
-        needed = {d for u in units if u.key in pending for d in u.deps}
+        needed |= {d for u in units if u.key in pending for d in u.deps}
         while again := [k for k in lost if k in needed]:
             for k in again:
                 pending.add(k)
@@ -236,7 +239,7 @@ class _StartPoll:
 
 def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: ResourcesSpec,
             progress: bool = True, resource_wait_s: float = DEFAULT_RESOURCE_WAIT_S,
-            window: int = DEFAULT_WINDOW) -> RunReport:
+            window: int = DEFAULT_WINDOW, remake_lost: bool = False) -> RunReport:
     """Submit every unfinished unit to Ray, wait, and write rows as units finish.
 
     At most ``window`` units are in flight at once (units are planned with their dependencies
@@ -252,7 +255,8 @@ def execute(units: list[Unit], results: Results, ctx: TaskContext, resources: Re
 
     start = time.perf_counter()
     units = dedupe(units)
-    todo = pending_units(units, results, ctx.store)
+    todo = pending_units(units, results, ctx.store,
+                         needed=[u.key for u in units] if remake_lost else ())
     report = RunReport(total=len(units), skipped=len(units) - len(todo))
     if todo and embedded():
         check_capacity(todo, resources)
@@ -419,13 +423,16 @@ def _stop_stalled(stuck: list[Unit], left: list[Unit], watch: StallWatch,
     report.not_run, report.stalled = len(rows), reason
 
 
-def execute_inline(units: list[Unit], results: Results, ctx: TaskContext) -> RunReport:
-    """The same contract without Ray: in order, in this process (tests and debugging)."""
+def execute_inline(units: list[Unit], results: Results, ctx: TaskContext,
+                   remake_lost: bool = False) -> RunReport:
+    """The same contract without Ray: in order, in this process (tests, and the models a
+    search trial needs). ``remake_lost``: also every given unit whose artifact is gone."""
     import orchestrator.stages  # noqa: F401  (stages register their unit functions)
 
     start = time.perf_counter()
     units = dedupe(units)
-    todo = pending_units(units, results, ctx.store)
+    todo = pending_units(units, results, ctx.store,
+                         needed=[u.key for u in units] if remake_lost else ())
     report = RunReport(total=len(units), skipped=len(units) - len(todo))
     failed: set[str] = set()
     for u in todo:

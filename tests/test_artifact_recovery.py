@@ -105,6 +105,8 @@ def test_a_lost_artifact_is_made_again_only_where_a_pending_unit_needs_it(tmp_pa
     os.remove(store.path("u-2"))
     os.remove(store.path("o"))
     assert pending_units(units, results, store) == []  # still nothing pending needs them
+    # A search loads models outside any unit: it names them, and they are made again.
+    assert [u.key for u in pending_units(units, results, store, needed=["u"])] == ["o", "u"]
     results.clear("recoveries")  # the attack must run again: it loads u, which needs o
     assert [u.key for u in pending_units(units, results, store)] == ["o", "u", "a"]
     assert [u.key for u in pending_units(units, results)] == ["a"]  # rows only

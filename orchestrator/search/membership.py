@@ -177,7 +177,8 @@ def _build_missing(layout: Layout, ctx: TaskContext) -> None:
 
     todo = _missing(layout, ctx)
     if todo:
-        report = execute_inline(todo, Results(ctx.results_uri, ctx.experiment), ctx)
+        report = execute_inline(todo, Results(ctx.results_uri, ctx.experiment), ctx,
+                                remake_lost=True)
         if report.failed:
             raise RuntimeError(f"building the membership model pairs failed: "
                                f"{report.errors[0]['error']}")

@@ -76,7 +76,7 @@ def ensure_models(spec: Spec, ctx: TaskContext, data_root: str | None,
                if not all(ctx.store.has(k) for k in u.row_keys)]
     if missing:
         results = results or Results(ctx.results_uri, ctx.experiment)
-        report = execute_inline(missing, results, ctx)
+        report = execute_inline(missing, results, ctx, remake_lost=True)
         if report.failed:
             raise RuntimeError(f"training the models of this trial failed: "
                                f"{report.errors[0]['error']}")

@@ -119,3 +119,40 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
     figure = results / "tiny-search" / "figures" / "search_best_so_far.png"
     assert figure.exists() and figure.stat().st_size > 1000
     assert not (Path.home() / "ray_results" / "run-000").exists()
+
+
+def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
+    """With ASHA, a trial's error report carries no scheduler metric; Tune's strict check used
+    to end the whole search on it (a TuneError traceback). Here the models' artifacts are cut
+    short between two runs, so the first resumed trials raise (DamagedArtifact); the search
+    records them as failed, later trials and the held-out scoring remake the models."""
+    import copy
+    import shutil
+
+    spec_data = copy.deepcopy(SPEC)
+    spec_data["search"]["attack"]["iterations"] = 20
+    spec_data["search"]["scheduler"].update(grace_period=10, max_t=20)
+    spec_data["search"]["budget"]["trials"] = 2
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data))
+    results = tmp_path / "R"
+    first = _tune(spec, results)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    for path in (results / "_artifacts").rglob("*.pt"):
+        path.write_bytes(path.read_bytes()[:100])
+    resumed = _tune(spec, results, "--resume", "--num-samples", "5")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "5/5 trials finished (3 this run)" in out, out
+
+    from orchestrator.tables import Results
+
+    trials = Results(results, "tiny-search").read("trials")
+    failed = trials[trials["state"] == "fail"]
+    assert len(failed) >= 1, trials[["trial", "state"]]
+    assert failed["error"].str.contains("damaged artifact|missing from the artifact store").all()
+    assert list((results / "_artifacts").rglob("*.pt.damaged"))
+    best = Results(results, "tiny-search").read("best")
+    assert best["heldout.psnr"].notna().all()  # scored on models made again
+    shutil.rmtree(results)
