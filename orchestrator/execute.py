@@ -97,8 +97,9 @@ def dedupe(units: Iterable[Unit]) -> list[Unit]:
 
 
 # Tables whose units save, for each row key, an artifact under that key (a model; an attack's
-# work on the original): the artifacts other units load.
-ARTIFACT_TABLES = ("models", "prepared")
+# work on the original; the per-example stage's members and scores): what other units load.
+ARTIFACT_TABLES = ("models", "prepared", "per_example_models", "per_example_scoring")
+ARTIFACT_SUFFIXES = (".pt", ".npz", ".parquet.d")
 
 
 def pending_units(units: list[Unit], results: Results, store=None,
@@ -122,7 +123,8 @@ def pending_units(units: list[Unit], results: Results, store=None,
         for u in units:
             if u.key not in pending and u.table in ARTIFACT_TABLES:
                 present = store.names() if present is None else present
-                if not all(f"{k}.pt" in present or f"{k}.npz" in present for k in u.row_keys):
+                if not all(any(k + x in present for x in ARTIFACT_SUFFIXES)
+                           for k in u.row_keys):
                     lost[u.key] = u
         needed |= {d for u in units if u.key in pending for d in u.deps}
         while again := [k for k in lost if k in needed]:

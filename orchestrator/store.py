@@ -40,6 +40,14 @@ class MissingArtifact(FileNotFoundError):
     """An artifact that a unit needs and the store no longer holds."""
 
 
+AGAIN = "rerun and the unit that made it runs again"
+
+
+def missing(path: str) -> MissingArtifact:
+    return MissingArtifact(f"{path}: missing from the artifact store (deleted, or moved aside "
+                           f"as damaged); {AGAIN}")
+
+
 def reuse(load: Callable[[], T]) -> T | None:
     """What a unit made on an earlier run, so as not to make it again; None where it turns out
     damaged (now moved aside), so that the unit makes it afresh instead of failing."""
@@ -80,10 +88,23 @@ class ArtifactStore:
         return self.location.exists(*self._name(key, suffix))
 
     def names(self) -> set[str]:
-        """The file names of every artifact present, in one listing (not one query each)."""
+        """The names of every artifact present (files, and folders such as a Parquet dataset's
+        ``<key>.parquet.d``), in one listing rather than one query each."""
         info = self.location.fs.get_file_info(pafs.FileSelector(
             self.location.root, recursive=True, allow_not_found=True))
-        return {i.base_name for i in info if i.type == pafs.FileType.File}
+        return {i.base_name for i in info if i.type == pafs.FileType.File
+                or "." in i.base_name}  # not the two-letter fan-out folders
+
+    def damaged(self, path: str, err: BaseException) -> DamagedArtifact:
+        """Move ``path`` aside as ``<path>.damaged``; the error to raise, naming it."""
+        try:
+            self.location.fs.move(path, path + ".damaged")
+        except OSError:
+            pass  # another task reading it moved it first
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        name = path.rsplit("/", 1)[-1]
+        return DamagedArtifact(f"{path}: damaged artifact ({type(err).__name__}: {first}); "
+                               f"moved aside as {name}.damaged; {AGAIN}")
 
     def scan(self) -> tuple[int, list[str]]:
         """Read every artifact once and move aside those that do not parse: (how many were
@@ -113,24 +134,16 @@ class ArtifactStore:
         """``parse`` of the artifact's bytes; a file that does not parse is moved aside."""
         parts = self._name(key, suffix)
         path = self.location.path(*parts)
-        again = "rerun and the unit that made it runs again"
         try:
             data = self.location.read_bytes(*parts)
         except FileNotFoundError:
-            raise MissingArtifact(f"{path}: missing from the artifact store (deleted, or moved "
-                                  f"aside as damaged); {again}") from None
+            raise missing(path) from None
         try:
             return parse(data)
         except (RuntimeError, ValueError, EOFError, OSError, zipfile.BadZipFile) as err:
             if isinstance(err, OSError) and err.errno is not None:
                 raise  # the system's error, not the file's
-            try:
-                self.location.fs.move(path, path + ".damaged")
-            except OSError:
-                pass  # another task reading it moved it first
-            first = (str(err).strip().splitlines() or [""])[0][:160]
-            raise DamagedArtifact(f"{path}: damaged artifact ({type(err).__name__}: {first}); "
-                                  f"moved aside as {parts[-1]}.damaged; {again}") from err
+            raise self.damaged(path, err) from err
 
     # -- torch -------------------------------------------------------------------------------
     def save_torch(self, key: str, payload: dict[str, Any]) -> str:

@@ -157,3 +157,30 @@ def test_a_run_whose_artifacts_were_damaged_remakes_them_in_one_rerun(tmp_path, 
     shutil.rmtree(results / "_artifacts")  # a finished experiment needs none of them
     third = run()
     assert third.returncode == 0 and "nothing to run" in third.stdout, third.stdout
+
+
+def test_a_per_example_scores_dataset_counts_as_an_artifact_and_is_moved_aside(tmp_path):
+    """The per-example stage's scores are a Parquet folder, ``<key>.parquet.d``: present, it
+    holds its unit done; cut short, reading it names it and moves it aside."""
+    import pyarrow as pa
+
+    from orchestrator.stages.per_example.scoring import read_scores, scores_path
+    from orchestrator.units import TaskContext
+
+    ctx = TaskContext("e", str(tmp_path / "R"), str(tmp_path / "A"), None)
+    results = Results(tmp_path / "R", "e")
+    units = [Unit("s-1", "attack", "pe_score", {}, "per_example_scoring", ("s-1",)),
+             Unit("an", "attack", "pe_analyse", {}, "ulira", ("an:1",), deps=("s-1",))]
+    results.write("per_example_scoring", [{"key": "s-1"}])
+    folder = Path(scores_path(ctx, "s-1"))
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"score": [0.5, 0.7]}), folder / "part-0.parquet")
+    assert [u.key for u in pending_units(units, results, ctx.store)] == ["an"]
+    assert read_scores(ctx, "s-1").num_rows == 2
+    _damage(folder / "part-0.parquet")
+    with pytest.raises(DamagedArtifact, match=f"{folder}: damaged artifact"):
+        read_scores(ctx, "s-1")
+    assert not folder.exists() and Path(f"{folder}.damaged").is_dir()
+    assert [u.key for u in pending_units(units, results, ctx.store)] == ["s-1", "an"]
+    with pytest.raises(MissingArtifact, match=f"{folder}: missing"):
+        read_scores(ctx, "s-1")

@@ -5,6 +5,7 @@ it; a task whose members are all stored trains nothing."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from orchestrator.provider import load_torch_model, provider_state, save_torch_model
 from orchestrator.spec import Spec
 from orchestrator.stages.per_example.planning import Member
+from orchestrator.store import reuse
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.ensemble import ensemble_logits
 from tasks.training import accuracy
@@ -79,9 +81,11 @@ def _rows(spec: Spec, params: dict, ctx: TaskContext, keys: list[str], role: str
 
 
 def _load_all(ctx: TaskContext, keys: list[str], state: TrainingState) -> list | None:
+    """The chunk's stored members, or None (trained again) where one is gone or damaged."""
     if not all(ctx.store.has(k) for k in keys):
         return None
-    return [load_torch_model(ctx, k, state) for k in keys]
+    models = [reuse(functools.partial(load_torch_model, ctx, k, state)) for k in keys]
+    return None if any(m is None for m in models) else models
 
 
 @UNIT_FUNCTIONS.register("pe_train")

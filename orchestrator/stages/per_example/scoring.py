@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.provider import load_torch_model, provider_state
 from orchestrator.spec import Spec
+from orchestrator.store import missing
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis.per_example import logit_confidence
 from tasks.ensemble import ensemble_logits
@@ -104,8 +105,17 @@ def scores_path(ctx: TaskContext, key: str) -> str:
 
 
 def read_scores(ctx: TaskContext, key: str) -> pa.Table:
-    location = ctx.store.location
-    return pq.read_table(scores_path(ctx, key), filesystem=location.fs)
+    """The scores of ``key``: MissingArtifact where they are gone, DamagedArtifact (moved
+    aside) where Parquet cannot read them, so that a rerun scores again."""
+    path = scores_path(ctx, key)
+    try:
+        return pq.read_table(path, filesystem=ctx.store.location.fs)
+    except FileNotFoundError:
+        raise missing(path) from None
+    except (pa.ArrowException, OSError) as err:
+        if getattr(err, "errno", None) is not None:
+            raise
+        raise ctx.store.damaged(path, err) from err
 
 
 @UNIT_FUNCTIONS.register("pe_score")
