@@ -17,7 +17,7 @@ Prints wall seconds, ratios and the largest per-pixel difference between (a)'s b
 and the same restart run plainly, the throughput in trial-iterations per second and the
 achieved FLOP rate of (a) (useful FLOPs of one trial-iteration, counted by
 ``torch.utils.flop_counter`` on the plain loop), with the share of the device's peak at each
-arithmetic where it is known (H100, H200, A100 data sheets; ``--peak-tflops`` for others).
+arithmetic where it is known (H200, H100 SXM, A100 data sheets; ``--peak-tflops`` else).
 ``--plain-flushed`` adds (e): the plain loop with denormal floats flushed to zero, as
 ``recover`` runs on a CPU. ``--precision tf32|bf16`` adds (d): (a) at that
 arithmetic, timed beside fp32, with both runs' PSNR against the forgotten images.
@@ -119,10 +119,11 @@ def flops_per_trial_iteration(case, cfg: InversionConfig) -> float:
     return float(counts[1] - counts[0])
 
 
-# Dense peak TFLOP/s of GPUs we have run on, from NVIDIA's data sheets (SXM parts): fp32 on
-# the CUDA cores, TF32 and bf16 on the tensor cores (without sparsity).
+# Dense peak TFLOP/s from NVIDIA's data sheets: fp32 on the CUDA cores, TF32 and bf16 on the
+# tensor cores (without sparsity). Matched by device name; the H100 only as its SXM part
+# ("H100 80GB HBM3": the PCIe card is slower), the A100's two forms share these figures.
 KNOWN_PEAKS = {"H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
-               "H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
+               "H100 80GB HBM3": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
                "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}}
 
 
@@ -235,7 +236,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak at every arithmetic (for the share of it "
-                         "achieved); known GPUs (H100, H200, A100) need none")
+                         "achieved); known GPUs (H200, H100 SXM, A100) need none")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA device on this machine")

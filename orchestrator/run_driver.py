@@ -110,7 +110,8 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
     start = time.perf_counter()
     experiment = spec.experiment
     units = dedupe(units)
-    todo = pending_units(units, results, task_context(args, results, spec, data_root).store)
+    ctx = task_context(args, results, spec, data_root)  # paths only: cheap, used throughout
+    todo = pending_units(units, results, ctx.store)
     if not todo:
         # Everything is already in the tables: no need to start Ray at all.
         print(header)
@@ -134,7 +135,6 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
             return fail(refusal(err) or str(err))
         print(header)
         _compact(results)  # what an interrupted run left in small parts
-        ctx = task_context(args, results, spec, data_root)
         report = _execute_until_artifacts_remade(units, results, ctx, spec, args)
         _compact(results)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (cli.main makes it one)

@@ -104,6 +104,14 @@ class Location:
                       and not i.base_name.startswith((".", "_")))
 
 
+def unreadable_file(err: BaseException) -> bool:
+    """Whether pyarrow's error says the file itself is not (or no longer) what it should be:
+    ArrowInvalid, or an OSError without an errno ("Couldn't deserialize thrift"). A
+    permission or I/O error of the system (an errno) is not the file's fault."""
+    return (isinstance(err, (pa.ArrowException, OSError))
+            and getattr(err, "errno", None) is None)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__

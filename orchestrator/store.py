@@ -87,15 +87,17 @@ class ArtifactStore:
     def has(self, key: str, suffix: str = ".pt") -> bool:
         return self.location.exists(*self._name(key, suffix))
 
+    def _listing(self) -> list[pafs.FileInfo]:
+        return self.location.fs.get_file_info(pafs.FileSelector(
+            self.location.root, recursive=True, allow_not_found=True))
+
     def names(self) -> set[str]:
         """The names of every artifact present (files, and folders such as a Parquet dataset's
         ``<key>.parquet.d``), in one listing rather than one query each."""
-        info = self.location.fs.get_file_info(pafs.FileSelector(
-            self.location.root, recursive=True, allow_not_found=True))
-        return {i.base_name for i in info if i.type == pafs.FileType.File
+        return {i.base_name for i in self._listing() if i.type == pafs.FileType.File
                 or "." in i.base_name}  # not the two-letter fan-out folders
 
-    def damaged(self, path: str, err: BaseException) -> DamagedArtifact:
+    def move_aside(self, path: str, err: BaseException) -> DamagedArtifact:
         """Move ``path`` aside as ``<path>.damaged``; the error to raise, naming it."""
         try:
             self.location.fs.move(path, path + ".damaged")
@@ -110,9 +112,7 @@ class ArtifactStore:
         """Read every artifact once and move aside those that do not parse: (how many were
         read, the names moved aside). Run after a unit met a damaged one, so that one pass
         makes all of them again rather than one layer of models per pass."""
-        info = self.location.fs.get_file_info(pafs.FileSelector(
-            self.location.root, recursive=True, allow_not_found=True))
-        names = [i.base_name for i in info if i.type == pafs.FileType.File]
+        names = [i.base_name for i in self._listing() if i.type == pafs.FileType.File]
         damaged, read = [], 0
         for name in names:
             key, dot, ext = name.rpartition(".")
@@ -143,7 +143,7 @@ class ArtifactStore:
         except (RuntimeError, ValueError, EOFError, OSError, zipfile.BadZipFile) as err:
             if isinstance(err, OSError) and err.errno is not None:
                 raise  # the system's error, not the file's
-            raise self.damaged(path, err) from err
+            raise self.move_aside(path, err) from err
 
     # -- torch -------------------------------------------------------------------------------
     def save_torch(self, key: str, payload: dict[str, Any]) -> str:

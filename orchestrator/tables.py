@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.hashing import stable_hash
-from orchestrator.storage import Location
+from orchestrator.storage import Location, unreadable_file
 
 # A compacted table's parts: at most this many rows, and about this many bytes in memory.
 PART_ROWS = 200_000
@@ -43,14 +43,6 @@ class DamagedPart(ValueError):
         super().__init__(f"{part}: not a readable Parquet part ({type(err).__name__}: "
                          f"{text[:200]}); move it out of {folder} and rerun the experiment "
                          "to compute its rows again")
-
-
-# What pyarrow raises for a file that is not (or no longer) Parquet: ArrowInvalid, or an
-# OSError without an errno ("Couldn't deserialize thrift"); a permission or I/O error of the
-# system (an errno) is not a damaged part and is left as it is.
-def _damaged(err: BaseException) -> bool:
-    return (isinstance(err, (pa.ArrowException, OSError))
-            and getattr(err, "errno", None) is None)
 
 
 def _cell(value: Any) -> Any:
@@ -163,23 +155,21 @@ class Results:
             self._schemas[table] = schema
         return self._schemas[table]
 
-    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+    def _open_part(self, part: str, read):
+        """``read`` of the part's open file; DamagedPart where Parquet cannot read it."""
         try:
             with self.location.fs.open_input_file(part) as fh:
-                return pq.read_table(fh, columns=columns)
+                return read(fh)
         except Exception as err:
-            if _damaged(err):
+            if unreadable_file(err):
                 raise DamagedPart(part, err) from err
             raise
 
+    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+        return self._open_part(part, lambda fh: pq.read_table(fh, columns=columns))
+
     def _part_schema(self, part: str) -> pa.Schema:
-        try:
-            with self.location.fs.open_input_file(part) as fh:
-                return pq.read_schema(fh)
-        except Exception as err:
-            if _damaged(err):
-                raise DamagedPart(part, err) from err
-            raise
+        return self._open_part(part, pq.read_schema)
 
     def check_parts(self) -> None:
         """Read every part's footer and keys: DamagedPart for the first that Parquet cannot

@@ -71,7 +71,7 @@ def test_fast_recovery_loss_on_cuda_equals_cpu():
 def test_recovery_on_cuda_at_every_precision(digits_state):
     """fp32 and TF32 on CUDA recover as well as the CPU, within 1 dB of PSNR; bf16 (2.6 dB
     below fp32 on the CPU) still well beyond the mean image. 150 signed steps amplify any
-    change in rounding (cuBLAS's summation order), so the devices' recoveries are not equal
+    change in rounding (another library sums in another order), so the recoveries are not equal
     pixel for pixel: on an H200 (torch 2.11, 2026-12-04) CPU fp32 gave 28.36 dB, CUDA fp32
     27.78, TF32 28.17 and bf16 27.35."""
     from tasks.attacks.inversion import InversionConfig, recover

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.provider import load_torch_model, provider_state
 from orchestrator.spec import Spec
+from orchestrator.storage import unreadable_file
 from orchestrator.store import missing
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis.per_example import logit_confidence
@@ -112,10 +113,10 @@ def read_scores(ctx: TaskContext, key: str) -> pa.Table:
         return pq.read_table(path, filesystem=ctx.store.location.fs)
     except FileNotFoundError:
         raise missing(path) from None
-    except (pa.ArrowException, OSError) as err:
-        if getattr(err, "errno", None) is not None:
-            raise
-        raise ctx.store.damaged(path, err) from err
+    except Exception as err:
+        if unreadable_file(err):
+            raise ctx.store.move_aside(path, err) from err
+        raise
 
 
 @UNIT_FUNCTIONS.register("pe_score")
