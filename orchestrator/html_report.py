@@ -39,7 +39,8 @@ td.l{max-width:36em;overflow-wrap:anywhere}
 .tag{font-weight:600}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
-.small{font-size:.85em;color:#555}.wide{overflow-x:auto;max-width:100%}
+.small{font-size:.85em;color:#555}.bad{border-left:5px solid #c0392b;padding:.4em .8em;
+ background:#fdf1ef}.wide{overflow-x:auto;max-width:100%}
 """
 
 
@@ -167,6 +168,7 @@ def render(results: Results) -> str:
              f" by unlearn-audit report. Intervals: 95 % percentile bootstrap, "
              f"{vd.RESAMPLES} resamples, seed {vd.SEED}.</p>")]
     parts.append("<h2>Verdicts</h2>")
+    parts += _calibration_html(frames.get("leaderboard"))
     if verdicts:
         by_attack: dict[str, list[vd.Verdict]] = {}
         for v in verdicts:
@@ -188,7 +190,9 @@ def render(results: Results) -> str:
         parts.append(f"<p>Plug-in attack table <b>{_e(name)}</b>: the mean of each numeric "
                      f"column with its 95 % bootstrap interval over rows is in its table "
                      f"below.</p>")
-    rank = vd.ranking(frames.get("models"), verdicts)
+    board = frames.get("leaderboard", pd.DataFrame())
+    # One ranking: where the per-example leaderboard exists, it is the ranking.
+    rank = vd.ranking(frames.get("models"), verdicts) if board.empty else None
     if rank is not None:
         parts.append("<h2>Unlearning methods ranked</h2><p>Lower leakage first (mean rank over "
                      "the attacks measured: recovery gain in dB, label-inference accuracy, "
@@ -214,32 +218,69 @@ def render(results: Results) -> str:
 
 
 LEADERBOARD_COLUMNS = {
-    "rank": "rank", "unlearning_method": "method", "ulira_tpr_at_1pct": "TPR@1%FPR",
-    "ulira_tpr_at_1pct_low": "low", "ulira_tpr_at_1pct_high": "high",
-    "ulira_tpr_at_0_1pct": "TPR@0.1%FPR", "ulira_auc": "U-LiRA AUC",
-    "median_epsilon": "median eps", "chen_auc": "Chen AUC",
-    "chen_auc_low": "Chen low", "chen_auc_high": "Chen high", "unlearned_test_acc": "test acc",
-    "unlearned_retain_acc": "retain acc", "forget_acc": "forget acc",
-    "recovery_gain_db": "recovery gain dB", "recovery_gain_db_low": "gain low",
-    "recovery_gain_db_high": "gain high", "label_inference_acc": "label inf. acc",
+    "rank": "rank", "unlearning_method": "method", "reading": "reads as",
+    "ulira_auc": "U-LiRA AUC", "ulira_auc_low": "low", "ulira_auc_high": "high",
+    "distance_from_retrain": "distance from retrain", "records_leaking": "records named",
+    "ulira_epsilon_lb": "eps lower bound (95 %)", "ulira_tpr_at_1pct": "TPR@1%FPR",
+    "median_epsilon": "median eps", "forget_score": "forget score",
+    "chen_auc_vs_retrain": "Chen AUC vs retrain",
+    "unlearned_test_acc": "test acc", "unlearned_retain_acc": "retain acc",
+    "forget_acc": "forget acc", "recovery_gain_db": "recovery gain dB",
+    "recovery_gain_db_low": "gain low", "recovery_gain_db_high": "gain high",
+    "recovery_gain_db_vs_retrain": "gain vs retrain", "label_inference_acc": "label inf. acc",
+    "label_inference_acc_vs_retrain": "label acc vs retrain",
     "wall_vs_retrain": "time vs retrain", "method_params": "settings"}
 IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
-                 "label_inference_acc")
+                 "recovery_gain_db_vs_retrain", "label_inference_acc",
+                 "label_inference_acc_vs_retrain")
+
+
+def _calibration_html(board: pd.DataFrame | None) -> list[str]:
+    """The per-example null control, stated before any method's verdict."""
+    if board is None or board.empty or "calibration" not in board.columns:
+        return []
+    out = []
+    for _, row in board[board["calibration"].notna()].sort_values("seed").iterrows():
+        text = str(row["calibration"])
+        where = (f"U-LiRA AUC {row['ulira_auc']:.3f}, null range "
+                 f"[{row['null_auc_low']:.3f}, {row['null_auc_high']:.3f}]; median epsilon "
+                 f"{row['median_epsilon']:.2f}, null up to "
+                 f"{row['null_median_epsilon_high']:.2f}, from permutations of this run's "
+                 f"{int(row['n_models'])} models and {int(row['n_records'])} records")
+        cls = "bad" if text.startswith("not") else "small"
+        out.append(f"<p class='{cls}'><b>Null control (seed {_e(row['seed'])}, "
+                   f"{_e(row['unlearning_method'])}):</b> {_e(text)} ({_e(where)})."
+                   + (" Read no method's per-example verdict from this run." if cls == "bad"
+                      else "") + "</p>")
+    return out
 
 
 def _leaderboard_html(df: pd.DataFrame) -> str:
-    """The per_example stage's ranking: per-example leak first, then utility and cost."""
+    """The per_example stage's ranking: distance from retraining first, then utility."""
     out = ["<h2>Leaderboard: unlearning methods by per-example leakage</h2>",
-           ("<p>Rank 1 leaks least: U-LiRA's true-positive rate at 1 % false positives on "
-            "the members that unlearned each target (low/high: 95 % bootstrap over records), "
-            "then its AUC, then test accuracy. Retraining is the no-leak reference; a "
-            "method's settings are those it ran with.</p>")]
+           ("<p>Each column answers one question. <b>U-LiRA AUC</b> (low/high: 95 % "
+            "bootstrap over models and records): can an attacker who sees only the unlearned "
+            "model tell, record by record, whether it ever trained on that record? 0.5 is a "
+            "perfect unlearner; a method leaks in either direction, still more confident on "
+            "forgotten records (under-unlearning) or less (over-unlearning), and <b>reads "
+            "as</b> says which. Methods are ranked by their distance from retraining's AUC; "
+            "those whose interval overlaps retraining's are grouped with it (\"as "
+            "retraining\"), and an attack reading below its permutation null is marked "
+            "\"below chance\", not ranked as a small leak. <b>Records named</b>: records "
+            "whose own permutation test rejects at the stated false-discovery rate "
+            "(Benjamini-Hochberg). <b>eps lower bound</b>: with 95 % confidence the unlearned "
+            "model is not (eps, 1e-5)-indistinguishable from retraining for any smaller eps "
+            "(Clopper-Pearson on both error rates, threshold chosen on other models). "
+            "<b>Chen AUC vs retrain</b> and the image attacks read the original against the "
+            "unlearned model: they measure what publishing both reveals, which exact "
+            "retraining reveals too, so they are given relative to retraining's.</p>")]
     status = set(df["image_attacks"].dropna()) if "image_attacks" in df.columns else set()
     if status == {"measured"}:
         out.append("<p>Image attacks (Hu et al., single deletions at a small budget): "
                    "recovery gain = PSNR of the recovered image minus the mean image's, in dB "
-                   "(low/high: 95 % bootstrap over the forgotten samples); label inf. acc = "
-                   "share of class-share requests whose forgotten class was inferred.</p>")
+                   "(low/high: 95 % bootstrap over the forgotten samples, none from fewer "
+                   "than two); label inf. acc = share of class-share requests whose forgotten "
+                   "class was inferred.</p>")
     elif status:
         out.append(f"<p>Feature recovery and label inference: "
                    f"{_e(', '.join(sorted(status)))}.</p>")

@@ -98,7 +98,9 @@ def _ulira(df):
     agg = present(df, rows=("key", "count"), models=("n_models", "max"), auc=("auc", "mean"),
                   tpr_1pct=("tpr_at_1pct", "mean"), tpr_0_1pct=("tpr_at_0_1pct", "mean"),
                   odd_auc=("odd_auc", "mean"), odd_tpr_0_1pct=("odd_tpr_at_0_1pct", "mean"),
-                  median_eps=("median_epsilon", "mean"), forget_score=("forget_score", "mean"))
+                  median_eps=("median_epsilon", "mean"), forget_score=("forget_score", "mean"),
+                  eps_lb=("epsilon_lb", "mean"), records_named=("records_leaking", "max"),
+                  in_null=("within_null", "max"))
     return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
 
 
@@ -107,16 +109,18 @@ def _per_example(df):
     cols = by(df, "design", "unlearning_method")
     agg = present(df, records=("key", "count"), median_eps=("epsilon", "median"),
                   p90_eps=("epsilon", lambda s: s.quantile(0.9)),
-                  max_eps=("epsilon", "max"), median_record_auc=("record_auc", "median"))
+                  max_eps=("epsilon", "max"), mean_record_auc=("record_auc", "mean"),
+                  records_named=("leaks", "sum"))
     return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
 
 
 @summary("leaderboard")
 def _leaderboard(df):
-    cols = by(df, "seed", "rank", "unlearning_method")
-    agg = present(df, tpr_1pct=("ulira_tpr_at_1pct", "mean"),
-                  tpr_0_1pct=("ulira_tpr_at_0_1pct", "mean"), auc=("ulira_auc", "mean"),
-                  median_eps=("median_epsilon", "mean"), chen_auc=("chen_auc", "mean"),
+    cols = by(df, "seed", "rank", "unlearning_method", "reading")
+    agg = present(df, auc=("ulira_auc", "mean"), auc_low=("ulira_auc_low", "mean"),
+                  auc_high=("ulira_auc_high", "mean"), tpr_1pct=("ulira_tpr_at_1pct", "mean"),
+                  tpr_0_1pct=("ulira_tpr_at_0_1pct", "mean"),
+                  eps_lb=("ulira_epsilon_lb", "mean"), median_eps=("median_epsilon", "mean"), chen_auc=("chen_auc", "mean"),
                   test_acc=("unlearned_test_acc", "mean"), forget_acc=("forget_acc", "mean"),
                   wall_vs_retrain=("wall_vs_retrain", "mean"),
                   recovery_gain_db=("recovery_gain_db", "mean"),

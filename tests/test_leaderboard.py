@@ -1,7 +1,9 @@
 """The unlearning-method leaderboard at CI scale (issue 15): every registered method that
 unlearns one torch model, on the U-LiRA design (12 members, 32 targets), in one run with an
-embedded Ray. Retraining must sit at the no-leak end of every leakage column within its
-interval, and every row states the settings it ran with (reruns: tests/test_per_example.py)."""
+embedded Ray. Retraining anchors the ranking and reads inside the run's null control; the
+board tells under- from over-unlearning, groups methods it cannot tell from retraining with
+it, and never ranks an attack that reads below chance as a small leak (checked on rows built
+to do so); every row states the settings it ran with (reruns: tests/test_per_example.py)."""
 
 from __future__ import annotations
 
@@ -61,28 +63,75 @@ def test_every_method_is_ranked_with_its_settings(board):
     assert board["method_params"].notna().all()
     assert board["unlearned_test_acc"].between(0, 1).all()
     assert (board["wall_vs_retrain"] > 0).all()
-    assert ((board["chen_auc_low"] <= board["chen_auc"] + 1e-12)
-            & (board["chen_auc"] <= board["chen_auc_high"] + 1e-12)).all()
+    assert (board["chen_auc_high"] - board["chen_auc_low"] > 0.01).all()
+    assert set(board["reading"]) <= {"as retraining", "under-unlearning", "over-unlearning",
+                                     "below chance"}
 
 
-def test_retraining_sits_at_the_no_leak_end_of_every_leak_column(board):
-    retrain = board.set_index("unlearning_method").loc["retrain"]
-    others = board[board["unlearning_method"] != "retrain"]
-    for column in ("ulira_tpr_at_1pct", "ulira_auc", "median_epsilon"):
-        low = retrain[f"{column}_low"]
-        assert low <= others[column].min() + 1e-12, (column, low, others[column].min())
+def test_the_board_is_ranked_by_distance_from_retraining(board):
+    rows = board.set_index("unlearning_method")
+    retrain = rows.loc["retrain"]
+    assert retrain["rank"] == 1 and retrain["reading"] == "as retraining"
+    assert bool(retrain["calibrated"]) and retrain["calibration"].startswith("calibrated")
+    # One gradient-ascent step leaks clearly (tests/test_per_example.py); here it must be
+    # told apart from retraining, and ranked behind every method grouped with retraining.
+    ascent = rows.loc["gradient_ascent"]
+    assert not ascent["as_retrain"] and ascent["reading"] in {"under-unlearning",
+                                                              "over-unlearning"}
+    grouped = board[board["as_retrain"]]
+    assert (grouped["rank"] < ascent["rank"]).all()
+    ordered = board.sort_values("rank")
+    distinct = ordered[~ordered["as_retrain"] & (ordered["reading"] != "below chance")]
+    assert distinct["distance_from_retrain"].is_monotonic_increasing
+    # Attacks that read theta against theta_u are stated relative to retraining's.
+    np.testing.assert_allclose(board["chen_auc_vs_retrain"],
+                               board["chen_auc"] - retrain["chen_auc"])
+
+
+def _point(method: str, auc: float, low: float, high: float, **extra) -> dict:
+    summary = {"auc": auc, "auc_low": low, "auc_high": high, "tpr_at_1pct": 0.01,
+               "median_epsilon": 1.0, "unlearned_test_acc": 0.9, "unlearn_s_per_model": 1.0,
+               "null_auc_low": 0.47, "null_auc_high": 0.53, "within_null": 0.47 <= auc <= 0.53,
+               "below_chance": auc < 0.47, "records_under_unlearned": 0,
+               "records_over_unlearned": 0, "mean_record_auc": 0.5, **extra}
+    return {"method": method, "seed": 0, "dataset": "digits", "key": method,
+            "summary": summary}
+
+
+def test_below_chance_over_and_under_unlearning_are_told_apart():
+    from orchestrator.stages.per_example.leaderboard import leaderboard_rows
+
+    rows = leaderboard_rows([
+        _point("retrain", 0.50, 0.48, 0.52),
+        _point("worse_than_a_coin", 0.30, 0.27, 0.33),  # the old board ranked this first
+        _point("close", 0.51, 0.49, 0.53),
+        _point("ascent", 0.80, 0.77, 0.83, records_under_unlearned=9,
+               mean_record_auc=0.7),
+        _point("overdone", 0.70, 0.67, 0.73, records_over_unlearned=7,
+               mean_record_auc=0.35),
+    ])
+    by = {r["unlearning_method"]: r for r in rows}
+    assert [r["unlearning_method"] for r in rows] == ["retrain", "close", "overdone",
+                                                      "ascent", "worse_than_a_coin"]
+    assert by["close"]["reading"] == "as retraining" and by["close"]["as_retrain"]
+    assert by["ascent"]["reading"] == "under-unlearning"
+    assert by["overdone"]["reading"] == "over-unlearning"
+    assert by["worse_than_a_coin"]["reading"] == "below chance"
+    assert by["ascent"]["distance_from_retrain"] == pytest.approx(0.30)
+    assert by["retrain"]["calibrated"] is True
 
 
 def test_image_attacks_are_joined_per_method(board):
     rows = board.set_index("unlearning_method")
     assert set(IMAGE) <= set(board.columns)
     attacked = rows.loc[ATTACKED]
-    for column in IMAGE:
-        assert attacked[column].astype(float).notna().all(), column
+    for column in ("recovery_gain_db", "label_inference_acc"):
         assert np.isfinite(attacked[column].astype(float)).all(), column
-    assert (attacked["recovery_gain_db_low"] <= attacked["recovery_gain_db"] + 1e-9).all()
-    assert attacked["label_inference_acc"].between(0, 1).all()
+    assert set(attacked["label_inference_acc"]) <= {0.0, 1.0}  # one request each
     assert (attacked["recovery_targets"] == 1).all()
+    # One recovered target: a value, no interval (none from fewer than two samples).
+    assert attacked["recovery_gain_db_low"].isna().all()
+    assert attacked["recovery_gain_db_high"].isna().all()
     assert (board["image_attacks"] == "measured").all()
     others = rows.drop(index=ATTACKED)
     assert others["recovery_gain_db"].isna().all()  # not attacked here: empty, not zero

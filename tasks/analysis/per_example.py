@@ -89,14 +89,17 @@ def _loo_moments(phi: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
     return n, mean + phi.mean(axis=0, keepdims=True), sd
 
 
-def _pooled_sd(phi: np.ndarray, mask: np.ndarray) -> float:
-    """One sd for all records: phi minus its record's mean over ``mask``, pooled (not
-    leave-one-out; each record with samples costs one degree of freedom)."""
-    n = mask.sum(axis=0)
-    means = np.where(mask, phi, 0.0).sum(axis=0) / np.maximum(n, 1)
-    dev = np.where(mask, phi - means[None], 0.0)
-    dof = int(mask.sum()) - int((n > 0).sum())
-    return float(np.sqrt((dev * dev).sum() / dof)) if dof > 0 else 0.0
+def _pooled_loo_sd(phi: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One spread shared by all records, leave-one-out per model: for (j, r), phi minus its
+    record's mean over ``mask``, pooled over every record and every model but j (model j's
+    own outputs, on any record, never enter the spread that scores it). Shape (M, R)."""
+    n, _, sd = _loo_moments(phi, mask)
+    dof = np.clip(n - 1, 0, None)
+    ss = np.where(dof > 0, np.nan_to_num(sd, posinf=0.0) ** 2 * dof, 0.0)
+    total_ss, total_dof = ss.sum(axis=1, keepdims=True), dof.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.sqrt(total_ss / total_dof)
+    return np.broadcast_to(np.where(total_dof > 0, pooled, 0.0), phi.shape)
 
 
 def _log_normal(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -110,10 +113,11 @@ def lira_scores(phi: np.ndarray, member_in: np.ndarray, variant: str = "online",
 
     ``online``: log N(phi; mu_in, sd_in) - log N(phi; mu_out, sd_out); ``offline``:
     (phi - mu_out) / sd_out, only OUT fitted. ``variance``: ``per_example`` (each record's
-    own leave-one-out spread) or ``fixed`` (one pooled spread per hypothesis shared by all
-    records, LiRA's choice with few shadow models). Every sd is floored at :data:`SD_FLOOR`.
-    NaN where a record has fewer than ``min_count`` leave-one-out samples under a hypothesis
-    the variant needs (and, for ``per_example``, fewer than 2, as one sample has no spread).
+    own leave-one-out spread) or ``fixed`` (one spread per hypothesis pooled over all
+    records, leave-one-out too; LiRA's advice below about 64 models a side). Every sd is
+    floored at :data:`SD_FLOOR`. A whole record is NaN when a side the variant needs holds
+    fewer than ``min_count`` + 1 models (``per_example``: at least 3), so that every model
+    left out still leaves ``min_count`` on each side; records are never half-scored.
     """
     phi, mask = _check_pair(phi, member_in)
     if variant not in VARIANTS:
@@ -128,12 +132,15 @@ def lira_scores(phi: np.ndarray, member_in: np.ndarray, variant: str = "online",
     need = max(int(min_count), 2) if variance == "per_example" else int(min_count)
     hypotheses = [~mask] if variant == "offline" else [~mask, mask]
     fits = []
-    enough = np.ones(phi.shape, dtype=bool)
+    # A record is scored for every model or for none: leaving out an IN model takes one
+    # sample from the IN side only, so a per-model count check would drop positives (and not
+    # negatives) exactly where a side is small, biasing what remains.
+    enough = np.ones(phi.shape[1], dtype=bool)
     for side in hypotheses:
-        n, mean, sd = _loo_moments(phi, side)
+        _, mean, sd = _loo_moments(phi, side)
         if variance == "fixed":
-            sd = np.full_like(phi, _pooled_sd(phi, side))
-        enough &= n >= need
+            sd = _pooled_loo_sd(phi, side)
+        enough &= side.sum(axis=0) - 1 >= need
         # sd is NaN/inf only where n < 2, which `enough` masks anyway.
         fits.append((mean, np.maximum(np.where(np.isfinite(sd), sd, 0.0), SD_FLOOR)))
     (mu_out, sd_out) = fits[0]
@@ -142,7 +149,7 @@ def lira_scores(phi: np.ndarray, member_in: np.ndarray, variant: str = "online",
     else:
         mu_in, sd_in = fits[1]
         scores = _log_normal(phi, mu_in, sd_in) - _log_normal(phi, mu_out, sd_out)
-    return np.where(enough, scores, np.nan)
+    return np.where(enough[None, :], scores, np.nan)
 
 
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

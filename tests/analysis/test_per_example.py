@@ -64,30 +64,32 @@ def _naive_scores(phi, member_in, variant, variance, min_count=2):
     """One model at a time: fit the Gaussians on the other models, score the held-out one."""
     m, r = phi.shape
 
-    def pooled(mask):
+    def pooled(mask, rest):
         devs, dof = [], 0
         for k in range(r):
-            vals = phi[mask[:, k], k]
+            vals = phi[rest & mask[:, k], k]
             if len(vals):
                 devs.extend(vals - vals.mean())
                 dof += len(vals) - 1
         return math.sqrt(sum(d * d for d in devs) / dof)
 
+    need = max(min_count, 2) if variance == "per_example" else min_count
     out = np.full((m, r), np.nan)
-    for j in range(m):
-        rest = np.arange(m) != j
-        for k in range(r):
+    for k in range(r):
+        # every model of a record keeps `need` on each side it needs once one is left out
+        if (~member_in[:, k]).sum() - 1 < need or (
+                variant == "online" and member_in[:, k].sum() - 1 < need):
+            continue
+        for j in range(m):
+            rest = np.arange(m) != j
             ins, outs = phi[rest & member_in[:, k], k], phi[rest & ~member_in[:, k], k]
-            need = max(min_count, 2) if variance == "per_example" else min_count
-            if len(outs) < need or (variant == "online" and len(ins) < need):
-                continue
-            sd_out = pooled(~member_in) if variance == "fixed" else outs.std(ddof=1)
+            sd_out = pooled(~member_in, rest) if variance == "fixed" else outs.std(ddof=1)
             sd_out = max(sd_out, SD_FLOOR)
             z_out = (phi[j, k] - outs.mean()) / sd_out
             if variant == "offline":
                 out[j, k] = z_out
                 continue
-            sd_in = pooled(member_in) if variance == "fixed" else ins.std(ddof=1)
+            sd_in = pooled(member_in, rest) if variance == "fixed" else ins.std(ddof=1)
             sd_in = max(sd_in, SD_FLOOR)
             z_in = (phi[j, k] - ins.mean()) / sd_in
             out[j, k] = -0.5 * z_in**2 - math.log(sd_in) + 0.5 * z_out**2 + math.log(sd_out)
@@ -105,8 +107,11 @@ def test_leave_one_out_scores_equal_a_loop_over_models(variant, variance):
     got = lira_scores(phi, member_in, variant, variance)
     want = _naive_scores(phi, member_in, variant, variance)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
-    assert np.isnan(got[:, 1]).any()
-    assert np.isnan(got[:, 0]).any() == (variant == "online")
+    # Too few on a side: the whole record is unscored, never its positives alone.
+    assert np.isnan(got[:, 1]).all()
+    assert np.isnan(got[:, 0]).all() == (variant == "online")
+    assert not np.isnan(got[:, 0]).any() == (variant == "offline")
+    assert np.isfinite(got[:, 2:]).all()
     higher = lira_scores(phi, member_in, variant, variance, min_count=4)
     np.testing.assert_allclose(higher, _naive_scores(phi, member_in, variant, variance, 4))
     assert np.isnan(higher).sum() > np.isnan(got).sum()

@@ -4,12 +4,18 @@ Per method and seed it reads phi (model x record), fits U-LiRA's Gaussians leave
 every requested variant, and writes
 
 - ``ulira``: one row per (variant, variance) with AUC and TPR at 1 %, 0.1 % and 0 % FPR over
-  all (model, record) decisions, the number of models, the per-record epsilon summary and the
-  forget score; plus one row per Chen et al. feature, scored on the same odd-numbered pairs as
-  the ``ulira_odd`` columns (design ``ulira`` only: the challenge design has no pair that
-  never saw a target);
-- ``per_example``: one row per target record: IN/OUT counts, phi statistics, its own AUC,
-  its epsilon and its exposure rank;
+  all (model, record) decisions, the per-record epsilon summary and the forget score (K =
+  models a side), the records named as leaking at the run's false-discovery rate, the
+  (epsilon, delta) lower bound the attack certifies at 95 % confidence, and the run's own
+  null control (the ranges these statistics take when nothing leaks, from permutations of
+  which model unlearned which record); the main row (online; fixed variance below 64
+  models a side, LiRA's advice) also carries 95 % intervals over models and records. Plus one row per Chen et al. feature,
+  scored on the same odd-numbered pairs as the ``odd_`` columns (design ``ulira`` only: the
+  challenge design has no pair that never saw a target);
+- ``per_example``: one row per target record: IN/OUT counts, phi statistics, its AUC (models
+  that unlearned it against models that never saw it: 0.5 in expectation when nothing
+  leaks), its permutation p-value, whether it is named at the false-discovery rate, its
+  epsilon and its exposure rank;
 
 and the curves and epsilons its figures need (``_arrays/per_example/<key>.json``).
 """
@@ -28,19 +34,22 @@ from orchestrator.stages.per_example.scoring import read_scores
 from orchestrator.storage import Location
 from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from tasks.analysis.epsilon import example_epsilons, forget_score
-from tasks.analysis.per_example import (
-    lira_scores,
-    per_record_auc,
-    record_summary,
-    roc_metrics,
-)
+from tasks.analysis.dp_bounds import attack_epsilon_lower_bound
+from tasks.analysis.epsilon import forget_score
+from tasks.analysis.null_control import membership_epsilons, permutation_null, within_null
+from tasks.analysis.per_example import lira_scores, record_summary, roc_metrics
+from tasks.analysis.record_tests import benjamini_hochberg, record_auc, record_pvalues
 from tasks.attacks.membership_features import build_features, fit_and_score, softmax
-from tasks.metrics_membership import auc, roc
+from tasks.metrics_membership import roc
 from tasks.params import to_dict
+from tasks.unlearning import UNLEARNING
 
 ARRAYS = "per_example"
 FPR_GRID = np.logspace(-4, 0, 121)
+# LiRA (Carlini et al. 2022) fits one variance for all records below about 64 shadow models
+# a side: per-record variances from fewer are too noisy.
+FIXED_VARIANCE_BELOW = 64
+INTERVALS = "models and records (two-way bootstrap of the scored decisions, not refitted)"
 
 
 def _matrix(table, role: str, n_models: int, n_records: int, column: str) -> np.ndarray:
@@ -64,32 +73,30 @@ def _curve(labels: np.ndarray, scores: np.ndarray) -> list[float]:
     return [float(tpr[fpr <= f + 1e-12].max()) for f in FPR_GRID]
 
 
-def _half_leak(record_auc: np.ndarray) -> int:
+def _half_leak(auc_by_record: np.ndarray) -> int:
     """How few records carry half of the total excess AUC (sum of max(0, AUC_r - 0.5))."""
-    excess = np.sort(np.clip(np.nan_to_num(record_auc - 0.5), 0, None))[::-1]
+    excess = np.sort(np.clip(np.nan_to_num(auc_by_record - 0.5), 0, None))[::-1]
     if excess.sum() <= 0:
         return 0
     return int(np.searchsorted(np.cumsum(excess), excess.sum() / 2) + 1)
 
 
-def _epsilons(phi: np.ndarray, member_in: np.ndarray) -> np.ndarray:
-    if member_in.all(axis=0).any() or (~member_in).all(axis=0).any():
-        raise ValueError("per_example: a target is IN (or OUT) for every model; raise "
-                         "per_example.models")
-    if (member_in.sum(axis=0) == member_in.sum(axis=0)[0]).all():  # equal sides: one call
-        order = np.argsort(~member_in, axis=0, kind="stable")
-        n_in = int(member_in[:, 0].sum())
-        ranked = np.take_along_axis(phi, order, axis=0)
-        return example_epsilons(ranked[:n_in], ranked[n_in:])
-    return np.array([example_epsilons(phi[member_in[:, r], r][:, None],
-                                      phi[~member_in[:, r], r][:, None])[0]
-                     for r in range(phi.shape[1])])
+def _bound(scores: np.ndarray, labels: np.ndarray, select: np.ndarray,
+           evaluate: np.ndarray) -> dict[str, float | str]:
+    """The (epsilon, delta) lower bound certified at 95 %: threshold chosen on the ``select``
+    models, certified on the disjoint ``evaluate`` ones."""
+    got = attack_epsilon_lower_bound(scores[select].ravel(), labels[select].ravel(),
+                                     scores[evaluate].ravel(), labels[evaluate].ravel())
+    return {"epsilon_lb": float(got["epsilon_lb"]), "epsilon_lb_tpr": float(got["tpr"]),
+            "epsilon_lb_fpr": float(got["fpr"]), "epsilon_lb_direction": got["direction"]}
 
 
 def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndarray,
                member_in: np.ndarray, seed: int) -> list[tuple[str, dict, list[float]]]:
-    """Chen et al.'s attack on the same pairs: fitted on even members, scored on odd ones."""
+    """Chen et al.'s attack on the same pairs: fitted on even members, scored on odd ones
+    (its epsilon bound: threshold chosen on members 1, 5, 9, ..., certified on 3, 7, ...)."""
     shadow = np.arange(len(member_in)) % 2 == 0
+    odd_index = np.arange(int((~shadow).sum()))
     out = []
     for feature in params.chen_features:
         p, q = softmax(logits_o), softmax(logits_u)
@@ -100,7 +107,8 @@ def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndar
                                seed)
         labels = member_in[~shadow]
         scores = np.asarray(fitted.test).reshape(labels.shape)
-        metrics = {**roc_metrics(scores, labels), **_auc_interval(scores, labels, seed)}
+        metrics = {**roc_metrics(scores, labels), **_intervals(scores, labels, None, seed),
+                   **_bound(scores, labels, odd_index % 2 == 0, odd_index % 2 == 1)}
         out.append((feature, metrics, _curve(labels.ravel(), scores.ravel())))
     return out
 
@@ -122,16 +130,26 @@ def _utility(ctx: TaskContext, units: dict[str, list[str]]) -> dict[str, float]:
     return out
 
 
-def _record_intervals(n_records: int, stats, rng_key: list[int],
-                      rounds: int = 200) -> dict[str, float]:
-    """95 % intervals (``<name>_low``, ``<name>_high``) of the statistics ``stats(cols)``
-    returns, over target records resampled with replacement: the variation a different draw
-    of forgotten records would bring."""
-    rng = np.random.default_rng(rng_key)
+def _intervals(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray | None, seed: int,
+               rounds: int = 200) -> dict[str, float]:
+    """95 % percentile intervals (``<name>_low``, ``<name>_high``) of AUC and TPR at 1 % and
+    0.1 % FPR over models and records resampled together (a different draw of forgotten
+    records and of trained models), and of the median epsilon over records (a record's
+    epsilon is fitted on all models, so models are not resampled for it)."""
+    rng = np.random.default_rng([seed, 41])
+    n_models, n_records = scores.shape
     draws: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, value in stats(rng.integers(0, n_records, n_records)).items():
-            draws.setdefault(name, []).append(value)
+        rows = rng.integers(0, n_models, n_models)
+        cols = rng.integers(0, n_records, n_records)
+        picked, labels = scores[np.ix_(rows, cols)], member_in[np.ix_(rows, cols)]
+        if labels.all() or not labels.any():
+            continue
+        metrics = roc_metrics(picked, labels)
+        for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct"):
+            draws.setdefault(name, []).append(metrics[name])
+        if eps is not None:
+            draws.setdefault("median_epsilon", []).append(float(np.median(eps[cols])))
     out = {}
     for name, values in draws.items():
         out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in
@@ -139,23 +157,49 @@ def _record_intervals(n_records: int, stats, rng_key: list[int],
     return out
 
 
-def _bootstrap(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray,
-               seed: int) -> dict[str, float]:
-    """U-LiRA's intervals: AUC, TPR at 1 % and 0.1 % FPR and the median epsilon."""
-    def stats(cols):
-        metrics = roc_metrics(scores[:, cols], member_in[:, cols])
-        return {**{name: metrics[name] for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct")},
-                "median_epsilon": float(np.median(eps[cols]))}
-
-    return _record_intervals(scores.shape[1], stats, [seed, 41])
+def _main_key(all_scores: dict, per_side: int) -> tuple[str, str]:
+    want = ("online", "fixed" if per_side < FIXED_VARIANCE_BELOW else "per_example")
+    return want if want in all_scores else next(iter(all_scores))
 
 
-def _auc_interval(scores: np.ndarray, member_in: np.ndarray, seed: int) -> dict[str, float]:
-    """Chen et al.'s AUC interval, as U-LiRA's: near chance the best of several features is
-    biased upwards, and the interval says by how much it may move with other records."""
-    return _record_intervals(
-        scores.shape[1], lambda cols: {"auc": auc(member_in[:, cols].ravel().astype(int),
-                                                  scores[:, cols].ravel())}, [seed, 43])
+def _calibration(method: str, within: bool, design: str, per_side: int,
+                 variance: str) -> str | None:
+    """The null control's verdict on an exact method (one that retrains): a perfect
+    unlearner, so its numbers must lie in the run's permutation null; None for other methods."""
+    cls = UNLEARNING.get(method)
+    if not (cls.exact and cls.retrains_from_scratch):
+        return None
+    if within:
+        return "calibrated: exact retraining reads inside the run's permutation null"
+    why = [f"{per_side} models a side"]
+    if variance == "per_example" and per_side < FIXED_VARIANCE_BELOW:
+        why.append("per-record variances fitted from so few models are noisy "
+                   "(per_example.variances: [fixed])")
+    if design == "challenge":
+        why.append("unlearned models and retrained references must follow one recipe")
+    return ("not calibrated: exact retraining reads as a leak outside the run's permutation "
+            "null (" + "; ".join(why) + ")")
+
+
+def _record_stats(phi: np.ndarray, member_in: np.ndarray, eps: np.ndarray,
+                  settings: PerExampleParams, seed: int) -> dict[str, np.ndarray]:
+    """Per record: its AUC, permutation p-value, whether named at the FDR, exposure rank."""
+    auc_r = record_auc(phi, member_in)
+    p = record_pvalues(phi, member_in, permutations=settings.permutations, seed=seed)
+    named = benjamini_hochberg(p, settings.fdr)
+    exposure = np.lexsort((-eps, np.nan_to_num(p, nan=2.0)))  # smallest p first, then eps
+    rank = np.empty(len(eps), dtype=np.int64)
+    rank[exposure] = np.arange(1, len(eps) + 1)
+    return {"auc": auc_r, "p": p, "named": named, "rank": rank, "exposure": exposure}
+
+
+def _record_counts(stats: dict[str, np.ndarray], fdr: float) -> dict[str, float | int]:
+    named, auc_r = stats["named"], stats["auc"]
+    return {"records_leaking": int(named.sum()), "fdr": fdr,
+            "records_under_unlearned": int((named & (auc_r > 0.5)).sum()),
+            "records_over_unlearned": int((named & (auc_r < 0.5)).sum()),
+            "mean_record_auc": float(np.nanmean(auc_r)),
+            "records_half_leak": _half_leak(auc_r)}
 
 
 @UNIT_FUNCTIONS.register("pe_analyse")
@@ -163,6 +207,7 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     spec: Spec = params["spec"]
     settings: PerExampleParams = params["params"]
     method = spec.unlearning[params["method_index"]].method
+    seed = int(params["seed"])
     targets = np.asarray(params["targets"])
     pairs = params["pairs"]
     n, n_records = len(pairs), len(targets)
@@ -174,49 +219,63 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
         for j, p in enumerate(pairs):
             forgot[j, [position[int(t)] for t in p["forget"]]] = True
         phi, member_in = phi_u, forgot
+        # Each target is IN for about half the members: K (the forget score's models a
+        # side) is that half; the OUT side never saw the record (it was not retrained).
+        per_side, sides = n // 2, "unlearned vs never-seen members"
     else:
         phi_r = _matrix(table, "reference", len(params["references"]), n_records, "phi")
         phi = np.concatenate([phi_u, phi_r])
         member_in = np.concatenate([np.ones_like(phi_u, bool), np.zeros_like(phi_r, bool)])
-    eps = _epsilons(phi, member_in)
-    score_fs = forget_score(eps, n)
+        per_side, sides = n, "unlearned vs retrained references"
+    estimator = settings.epsilon_estimator
+    eps = membership_epsilons(phi, member_in, estimator)
+    score_fs = forget_score(eps, per_side)
     base = {"experiment": spec.experiment, "config_hash": spec.config_hash,
-            "seed": params["seed"], "design": settings.design, "unlearning_method": method,
+            "seed": seed, "design": settings.design, "unlearning_method": method,
             "dataset": spec.dataset.name, "model": spec.model.name, "n_models": len(phi),
             "n_records": n_records}
     rows, curves, all_scores = [], {}, {}
+    odd = np.arange(len(phi)) % 2 == 1
     for variant in settings.variants:
         for variance in settings.variances:
             scores = all_scores[(variant, variance)] = lira_scores(phi, member_in, variant,
                                                                    variance)
             metrics = roc_metrics(scores, member_in)
-            odd = np.arange(len(phi)) % 2 == 1
             odd_metrics = roc_metrics(scores[odd], member_in[odd])
             row = {**base, "key": f"{params['key']}:{variant}:{variance}", "attack": "ulira",
                    "variant": variant, "variance": variance, **metrics,
                    **{f"odd_{k}": v for k, v in odd_metrics.items()},
+                   **_bound(scores, member_in, ~odd, odd),
                    "median_epsilon": float(np.median(eps)),
-                   "p90_epsilon": float(np.quantile(eps, 0.9)), "forget_score": score_fs}
+                   "p90_epsilon": float(np.quantile(eps, 0.9)), "forget_score": score_fs,
+                   "forget_score_k": per_side, "epsilon_estimator": estimator,
+                   "epsilon_sides": sides, "models_per_side": per_side}
             rows.append(row)
             curves[f"U-LiRA {variant}/{variance}"] = _curve(member_in[odd].ravel(),
                                                               scores[odd].ravel())
-    # The per-record view (and the intervals) use the strongest form where it was run.
-    main_key = ("online", "per_example") if ("online", "per_example") in all_scores else \
-        next(iter(all_scores))
+    main_key = _main_key(all_scores, per_side)
     main = all_scores[main_key]
-    record_auc = per_record_auc(main, member_in)
+    stats = _record_stats(phi, member_in, eps, settings, seed)
+    counts = _record_counts(stats, settings.fdr)
+    null = permutation_null(phi, member_in, *main_key, estimator, settings.null_runs,
+                            settings.null_epsilon_runs, seed)
     utility = _utility(ctx, params["model_units"])
     for row in rows:
-        row["records_half_leak"] = _half_leak(record_auc)
+        row.update(counts)
         row["main"] = (row["variant"], row["variance"]) == main_key
         row.update(utility)
         if row["main"]:
-            row.update(_bootstrap(main, member_in, eps, params["seed"]))
+            row.update(_intervals(main, member_in, eps, seed), **null,
+                       intervals_over=INTERVALS)
+            row["within_null"] = within_null(row["auc"], row["median_epsilon"], null)
+            row["below_chance"] = bool(row["auc"] < null["null_auc_low"])
+            row["calibration"] = _calibration(method, row["within_null"], settings.design,
+                                              per_side, main_key[1])
     if settings.design == "ulira":
         logits_o = _matrix(table, "original", n, n_records, "logits")
         logits_u = _matrix(table, "unlearned", n, n_records, "logits")
         for feature, metrics, curve in _chen_rows(settings, logits_o, logits_u, member_in,
-                                                  params["seed"]):
+                                                  seed):
             rows.append({**base, "key": f"{params['key']}:chen:{feature}",
                          "attack": f"chen_{feature}", "variant": None, "variance": None,
                          **{f"odd_{k}": v for k, v in metrics.items()}})
@@ -224,34 +283,41 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     for row in rows:
         row.update(spec.flat_config())
     summary = record_summary(phi, member_in)
-    exposure = np.lexsort((-np.nan_to_num(record_auc), -eps))  # most exposed first
-    rank = np.empty(n_records, dtype=np.int64)
-    rank[exposure] = np.arange(1, n_records + 1)
     labels = table[table["role"] == "unlearned"].drop_duplicates("position") \
         .set_index("position")["label"]
     per_rows = []
     for r in range(n_records):
         per_rows.append({**base, "key": f"{params['key']}:{int(targets[r])}",
                          "record": int(targets[r]), "label": int(labels[r]),
-                         "epsilon": float(eps[r]), "record_auc": float(record_auc[r]),
-                         "exposure_rank": int(rank[r]),
+                         "epsilon": float(eps[r]), "record_auc": float(stats["auc"][r]),
+                         "record_p": float(stats["p"][r]), "leaks": bool(stats["named"][r]),
+                         "exposure_rank": int(stats["rank"][r]),
                          "score_in_mean": float(np.nanmean(main[member_in[:, r], r])),
                          "score_out_mean": float(np.nanmean(main[~member_in[:, r], r])),
                          **{k: float(v[r]) for k, v in summary.items()},
                          **spec.flat_config()})
-    chen = [r for r in rows if r["attack"].startswith("chen_")]
-    best_chen = max(chen, key=lambda r: r["odd_auc"]) if chen else None
-    main_row = next(r for r in rows if r["main"])
-    summary_point = {**{k: v for k, v in main_row.items() if isinstance(v, (int, float, bool))
-                        or v is None},
-                     "chen_auc": best_chen["odd_auc"] if best_chen else None,
-                     "chen_auc_low": best_chen["odd_auc_low"] if best_chen else None,
-                     "chen_auc_high": best_chen["odd_auc_high"] if best_chen else None,
-                     "chen_tpr_at_0_1pct": best_chen["odd_tpr_at_0_1pct"] if best_chen else None,
-                     "method_params": json.dumps(to_dict(spec.unlearning[
-                         params["method_index"]].typed_params()), sort_keys=True)}
-    _write_arrays(ctx, spec, params, method, curves, eps, targets, exposure, summary_point)
+    main_row = next(r for r in rows if r.get("main"))
+    _write_arrays(ctx, spec, params, method, curves, eps, targets, stats["exposure"],
+                  _summary_point(spec, params, rows, main_row))
     return {"ulira": rows, "per_example": per_rows}
+
+
+CHEN_SUMMARY = ("auc", "auc_low", "auc_high", "tpr_at_0_1pct", "epsilon_lb")
+TEXT_SUMMARY = ("calibration", "epsilon_estimator", "epsilon_sides", "intervals_over",
+                "epsilon_lb_direction", "design", "variant", "variance")
+
+
+def _summary_point(spec: Spec, params: dict, rows: list[dict], main_row: dict) -> dict:
+    """What the leaderboard keeps of one analysis: the main row's numbers, the strongest
+    Chen et al. feature (by AUC on the odd pairs), the method's settings."""
+    chen = [r for r in rows if r["attack"].startswith("chen_")]
+    best = max(chen, key=lambda r: r["odd_auc"]) if chen else {}
+    point = {k: v for k, v in main_row.items()
+             if isinstance(v, (int, float, bool)) or v is None or k in TEXT_SUMMARY}
+    point.update({f"chen_{k}": best.get(f"odd_{k}") for k in CHEN_SUMMARY})
+    point["method_params"] = json.dumps(to_dict(spec.unlearning[
+        params["method_index"]].typed_params()), sort_keys=True)
+    return point
 
 
 def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,

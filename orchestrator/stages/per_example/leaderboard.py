@@ -1,22 +1,32 @@
 """``pe_leaderboard``: one ranked row per (seed, unlearning method) of a ``per_example`` run.
 
-Leakage (U-LiRA's AUC and TPR at 1 % and 0.1 % FPR with 95 % intervals over records, the
-median and 90th-percentile per-record epsilon, the forget score, Chen et al.'s best AUC on the
-same pairs), utility (test, retained and forget accuracy of the unlearned members, the
-originals' test accuracy) and cost (unlearning time per model relative to retraining in the
-same run). Rank 1 leaks least: methods are ordered by U-LiRA's TPR at 1 % FPR, then by AUC,
-then by test accuracy (higher first). The method's settings are recorded as run; a method is
-only comparable at its tuned settings (issue 15), which this table does not choose.
+The board reads both ways. U-LiRA's AUC measures how far a method's unlearned models sit from
+models that never saw the records, in either direction: still more confident on them
+(under-unlearning) or less (over-unlearning, which an attacker reads just as well). Methods
+are ranked by that distance from exact retraining's own AUC in the same run; methods whose
+95 % interval overlaps retraining's are grouped with it ("as retraining") ahead of the rest,
+and an attack reading below its permutation null is marked "below chance" rather than ranked as
+a small leak. Each row also says which way the records it names at the false-discovery rate
+lean, whether the run's null control holds (retraining inside the run's permutation null), and the
+(epsilon, delta) lower bound U-LiRA certifies at 95 % confidence. Intervals are over models
+and records (``intervals_over``). Utility (test, retained and forget accuracy of the
+unlearned members, the originals' test accuracy) and cost (unlearning time per model
+relative to retraining in the same run) follow. The method's settings are recorded as run; a
+method is only comparable at its tuned settings (issue 15), which this table does not choose.
+
+Chen et al.'s AUC and the image attacks read theta against theta_u: they measure what
+publishing both models reveals, which exact retraining reveals too, so each has a
+``*_vs_retrain`` column (the method's value minus retraining's) beside it.
 
 On image data, the attacks of ``per_example.attacks`` (planned by the generic attacks stage on
 their own forget requests, one original for every method) add, per method: the feature-recovery
 gain over the mean image in dB (mean over the forgotten samples of PSNR minus the mean image's
-PSNR, with a 95 % bootstrap interval over those samples; ``recoveries`` rows) and the
-label-inference accuracy (share of requests whose forgotten class was inferred, with a 95 %
-bootstrap interval over requests; ``label_inference`` rows). Each attack batch runs as
-``pe_attack_batch``, which also leaves its points beside the tables (the driver writes rows in
-batches, so a dependent unit cannot rely on reading them from the table yet). On tabular
-data these columns are empty and ``image_attacks`` says "not applicable (tabular)".
+PSNR, with a 95 % bootstrap interval over those samples; none from fewer than two) and the
+label-inference accuracy (share of requests whose forgotten class was inferred, likewise;
+``label_inference`` rows). Each attack batch runs as ``pe_attack_batch``, which also leaves
+its points beside the tables (the driver writes rows in batches, so a dependent unit cannot
+rely on reading them from the table yet). On tabular data these columns are empty and
+``image_attacks`` says "not applicable (tabular)".
 """
 
 from __future__ import annotations
@@ -37,10 +47,18 @@ from orchestrator.verdicts import bootstrap_ci
 
 TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")
-COLUMNS = ("p90_epsilon", "forget_score", "records_half_leak", "unlearned_test_acc",
+COLUMNS = ("p90_epsilon", "forget_score", "forget_score_k", "records_half_leak",
+           "records_leaking", "records_under_unlearned", "records_over_unlearned", "fdr",
+           "mean_record_auc", "epsilon_lb", "epsilon_lb_direction", "within_null",
+           "below_chance", "calibration", "null_auc_low", "null_auc_high",
+           "null_tpr_at_1pct_high", "null_median_epsilon", "null_median_epsilon_high",
+           "null_auc_p", "null_median_epsilon_p",
+           "epsilon_estimator", "epsilon_sides", "intervals_over", "unlearned_test_acc",
            "unlearned_retain_acc", "forget_acc", "original_test_acc", "unlearn_s_per_model",
-           "chen_auc", "chen_auc_low", "chen_auc_high", "chen_tpr_at_0_1pct", "n_models",
-           "n_records", "design", "variant", "variance")
+           "chen_auc", "chen_auc_low", "chen_auc_high", "chen_tpr_at_0_1pct",
+           "chen_epsilon_lb", "n_models", "n_records", "design", "variant", "variance")
+RELATIVE = ("chen_auc", "recovery_gain_db", "label_inference_acc")
+REFERENCE = "retrain"
 RECOVERY, LABELS = "recoveries", "label_inference"
 IMAGE_COLUMNS = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
                  "recovery_psnr_db", "recovery_targets", "label_inference_acc",
@@ -99,6 +117,14 @@ def read_attack_points(ctx: TaskContext, experiment: str, units: list[dict]) -> 
     return points
 
 
+def _interval(values: list[float]) -> tuple:
+    """Mean and 95 % bootstrap interval; no interval from fewer than two values."""
+    if not values:
+        return None, None, None
+    point, low, high = bootstrap_ci(values)
+    return (point, low, high) if len(values) >= 2 else (point, None, None)
+
+
 def image_columns(points: list[dict], data_kind: str, planned: bool) -> dict:
     """(seed, method) -> the image-attack columns of its row."""
     by: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -114,8 +140,8 @@ def image_columns(points: list[dict], data_kind: str, planned: bool) -> dict:
     for key, cell in by.items():
         # Sorted first: the interval must not depend on the order the units' points were read
         # in (fresh, or partly reused from an earlier run).
-        gain, low, high = bootstrap_ci(sorted(cell["gain"]))
-        acc, acc_low, acc_high = bootstrap_ci(sorted(cell["correct"]))
+        gain, low, high = _interval(sorted(cell["gain"]))
+        acc, acc_low, acc_high = _interval(sorted(cell["correct"]))
         out[key] = {"recovery_gain_db": gain, "recovery_gain_db_low": low,
                     "recovery_gain_db_high": high,
                     "recovery_psnr_db": float(np.mean(cell["psnr"])) if cell["psnr"] else None,
@@ -140,30 +166,77 @@ def leaderboard_rows(points: list[dict], image: dict | None = None) -> list[dict
                 key = f"{name}_{side}"
                 row[f"ulira_{key}" if name != "median_epsilon" else key] = s.get(key)
         row.update({c: s.get(c) for c in COLUMNS})
+        row["ulira_epsilon_lb"] = row.pop("epsilon_lb")
+        row["ulira_epsilon_lb_direction"] = row.pop("epsilon_lb_direction")
         row.update(image[(int(p["seed"]), p["method"])])
         rows.append(row)
     for seed in {r["seed"] for r in rows}:
-        group = [r for r in rows if r["seed"] == seed]
-        retrain = [r["unlearn_s_per_model"] for r in group if r["unlearning_method"] == "retrain"]
-        for r in group:
-            r["wall_vs_retrain"] = (r["unlearn_s_per_model"] / retrain[0]
-                                    if retrain and retrain[0] else None)
-        order = sorted(group, key=lambda r: (r["ulira_tpr_at_1pct"], r["ulira_auc"],
-                                             -(r["unlearned_test_acc"] or 0)))
-        for rank, r in enumerate(order, start=1):
-            r["rank"] = rank
+        _rank(group=[r for r in rows if r["seed"] == seed])
     return sorted(rows, key=lambda r: (r["seed"], r["rank"]))
 
 
+def _reading(row: dict, as_retrain: bool) -> str:
+    """Which way a method's leak points (module docstring)."""
+    if row.get("below_chance"):
+        return "below chance"
+    if as_retrain:
+        return "as retraining"
+    under, over = row.get("records_under_unlearned") or 0, row.get("records_over_unlearned") or 0
+    if under == over:
+        return ("under-unlearning" if (row.get("mean_record_auc") or 0.5) >= 0.5
+                else "over-unlearning")
+    return "under-unlearning" if under > over else "over-unlearning"
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    bounds = (a.get("ulira_auc_low"), a.get("ulira_auc_high"), b.get("ulira_auc_low"),
+              b.get("ulira_auc_high"))
+    if not all(_finite(v) for v in bounds):
+        return False
+    return bounds[0] <= bounds[3] and bounds[2] <= bounds[1]
+
+
+def _rank(group: list[dict]) -> None:
+    """Rank one seed's rows by distance from retraining's AUC (module docstring)."""
+    reference = next((r for r in group if r["unlearning_method"] == REFERENCE), None)
+    centre = reference["ulira_auc"] if reference is not None else 0.5
+    for r in group:
+        if reference is None:
+            as_retrain = bool(r.get("within_null"))
+        else:
+            as_retrain = r is reference or (_overlap(r, reference) and not r.get("below_chance"))
+        r["as_retrain"] = as_retrain
+        r["reading"] = _reading(r, as_retrain)
+        r["distance_from_retrain"] = abs(r["ulira_auc"] - centre) \
+            if _finite(r.get("ulira_auc")) else None
+        r["wall_vs_retrain"] = (r["unlearn_s_per_model"] / reference["unlearn_s_per_model"]
+                                if reference is not None and reference["unlearn_s_per_model"]
+                                else None)
+        for column in RELATIVE:
+            mine = r.get(column)
+            theirs = reference.get(column) if reference is not None else None
+            r[f"{column}_vs_retrain"] = (mine - theirs if _finite(mine) and _finite(theirs)
+                                         else None)
+        r["calibrated"] = reference.get("within_null") if reference is not None else None
+    order = sorted(group, key=lambda r: (r["reading"] == "below chance", not r["as_retrain"],
+                                         r["distance_from_retrain"]
+                                         if r["distance_from_retrain"] is not None else 1.0,
+                                         -(r["unlearned_test_acc"] or 0)))
+    for rank, r in enumerate(order, start=1):
+        r["rank"] = rank
+
+
 def _finite(value) -> bool:
-    return value is not None and bool(np.isfinite(value))
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
 
 
 def leaderboard_figure(rows: list[dict]) -> bytes:
-    """Leak (U-LiRA TPR at 1 % FPR, 95 % interval) against test accuracy, one point per
-    method; retraining marks the no-leak reference. With image attacks, a second panel: the
-    feature-recovery gain over the mean image (95 % interval) per method, in rank order, with
-    the label-inference accuracy beside it."""
+    """Leak (U-LiRA AUC, 95 % interval over models and records) against test accuracy, one
+    point per method, with the band the run's null control gives a perfect unlearner;
+    retraining marks the reference. With image attacks, a second panel: the feature-recovery
+    gain over the mean image (95 % interval) per method, in rank order, with the
+    label-inference accuracy beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,22 +244,27 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
 
     image = [r for r in rows if _finite(r.get("recovery_gain_db"))]
     order = sorted(rows, key=lambda r: r["rank"])  # one colour per method in both panels
-    colour = {r["unlearning_method"]: "black" if r["unlearning_method"] == "retrain"
+    colour = {r["unlearning_method"]: "black" if r["unlearning_method"] == REFERENCE
               else f"C{i % 10}" for i, r in enumerate(order)}
     fig, axes = plt.subplots(1, 2 if image else 1, figsize=(10.4 if image else 5.6, 4.0),
                              squeeze=False)
     ax = axes[0, 0]
+    band = [r for r in rows if _finite(r.get("null_auc_low"))]
+    if band:
+        ax.axhspan(band[0]["null_auc_low"], band[0]["null_auc_high"], color="grey",
+                   alpha=0.2, label="null (nothing leaks), 95 %")
+        ax.legend(fontsize=7, loc="upper left")
     for r in rows:
-        y = r["ulira_tpr_at_1pct"]
-        err = [[y - r["ulira_tpr_at_1pct_low"]], [r["ulira_tpr_at_1pct_high"] - y]]
+        y = r["ulira_auc"]
+        low, high = r.get("ulira_auc_low"), r.get("ulira_auc_high")
+        err = [[y - low], [high - y]] if _finite(low) and _finite(high) else None
         ax.errorbar(r["unlearned_test_acc"], y, yerr=err, fmt="o", capsize=3,
                     color=colour[r["unlearning_method"]])
         ax.annotate(f"{r['rank']}. {r['unlearning_method']}",
                     (r["unlearned_test_acc"], y), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    ax.axhline(0.01, color="grey", linewidth=0.6, linestyle=":")  # chance at 1 % FPR
     ax.set_xlabel("test accuracy of the unlearned models")
-    ax.set_ylabel("U-LiRA TPR at 1 % FPR (lower leaks less)")
+    ax.set_ylabel("U-LiRA AUC (0.5: as a perfect unlearner)")
     ax.set_title(f"{rows[0]['dataset']}: unlearning methods by leak and utility", fontsize=9)
     if image:
         ax = axes[0, 1]

@@ -1,7 +1,9 @@
 """Model units of the ``per_example`` stage: ``pe_train`` (originals or references, one
-stacked ensemble per task) and ``pe_unlearn`` (one request per member, stacked where the
+stacked ensemble per task, or member by member with the method's ``train_original`` where it
+trains theta its own way) and ``pe_unlearn`` (one request per member, stacked where the
 method's maths allows). Every member is its own artifact, so reruns and other methods reuse
-it; a task whose members are all stored trains nothing."""
+it; a task whose members are all stored trains nothing. References follow the recipe of the
+method they serve (see :mod:`.planning`): ``method_index`` None trains the plain recipe."""
 
 from __future__ import annotations
 
@@ -90,7 +92,9 @@ def _load_all(ctx: TaskContext, keys: list[str], state: TrainingState) -> list |
 
 @UNIT_FUNCTIONS.register("pe_train")
 def pe_train(params: dict, ctx: TaskContext) -> Rows:
-    """Train a chunk of members (originals or references) as one stacked ensemble."""
+    """Train a chunk of members (originals, or references on the base set) by the recipe of
+    ``method_index``: the method's ``train_original`` where it overrides it, else (and for
+    None, the plain recipe) as one stacked ensemble."""
     spec: Spec = params["spec"]
     chunk: list[Member] = params["members"]
     keys = [x.key for x in chunk]
@@ -103,7 +107,8 @@ def pe_train(params: dict, ctx: TaskContext) -> Rows:
         m = params["method_index"]
         method = UNLEARNING.get(spec.unlearning[m].method) if m is not None else None
         if method is not None and method.train_original is not UnlearningMethod.train_original:
-            # A method that trains theta its own way: member by member, as it asks.
+            # A method that trains theta its own way (its originals, and the references of
+            # the challenge design that retrain it): member by member, as it asks.
             entry = spec.unlearning[m]
             models = [method().train_original(s, entry.typed_params()) for s in states]
         else:

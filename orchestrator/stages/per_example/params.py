@@ -29,6 +29,14 @@ class PerExampleParams:
     sample_seed: int = 0  # draws the targets, the base set and each member's half
     variants: tuple[str, ...] = VARIANTS
     variances: tuple[str, ...] = VARIANCES
+    # challenge: the NeurIPS 2023 challenge's grid estimator (comparable with published
+    # numbers); exact: the supremum over every threshold and interval (stronger, noisier).
+    epsilon_estimator: Literal["challenge", "exact"] = "challenge"
+    fdr: float = 0.05  # records named as leaking at this false-discovery rate (BH)
+    permutations: int = 999  # per-record permutation test (p-values down to 1/1000)
+    # The null control: permutations of which model unlearned which record (AUC; epsilon).
+    null_runs: int = 99
+    null_epsilon_runs: int = 19
     # Chen et al.'s attack on the same (theta, theta_u) pairs, for the comparison figure:
     # its attack models are fitted on the even members and score the odd ones.
     chen_features: tuple[str, ...] = ("direct_diff", "sorted_concat")
@@ -50,6 +58,10 @@ class PerExampleParams:
         check("models", self.models, low=4, integer=True)
         check("targets", self.targets, low=2, integer=True)
         check("base_size", self.base_size, low=1, integer=True)
+        check("fdr", self.fdr, low=0, high=1, low_open=True, high_open=True)
+        check("permutations", self.permutations, low=19, integer=True)
+        check("null_runs", self.null_runs, low=19, integer=True)
+        check("null_epsilon_runs", self.null_epsilon_runs, low=19, integer=True)
         for name in ("members_per_task", "exposed", "scoring_batch"):
             check(name, getattr(self, name), low=1, integer=True)
         check_seed("sample_seed", self.sample_seed)

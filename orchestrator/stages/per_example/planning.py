@@ -1,4 +1,15 @@
-"""Planning of the ``per_example`` stage: who trains on what, artifact keys, units."""
+"""Planning of the ``per_example`` stage: who trains on what, artifact keys, units.
+
+Every trained member (an original, or a reference of ``design: challenge``) is keyed by its
+data, seed and training recipe. The recipe is the method's where its ``original_recipe`` is
+not empty (it trains theta its own way: ``retrain_dp``'s DP-SGD, ``newton``'s perturbed
+objective), the plain one otherwise. The challenge design's references are the method's
+exact retraining on the base set, so they follow the same rule: a method with a recipe of its
+own gets references of its own, trained by its ``train_original`` (role ``reference`` with its
+method index); every method with an empty recipe shares one set of plain references (method
+index None), planned once per seed. References of another recipe would make U-LiRA measure
+the difference between the recipes (exact DP retraining read as AUC ~1), not membership.
+"""
 
 from __future__ import annotations
 
@@ -60,11 +71,19 @@ def forget_half(records: Records, params: PerExampleParams, seed: int, j: int) -
     return np.sort(rng.choice(records.targets, len(records.targets) // 2, replace=False))
 
 
+def _recipe(spec: Spec, method_index: int | None) -> dict:
+    """The method's ``original_recipe``: how it trains theta where that is not the plain
+    recipe ({} for the plain recipe, ``method_index`` None)."""
+    if method_index is None:
+        return {}
+    entry = spec.unlearning[method_index]
+    return UNLEARNING.get(entry.method)().original_recipe(entry.typed_params())
+
+
 def _trained_key(spec: Spec, method_index: int | None, members: np.ndarray, seed: int) -> str:
-    recipe = {}
-    if method_index is not None:  # references follow the plain recipe
-        entry = spec.unlearning[method_index]
-        recipe = UNLEARNING.get(entry.method)().original_recipe(entry.typed_params())
+    """A trained member's artifact: its data, seed and the recipe that trained it (the plain
+    one, or the method's own); methods with the same recipe share it."""
+    recipe = _recipe(spec, method_index)
     return artifact_key("pe-trained", dataset=spec.dataset.identity(), model=to_dict(spec.model),
                         training=to_dict(spec.training), recipe=recipe,
                         members=stable_hash([int(v) for v in members], 24),
@@ -93,14 +112,39 @@ def originals(spec: Spec, m: int, records: Records, params: PerExampleParams,
     return out
 
 
-def references(spec: Spec, records: Records, params: PerExampleParams,
-               seed: int) -> list[Member]:
+def reference_recipe(spec: Spec, m: int) -> int | None:
+    """Whose recipe retrains method m's references: m's own where its ``original_recipe`` is
+    not empty (it trains theta its own way, e.g. ``retrain_dp``'s DP-SGD, ``newton``'s
+    perturbed objective), so that U-LiRA compares unlearned models with the method's own
+    exact retraining and not with another recipe; None (the plain recipe) otherwise, one
+    set of references shared by every such method."""
+    return m if _recipe(spec, m) else None
+
+
+def references(spec: Spec, records: Records, params: PerExampleParams, seed: int,
+               recipe: int | None = None) -> list[Member]:
     """``design: challenge``: models retrained on the base set alone, with seeds no member
-    uses (the OUT side of every target)."""
+    uses (the OUT side of every target), by the recipe of method ``recipe`` (see
+    :func:`reference_recipe`; None: the plain recipe)."""
     if params.design != "challenge":
         return []
-    return [Member(j, records.base, s, _trained_key(spec, None, records.base, s))
+    return [Member(j, records.base, s, _trained_key(spec, recipe, records.base, s))
             for j in range(params.models) for s in [member_seed(seed, params.models + j)]]
+
+
+def check_method(spec: Spec, m: int, params: PerExampleParams) -> None:
+    """Refuse, before any work, a method whose models this stage cannot train: theta from a
+    pretrained theta_0 or a shard ensemble, for its members and (``design: challenge``) for
+    its references, which retrain the method's theta on the base set (one line each)."""
+    entry = spec.unlearning[m]
+    method = UNLEARNING.get(entry.method)
+    also = " (nor the challenge design's references)" if params.design == "challenge" else ""
+    if method.requires_pretraining:
+        raise ValueError(f"per_example: unlearning {entry.method!r} needs a pretrained "
+                         f"theta_0, which this stage does not train{also}")
+    if method.returns_ensemble:
+        raise ValueError(f"per_example: unlearning {entry.method!r} returns a shard "
+                         "ensemble, which the scoring pipeline does not stack")
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -110,13 +154,15 @@ def _chunks(items: list, size: int) -> list[list]:
 def _train_units(spec: Spec, members: list[Member], m: int | None, role: str, seed: int,
                  params: PerExampleParams) -> list[Unit]:
     units = []
+    # References of a method's own recipe say whose; plain ones are every method's.
+    whose = f" ({spec.unlearning[m].method})" if role == "reference" and m is not None else ""
     for chunk in _chunks(members, params.members_per_task):
         keys = tuple(x.key for x in chunk)
         ukey = "pe-train-" + stable_hash(keys, 24)
         units.append(Unit(ukey, "train", "pe_train",
                           {"spec": spec, "method_index": m, "role": role, "seed": seed,
                            "members": chunk, "unit_key": ukey}, MODELS_TABLE, keys,
-                          label=f"per_example {role}s x{len(chunk)} seed {seed}"))
+                          label=f"per_example {role}s{whose} x{len(chunk)} seed {seed}"))
     return units
 
 
@@ -127,23 +173,24 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
     if spec.pretraining is not None:
         raise ValueError("per_example: trains every member from scratch; remove the "
                          "'pretraining' block")
+    for m in range(len(spec.unlearning)):
+        check_method(spec, m, params)
     units: list[Unit] = []
     analyses: list[str] = []
     for seed in spec.seeds:
         records = draw_records(len(core.dataset.y_train), params, seed)
-        refs = references(spec, records, params, seed)
-        units.extend(_train_units(spec, refs, None, "reference", seed, params))
+        planned: set[str] = set()  # train units shared by methods of one recipe: once
         for m, entry in enumerate(spec.unlearning):
             method = UNLEARNING.get(entry.method)
-            if method.requires_pretraining:
-                raise ValueError(f"per_example: unlearning {entry.method!r} needs a "
-                                 "pretrained theta_0, which this stage does not train")
-            if method.returns_ensemble:
-                raise ValueError(f"per_example: unlearning {entry.method!r} returns a shard "
-                                 "ensemble, which the scoring pipeline does not stack")
+            recipe = reference_recipe(spec, m)
+            refs = references(spec, records, params, seed, recipe)
+            ref_units = _train_units(spec, refs, recipe, "reference", seed, params)
+            units.extend(u for u in ref_units if u.key not in planned)
+            planned.update(u.key for u in ref_units)
             origs = originals(spec, m, records, params, seed)
             train_units = _train_units(spec, origs, m, "original", seed, params)
-            units.extend(train_units)
+            units.extend(u for u in train_units if u.key not in planned)
+            planned.update(u.key for u in train_units)
             unlearn_keys = []
             for chunk, train in zip(_chunks(origs, params.members_per_task), train_units):
                 ukeys = tuple(unlearned_key(spec, m, x.key, x.forget) for x in chunk)
@@ -156,9 +203,7 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                                   deps=deps, label=f"per_example {entry.method} x{len(chunk)} "
                                                    f"seed {seed}"))
                 unlearn_keys.append(ukey)
-            all_keys = [u.key for u in train_units] + unlearn_keys + [
-                u.key for u in units if u.fn == "pe_train" and u.params["role"] == "reference"
-                and u.params["seed"] == seed]
+            all_keys = [u.key for u in train_units] + unlearn_keys + [u.key for u in ref_units]
             pairs = [{"index": x.index, "original": x.key, "forget": x.forget,
                       "unlearned": unlearned_key(spec, m, x.key, x.forget)} for x in origs]
             refs_keys = [{"index": x.index, "key": x.key} for x in refs]
