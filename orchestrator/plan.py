@@ -91,6 +91,25 @@ def unlearned_key(spec: Spec, seed: int, method_index: int, request: ForgetReque
                         removed=list(removed))
 
 
+def training_selection(spec: Spec, n_records: int, seed: int) -> Selection:
+    """Seed ``seed``'s split of the dataset's ``n_records`` training records (private pool,
+    theta's training set, public rest), refused when the recipe pretrains and no public
+    record is left. What the core plan trains on, hence what every stage counts."""
+    selection = select_training_set(n_records, spec.dataset.pool_size, spec.dataset.train_size,
+                                    seed)
+    if spec.pretraining is not None and len(selection.public) == 0:
+        raise ValueError("pretraining needs public data: set dataset.pool_size below "
+                         f"the {n_records} training samples")
+    return selection
+
+
+def training_set_size(spec: Spec, dataset: Dataset) -> int:
+    """N = |D| (|D_ft| when pretrained): how many records theta trains on, as the core plan
+    selects them from ``dataset`` (the same for every seed). The attacks stage and the search
+    count training steps with it (orchestrator.stages.attacks.check_reference_target)."""
+    return len(training_selection(spec, len(dataset.y_train), spec.seeds[0]).train)
+
+
 def plan_core(spec: Spec, data_root: str | None, dataset: Dataset | None = None) -> CorePlan:
     # ``dataset``: an already loaded dataset (the defences stage, which replaces the core plan
     # for membership attacks, rebuilds it for recovery attacks from its CorePlan.dataset).
@@ -98,14 +117,10 @@ def plan_core(spec: Spec, data_root: str | None, dataset: Dataset | None = None)
     core = CorePlan(spec, dataset)
     res_batch = max(1, spec.runtime.requests_per_task)
     for seed in spec.seeds:
-        selection = select_training_set(len(dataset.y_train), spec.dataset.pool_size,
-                                        spec.dataset.train_size, seed)
+        selection = training_selection(spec, len(dataset.y_train), seed)
         core.selections[seed] = selection
         pkey = pretrain_key(spec, seed)
         if pkey:
-            if len(selection.public) == 0:
-                raise ValueError("pretraining needs public data: set dataset.pool_size below "
-                                 f"the {len(dataset.y_train)} training samples")
             core.pretrain_keys[seed] = pkey
             core.units.append(Unit(pkey, "train", "pretrain",
                                    {"spec": spec, "seed": seed, "model_key": pkey},

@@ -9,6 +9,8 @@ Hu et al. assumes the attacker knows (theta_0, N, k, the unlearning step size, t
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,34 +25,65 @@ Knowledge = Literal["paper", "reference"]
 class QueryAccess:
     """Black-box access: probability vectors only, every queried input counted.
 
-    The model lives only in a closure: an attack holding a ``QueryAccess`` has no attribute
-    through which to reach its parameters. ``transform`` (logits (n, C) -> posteriors (n, C),
-    numpy) is an output defence applied to every answer, so a defended case answers with the
-    defended model.
+    The attacker holds only an opaque ticket: the model, and the output defence in front of
+    it, sit in a module-private table (:data:`_ENDPOINTS`) that the access looks its answers
+    up in. No attribute, ``__closure__``, ``__dict__``, ``__self__`` or ``__wrapped__`` of the
+    access leads to the model, so an attack cannot take the undefended logits by introspection
+    of what it was given (a Python process has no real wall: an attack that reads this
+    module's globals or the garbage collector's referents can; attacks must not).
+    ``transform`` (logits (n, C) -> posteriors (n, C), numpy) is an output defence applied to
+    every answer, so a defended case answers only with the defended outputs.
     """
 
-    __slots__ = ("_answer", "queries")
+    __slots__ = ("__weakref__", "_ticket", "queries")
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu",
                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        model = model.eval()
-        dev = torch.device(device)
-
-        @torch.no_grad()
-        def answer(x: torch.Tensor) -> torch.Tensor:
-            logits = model(x.to(dev))
-            if transform is None:
-                return torch.softmax(logits, dim=1)
-            defended = transform(logits.double().cpu().numpy())
-            return torch.as_tensor(defended, dtype=logits.dtype, device=logits.device)
-
-        self._answer = answer
+        self._open(_answerer(model.eval(), torch.device(device), transform))
         self.queries = 0
+
+    def _open(self, answer: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        ticket = next(_TICKETS)
+        _ENDPOINTS[ticket] = answer
+        weakref.finalize(self, _ENDPOINTS.pop, ticket, None)  # the table holds no dead model
+        self._ticket = ticket
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (n, *input_shape) in input space -> probabilities (n, C)."""
         self.queries += int(x.shape[0])
-        return self._answer(x)
+        return _ENDPOINTS[self._ticket](x)
+
+    def __copy__(self) -> QueryAccess:
+        """A second access to the same answers (its own ticket, the count so far)."""
+        other = object.__new__(QueryAccess)
+        other._open(_ENDPOINTS[self._ticket])
+        other.queries = self.queries
+        return other
+
+    def __deepcopy__(self, memo: dict) -> QueryAccess:
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: object):
+        raise TypeError("QueryAccess cannot be pickled: the model it answers with stays in "
+                        "this process")
+
+
+_TICKETS = itertools.count()
+_ENDPOINTS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
+def _answerer(model: nn.Module, dev: torch.device,
+              transform: Callable[[np.ndarray], np.ndarray] | None
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    @torch.no_grad()
+    def answer(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x.to(dev))
+        if transform is None:
+            return torch.softmax(logits, dim=1)
+        defended = transform(logits.double().cpu().numpy())
+        return torch.as_tensor(defended, dtype=logits.dtype, device=logits.device)
+
+    return answer
 
 
 @dataclass(frozen=True)

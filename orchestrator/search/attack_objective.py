@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from orchestrator.plan import training_set_size
 from orchestrator.provider import load_provider_pairs, load_torch_model
 from orchestrator.search.base import Objective, Report, TargetSet
 from orchestrator.stages.attack_units import scoring_context
@@ -36,20 +37,23 @@ class AttackObjective(Objective):
                  report: Report | None = None) -> dict[str, np.ndarray]:
         return evaluate_attack(self.attack, config, targets, ctx, report)
 
-    def check_config(self, spec, config: Any) -> None:
-        check_attack_config(spec, self.attack, config)
+    def check_config(self, spec, config: Any, data_root: str | None = None) -> None:
+        check_attack_config(spec, self.attack, config, data_root=data_root)
 
 
-def check_attack_config(spec, ref: str, config: Any, path: str = "search.attack") -> None:
+def check_attack_config(spec, ref: str, config: Any, path: str = "search.attack",
+                        data_root: str | None = None) -> None:
     """The attacks stage's refusals, for the pairs a search attacks (the first unlearning
     method's): a model family or data kind the attack cannot use, and the exact reference
-    target without a pretrained theta0 or after more than one training step."""
+    target without a pretrained theta0 or after more than one training step -- counted on
+    the training records the core plan selects from the dataset (loaded from ``data_root``
+    only when the step count decides), as the stage counts them."""
     threat = ATTACKS.get(ref)().threat_model(config)
     if threat.model_family == "torch" and spec.model.family != "torch":
         raise ValueError(f"{path}: attack {ref!r} needs a torch model, got {spec.model.name!r}")
     if threat.knowledge == "reference":
-        n_train = spec.dataset.train_size or spec.dataset.pool_size
-        check_reference_target(spec, spec.unlearning[0].method, path, n_train or 1 << 30)
+        check_reference_target(spec, spec.unlearning[0].method, path,
+                               lambda: training_set_size(spec, spec.dataset.load(data_root)))
 
 
 def evaluate_attack(ref: str, config: Any, targets: TargetSet, ctx: TaskContext,

@@ -50,9 +50,10 @@ class Objective:
     def check_spec(self, spec: Spec) -> None:
         """Raise ValueError when the experiment cannot feed this objective."""
 
-    def check_config(self, spec: Spec, config: Any) -> None:
+    def check_config(self, spec: Spec, config: Any, data_root: str | None = None) -> None:
         """Raise ValueError when ``config`` cannot attack the experiment's model pairs (checked
-        on the base configuration when the search spec loads)."""
+        on the base configuration when the search spec loads; ``data_root``: where a check
+        that needs the dataset, e.g. its number of training records, reads it)."""
 
     def prepare(self, spec: Spec, results, ctx: TaskContext, progress: bool) -> None:
         raise NotImplementedError

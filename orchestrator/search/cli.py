@@ -35,8 +35,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     study_errors = (SearchStateError,)  # "--resume: nothing to resume ..." and the like
 
+    # A named data root that is no folder is refused below, after the spec's own errors.
+    root = None if data_root_problem(args) else resolved_data_root(args)
     try:
-        plan = load_search_file(args.spec, args.set)
+        plan = load_search_file(args.spec, args.set, root)
     except Exception as err:
         if (line := refusal(err, as_is=study_errors)) is None:
             raise

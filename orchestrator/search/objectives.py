@@ -182,8 +182,9 @@ class DefenceObjective(Objective):
     default_metric = "leakage"
     intermediate = ("matching_loss",)
 
-    def check_config(self, spec, config):
-        check_attack_config(spec, config.attacker, config.attack_config(), "search.attack.attack")
+    def check_config(self, spec, config, data_root=None):
+        check_attack_config(spec, config.attacker, config.attack_config(), "search.attack.attack",
+                            data_root)
 
     def evaluate(self, targets, ctx, config, report=None):
         from tasks.analysis import SCORERS

@@ -253,8 +253,10 @@ def parse_search(data: Any, path: str = "search") -> SearchSpec:
                       raw.fanout, raw.baseline)
 
 
-def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPlan:
+def load_search(data: Mapping[str, Any], overrides: list[str] = (),
+                data_root: str | None = None) -> SearchPlan:
     """A spec mapping (with ``search:``) and --set overrides -> :class:`SearchPlan`.
+    ``data_root``: where the objective's checks read the dataset when one needs it.
 
     Raises :class:`SpecError` whose message starts with the offending key path.
     """
@@ -298,7 +300,8 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
             raise SpecError(str(err)) from None
         return plan
     try:
-        objective().check_config(base, objective().config(plan.attack_settings({})))
+        objective().check_config(base, objective().config(plan.attack_settings({})),
+                                 data_root=data_root)
     except ValueError as err:
         raise SpecError(str(err)) from None
     needed = search.targets + search.heldout
@@ -308,5 +311,6 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = ()) -> SearchPla
     return plan
 
 
-def load_search_file(path, overrides: list[str] = ()) -> SearchPlan:
-    return load_search(read_spec_file(path), overrides)
+def load_search_file(path, overrides: list[str] = (), data_root: str | None = None
+                     ) -> SearchPlan:
+    return load_search(read_spec_file(path), overrides, data_root)

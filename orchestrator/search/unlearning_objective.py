@@ -69,7 +69,8 @@ class UnlearningObjective(Objective):
         "forget_loss": "maximize", "reference_forget_loss": "maximize"}
     default_metric = "target_gap"
 
-    def check_config(self, spec: Spec, config: UtilityTarget) -> None:
+    def check_config(self, spec: Spec, config: UtilityTarget,
+                     data_root: str | None = None) -> None:
         _reference_index(spec, config)
 
     def evaluate(self, targets: TargetSet, ctx: TaskContext, config: UtilityTarget,

@@ -62,7 +62,11 @@ def scoring_context(spec: Spec, dataset, seed: int) -> ScoringContext:
 
 @UNIT_FUNCTIONS.register("attack_prepare")
 def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
-    """The attack's work against the original alone (e.g. probes), stored as arrays."""
+    """The attack's work against the original alone (e.g. probes), stored as arrays.
+
+    ``params["defence"]`` (the defences stage): an output defence the original's query access
+    answers through, so a black-box attacker crafts against the defended outputs it scores
+    with (``transform_params``: its typed settings)."""
     spec: Spec = params["spec"]
     entry, seed, key = params["entry"], params["seed"], params["prepared_key"]
     attack = entry.attack_class()()
@@ -76,8 +80,14 @@ def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
     d = state.dataset
     meta = PublicMetadata(dataset=d.name, kind=d.kind, input_shape=tuple(d.input_shape),
                           num_classes=d.num_classes, mean=d.mean, std=d.std)
+    transform = None
+    if params.get("defence", "none") != "none":
+        from tasks.defences import output_transform
+
+        transform = output_transform(params["defence"], params.get("transform_params"))
     case = Case(meta, theta=private if threat.white_box else None,
-                query_original=QueryAccess(private, state.device), device=state.device)
+                query_original=QueryAccess(private, state.device, transform),
+                device=state.device)
     start = time.perf_counter()
     arrays = reuse(partial(ctx.store.load_arrays, key)) if ctx.store.has(key, ".npz") else None
     if arrays is None:

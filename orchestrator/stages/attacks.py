@@ -25,10 +25,19 @@ scorer (:mod:`tasks.analysis`) writes rows to the scorer's table. The ``recovery
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from orchestrator.plan import CorePlan, ModelPair, Unit, original_key, recipe_id, unlearned_key
+from orchestrator.plan import (
+    CorePlan,
+    ModelPair,
+    Unit,
+    original_key,
+    recipe_id,
+    training_set_size,
+    unlearned_key,
+)
 from orchestrator.spec import Spec, UnlearningSpec, stable_hash
 from orchestrator.stage_registry import STAGES, StageEntry
 from orchestrator.store import artifact_key
@@ -148,24 +157,29 @@ def check_entry(spec: Spec, name: str, entry: AttackEntry, core: CorePlan,
         if method not in names:
             raise ValueError(f"{path}.methods: {method!r} is not among the unlearning methods "
                              f"({', '.join(sorted(names))})")
-    if threat.knowledge == "reference":
+    if threat.knowledge == "reference" and core.selections:
+        n_train = training_set_size(spec, core.dataset)  # what every seed's selection holds
         for m in methods:
             if entry.methods and m.method not in entry.methods:
                 continue
-            for selection in core.selections.values():
-                check_reference_target(spec, m.method, path, len(selection.train))
+            check_reference_target(spec, m.method, path, n_train)
 
 
-def check_reference_target(spec: Spec, method: str, path: str, n_train: int) -> None:
+def check_reference_target(spec: Spec, method: str, path: str,
+                           n_train: int | Callable[[], int]) -> None:
     """The exact reference target -(N(theta - theta0) - (N - k)(theta_u - theta0)) holds only
     for one full-batch training step from a pretrained theta0; refuse it otherwise (the stage
-    and the search alike)."""
+    and the search alike). ``n_train``: N (:func:`orchestrator.plan.training_set_size`), or a
+    function giving it, called only when the step count decides (the search loads no data
+    for a spec refused before)."""
     if not UNLEARNING.get(method).exact:
         return
     if spec.pretraining is None:
         raise ValueError(f"{path}: reference knowledge against exact unlearning ({method!r}) "
                          "needs a pretrained theta0 (a pretraining: section); attack only "
                          "approximate methods (methods:) or use knowledge: paper")
+    if callable(n_train):
+        n_train = n_train()
     steps = spec.training.epochs * -(-n_train // spec.training.batch_size)
     if steps > 1:
         raise ValueError(f"{path}: reference knowledge against exact unlearning ({method!r}) "

@@ -33,7 +33,7 @@ from tasks.defences.base import (
     UpdateDefence,
 )
 from tasks.defences.dp import DPParams, DPResult, dp_epsilon, train_dp
-from tasks.defences.outputs import defend_outputs, register_output_transforms
+from tasks.defences.outputs import defend_outputs, output_transform, register_output_transforms
 from tasks.defences.update import prunable, prune_count
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "UpdateDefence",
     "defend_outputs",
     "dp_epsilon",
+    "output_transform",
     "prunable",
     "prune_count",
     "register_output_transforms",

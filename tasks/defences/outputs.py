@@ -19,6 +19,7 @@ probabilities and temperature acts on log p.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,20 @@ def defend_outputs(logits: np.ndarray, defence: str = "none",
         raise DefenceError(f"defence {defence!r} acts on {cls.acts_on}, not on outputs")
     d = cls()
     return d.apply(logits, d.params(None, params, defence))
+
+
+def output_transform(defence: str, params: dict[str, Any] | None = None
+                     ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What a query answer goes through under ``defence`` (logits -> defended posteriors), for
+    :class:`tasks.cases.QueryAccess`: None unless ``defence`` acts on outputs."""
+    if defence == "none" or DEFENCES.get(defence).acts_on != "outputs":
+        return None
+    settings = dict(params or {})
+
+    def transform(logits: np.ndarray) -> np.ndarray:
+        return defend_outputs(logits, defence, settings)
+
+    return transform
 
 
 def register_output_transforms(registry) -> list[str]:

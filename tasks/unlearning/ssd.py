@@ -53,10 +53,16 @@ class SelectiveSynapticDampening(UnlearningMethod):
     """Selective Synaptic Dampening (Foster, Schoepf and Brintrup, "Fast machine unlearning
     without retraining through selective synaptic dampening", AAAI 2024).
 
-    Without any training, compares the diagonal Fisher importance of every weight on U (I_f)
-    with that on the retained records (I_d), and multiplies each weight with
-    I_f > alpha * I_d by beta = min(dampening * I_d / I_f, 1). Importances use per-record
-    gradients of the CE loss with theta in eval mode.
+    Without any training, compares the diagonal Fisher importance of every weight on the
+    forget set D_f = U ([]_{D_f}) with its importance on the training data D ([]_D), and
+    multiplies each weight with []_{D_f} > alpha []_D by beta = min(lambda []_D / []_{D_f}, 1).
+    The paper defines []_D on the whole training set D, of which D_f is a subset, and the
+    authors' code computes it on a loader over retain + forget records
+    (``calc_importance(full_train_dl)``); so here []_D is computed on every record theta
+    still stands for before this request (the training set minus the records earlier
+    requests removed), U included -- not on the retained records alone. Importances
+    are mean squared per-record CE-loss gradients (diagonal empirical Fisher), theta in eval
+    mode.
     """
 
     name = "ssd"
@@ -77,22 +83,23 @@ class SelectiveSynapticDampening(UnlearningMethod):
         self.check_family(state)
         device = state.device
         model = copy_model(state.original).to(device).eval()
-        gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
-        keep = np.asarray(state.train_indices, dtype=np.int64)
-        retain = keep[~np.isin(keep, gone)]
         forget = np.asarray(request.indices, dtype=np.int64)
+        # D: the whole training set theta now stands for, the forget set included (the paper's
+        # []_D), only the records removed by earlier requests left out.
+        keep = np.asarray(state.train_indices, dtype=np.int64)
+        whole = keep[~np.isin(keep, np.asarray(state.removed, dtype=np.int64))]
         d = state.dataset
 
         def importance(idx: np.ndarray) -> dict[str, torch.Tensor]:
             return fisher_diagonal(model, torch.as_tensor(d.x_train[idx], device=device),
                                    torch.as_tensor(d.y_train[idx], device=device))
 
-        i_forget, i_retain = importance(forget), importance(retain)
+        i_forget, i_whole = importance(forget), importance(whole)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n not in i_forget:
                     continue  # frozen weights take no part
-                i_f, i_d = i_forget[n], i_retain[n]
+                i_f, i_d = i_forget[n], i_whole[n]
                 selected = i_f > params.alpha * i_d
                 # Selected weights have i_f > 0; the others divide by 1 and are left alone.
                 ratio = params.dampening * i_d / torch.where(selected, i_f, torch.ones_like(i_f))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,57 @@ class TestSsd(UnlearningConformance):
             assert torch.all(q.abs() <= p.abs())
             shrunk += int((q != p).sum())
         assert shrunk > 0
+
+    def test_global_importance_is_taken_on_the_whole_training_set(self, monkeypatch) -> None:
+        # Foster et al.: []_D is the importance over the whole training set D, the forget
+        # set included (D_f is a subset of D), not over the retained records alone.
+        from tasks.unlearning import ssd
+
+        method, state, params = self.trained("torch")
+        request = self.class_request(state)
+        seen, real = [], ssd.fisher_diagonal
+
+        def spy(model, x, y):
+            seen.append(x.detach().cpu().numpy())
+            return real(model, x, y)
+
+        monkeypatch.setattr(ssd, "fisher_diagonal", spy)
+        method.unlearn(state, request, params)
+        d = state.dataset
+        forget, whole = d.x_train[list(request.indices)], d.x_train[state.train_indices]
+        assert len(seen) == 2
+        assert any(np.array_equal(x, forget) for x in seen)
+        assert any(np.array_equal(x, whole) for x in seen), \
+            f"[]_D on {sorted(len(x) for x in seen)} records, D has {len(whole)}"
+        # and the forget records do change it: D differs from the retained records
+        global_d = real(state.original.eval(), torch.as_tensor(whole),
+                        torch.as_tensor(d.y_train[state.train_indices]))
+        keep = np.setdiff1d(state.train_indices, request.indices)
+        retained = real(state.original.eval(), torch.as_tensor(d.x_train[keep]),
+                        torch.as_tensor(d.y_train[keep]))
+        assert any(not torch.allclose(global_d[n], retained[n]) for n in global_d)
+
+    def test_earlier_removals_leave_the_global_importance(self, monkeypatch) -> None:
+        # D is what theta still stands for: records unlearned by earlier requests are gone.
+        import dataclasses
+
+        from tasks.unlearning import ssd
+
+        method, state, params = self.trained("torch")
+        request = self.class_request(state)
+        earlier = tuple(int(i) for i in np.setdiff1d(state.train_indices,
+                                                     request.indices)[:5])
+        state = dataclasses.replace(state, removed=earlier)
+        sizes, real = [], ssd.fisher_diagonal
+
+        def spy(model, x, y):
+            sizes.append(len(x))
+            return real(model, x, y)
+
+        monkeypatch.setattr(ssd, "fisher_diagonal", spy)
+        method.unlearn(state, request, params)
+        assert sorted(sizes) == sorted([len(request.indices),
+                                        len(state.train_indices) - len(earlier)])
 
     def test_params_must_be_positive(self) -> None:
         for key in ("alpha", "dampening"):

@@ -149,3 +149,39 @@ def test_exact_reference_target_is_refused_as_in_the_attacks_stage():
         load_search(data)
     data["search"]["attack"].update(knowledge="paper", label_mode="inferred")
     assert load_search(data).search.objective == "inversion"
+
+
+def _verdict(run) -> str:
+    """"accepted", or the refusal without the section path that prefixes it."""
+    try:
+        run()
+    except (SpecError, ValueError) as err:
+        return str(err).split(": ", 1)[1] if str(err).startswith(("search.", "attacks.")) \
+            else str(err)
+    return "accepted"
+
+
+@pytest.mark.parametrize("dataset", [{}, {"train_size": 500}, {"pool_size": 1000},
+                                     {"pool_size": 1000, "train_size": 500}])
+@pytest.mark.parametrize("batch_size", [4096, 200])
+def test_exact_reference_target_counts_steps_on_the_stages_training_set(dataset, batch_size):
+    # The search counts theta's training steps on the records the core plan selects (N from
+    # the dataset itself when neither train_size nor pool_size is set), so it accepts an
+    # exact reference target exactly when the attacks stage does, and refuses it for the
+    # stage's reason (no 2**30-record guess).
+    from orchestrator.plan import plan_run
+    from orchestrator.spec import expand
+
+    attack = {"iterations": 20, "restarts": 1, "knowledge": "reference", "label_mode": "known"}
+    data = spec(attack=attack)
+    del data["search"]["space"]["unlearning.0.lr"]
+    data["dataset"].update(dataset)
+    data.update(unlearning=[{"method": "retrain"}], pretraining={"epochs": 1},
+                training={"epochs": 1, "batch_size": batch_size})
+    run = {k: v for k, v in copy.deepcopy(data).items() if k != "search"}
+    run["attacks"] = {"ref": {"attack": "inversion", "config": attack}}
+    stage = _verdict(lambda: plan_run(expand(run)[0], None))
+    search = _verdict(lambda: load_search(data))
+    assert search == stage
+    if batch_size == 4096 and "pool_size" in dataset:
+        assert stage == "accepted"  # one full-batch step: both accept

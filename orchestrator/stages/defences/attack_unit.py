@@ -2,8 +2,10 @@
 
 The defence wraps the case: an ``update`` defence replaces theta_u by the model the provider
 publishes; an ``outputs`` defence sits inside the case's query access, so every answer the
-attacker gets (of theta and theta_u alike) is defended. The attack and its scorer are the ones
-of the generic ``attacks`` stage, so any registered attack is measured here with no new code.
+attacker gets (of theta and theta_u alike) is defended, and a black-box attack's prepare step
+(its probes) crafts through the same defended access (planning gives it a prepare unit of its
+own). The attack and its scorer are the ones of the generic ``attacks`` stage, so any
+registered attack is measured here with no new code.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from orchestrator.stages.attack_units import scoring_context
 from orchestrator.stages.defences.common import common, seed_of, test_acc, update_data, write_point
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from tasks.defences import DEFENCES, defend_outputs
+from tasks.defences import DEFENCES, output_transform
 from tasks.training import accuracy, predict_logits
 
 
@@ -38,10 +40,7 @@ def defence_attack(params: dict, ctx: TaskContext) -> Rows:
     update = dobj is not None and dobj.acts_on == "update"
     dparams = dobj.params(params["strength"], params["defence_params"], defence) if update \
         else None
-    transform = None
-    if dobj is not None and dobj.acts_on == "outputs":
-        def transform(logits: np.ndarray) -> np.ndarray:
-            return defend_outputs(logits, defence, params["transform_params"])
+    transform = output_transform(defence, params["transform_params"])
     uctx, records = update_data(spec, state, seed, params["finetune_source"])
     cases, truths, acc_u, acc_ud, forget_acc = [], [], [], [], []
     for pair in params["pairs"]:
@@ -58,6 +57,8 @@ def defence_attack(params: dict, ctx: TaskContext) -> Rows:
         cases.append(case)
         truths.append(truth)
     defend_wall = time.perf_counter() - start
+    # Under an output defence a black-box attack's prepare unit crafted through the defended
+    # access too (planning: the prepared key is the defended one).
     prepared = (ctx.store.load_arrays(params["prepared_key"]) if params.get("prepared_key")
                 else None)
     # The attacks stage's seeds: every strength starts from the same randomness (paired rows).

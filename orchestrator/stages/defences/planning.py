@@ -13,6 +13,7 @@ from orchestrator.spec import Spec, UnlearningSpec, stable_hash
 from orchestrator.stages.attacks import AttackEntry, plan_entries
 from orchestrator.stages.defences.settings import TABLE, DefencesStage, _points
 from orchestrator.stages.membership import MembershipParams, plan_membership
+from orchestrator.store import artifact_key
 from orchestrator.tables import FIGURE_INDEX
 from tasks.defences import DEFENCES, DPParams, defend_outputs
 from tasks.params import to_dict
@@ -61,6 +62,8 @@ def _plan_case_attack(spec: Spec, core: CorePlan, stage: DefencesStage, attack: 
     rebuilt = plan_core(spec, None, dataset=core.dataset)
     planned = plan_entries(spec, rebuilt, entries, f"defences.{attack}")
     kept = [u for u in planned if u.fn not in ("attack_batch", "attack_figure")]
+    prepares = {u.key: u for u in kept if u.fn == "attack_prepare"}
+    defended: dict[str, Unit] = {}  # prepare units crafting through a defended access
     groups: dict[tuple[str, int, int], list[Unit]] = {}
     for u in planned:
         if u.fn == "attack_batch":
@@ -71,12 +74,20 @@ def _plan_case_attack(spec: Spec, core: CorePlan, stage: DefencesStage, attack: 
         p = batches[0].params
         pairs = [pair for b in batches for pair in b.params["pairs"]]
         deps = tuple(dict.fromkeys(d for b in batches for d in b.deps))
+        black_box = not p["entry"].resolve().threat.white_box
         for defence, strength, dparams in _points(spec, stage, attack):
             tparams: dict[str, Any] = {}
+            prepared, unit_deps = p["prepared_key"], deps
             if defence != "none" and DEFENCES.get(defence).acts_on == "outputs":
                 tparams = to_dict(DEFENCES.get(defence)().params(strength, dparams, defence))
                 # Fail at planning, not in a worker: e.g. top-k needs k < C of this dataset.
                 defend_outputs(np.zeros((1, core.dataset.num_classes)), defence, tparams)
+                if black_box and prepared is not None:
+                    # A black-box attacker crafts (probes) through the access it faces: the
+                    # defended one, as it scores; not through the undefended original.
+                    own = _defended_prepare(prepares[prepared], defence, tparams, defended)
+                    unit_deps = tuple(own.key if d == prepared else d for d in deps)
+                    prepared = own.key
             key = "defence-" + stable_hash(
                 [spec.config_hash, attack, [b.key for b in batches], defence, strength,
                  dparams, stage.finetune_source], 24)
@@ -84,14 +95,32 @@ def _plan_case_attack(spec: Spec, core: CorePlan, stage: DefencesStage, attack: 
                               {"spec": p["spec"], "base_spec": spec, "seed": p["seed"],
                                "method_index": p["method_index"], "pairs": pairs,
                                "entry": p["entry"], "name": p["name"],
-                               "attack_label": attack, "prepared_key": p["prepared_key"],
+                               "attack_label": attack, "prepared_key": prepared,
                                "pretrain_key": p["pretrain_key"], "defence": defence,
                                "strength": strength, "defence_params": dparams,
                                "transform_params": tparams,
                                "finetune_source": stage.finetune_source, "key": key},
-                              TABLE, (key,), deps=deps,
+                              TABLE, (key,), deps=unit_deps,
                               label=f"defence {defence} {strength} {attack} {p['name']}"))
+    # The undefended prepare units only where some sweep point still reads them.
+    needed = {d for u in units for d in u.deps}
+    kept = [u for u in kept if u.fn != "attack_prepare" or u.key in needed]
+    kept += list(defended.values())
     return _with_deps(rebuilt.units + kept, kept + units)
+
+
+def _defended_prepare(base: Unit, defence: str, tparams: dict[str, Any],
+                      made: dict[str, Unit]) -> Unit:
+    """``base`` (an ``attack_prepare`` unit) crafting through the original's query access
+    under output defence ``defence``: one per (original, defence settings), in ``made``."""
+    key = artifact_key("prepared", base=base.key, defence=defence, transform=tparams)
+    if key not in made:
+        made[key] = Unit(key, base.kind, base.fn,
+                         {**base.params, "prepared_key": key, "defence": defence,
+                          "transform_params": tparams},
+                         base.table, (key,), deps=base.deps,
+                         label=f"{base.label} under {defence}")
+    return made[key]
 
 
 def _with_deps(available: list[Unit], units: list[Unit]) -> list[Unit]:
