@@ -71,8 +71,12 @@ def _frame_html(df: pd.DataFrame, max_rows: int = 40) -> str:
 
 def _verdict_html(v: vd.Verdict) -> str:
     leaks = v.sentence.split(":", 1)[0]
-    cls = "ok" if leaks.startswith("no clear") or "not recovered" in leaks else "leak"
-    if v.attack == "defence":
+    cls = ("ok" if leaks.startswith(("no clear", "no evidence")) or "not recovered" in leaks
+           else "leak")
+    # No colour where there is no verdict: one sample, a design that cannot show a leak, a
+    # defence's measurement.
+    if v.attack == "defence" or leaks in (vd.SINGLE, "no pre-registered test, so no verdict") \
+            or leaks.startswith("this design cannot"):
         cls = ""
     return (f"<div class='verdict {cls}'><span class='tag'>{_e(v.attack)} — "
             f"{_e(v.method)}, {_e(v.config)}:</span> {_e(v.sentence)}</div>")
@@ -176,6 +180,10 @@ def render(results: Results) -> str:
         for attack, items in by_attack.items():
             parts.append(f"<h3>{_e(attack.capitalize())}</h3>")
             parts += [_verdict_html(v) for v in items]
+            note = (vd.exploratory_note(frames.get("mia"))
+                    if attack == "membership inference" else None)
+            if note:
+                parts.append(f"<p class='small'>{_e(note)}</p>")
     elif {"guesses", "membership_ranking"} & set(frames):
         parts.append("<p>The forget set is unknown (<code>pair.forget: unknown</code>): the "
                      "attacks' guesses are below — recovered inputs, inferred classes, the "
@@ -242,11 +250,14 @@ def _calibration_html(board: pd.DataFrame | None) -> list[str]:
     out = []
     for _, row in board[board["calibration"].notna()].sort_values("seed").iterrows():
         text = str(row["calibration"])
-        where = (f"U-LiRA AUC {row['ulira_auc']:.3f}, null range "
-                 f"[{row['null_auc_low']:.3f}, {row['null_auc_high']:.3f}]; median epsilon "
-                 f"{row['median_epsilon']:.2f}, null up to "
-                 f"{row['null_median_epsilon_high']:.2f}, from permutations of this run's "
-                 f"{int(row['n_models'])} models and {int(row['n_records'])} records")
+        where = (f"U-LiRA AUC {row['ulira_auc']:.3f} against {row['null_auc']:.3f} for a "
+                 f"perfect unlearner at this design (95 % of permutations in "
+                 f"[{row['null_auc_low']:.3f}, {row['null_auc_high']:.3f}], permutation "
+                 f"p = {row['null_auc_p']:.2f}); median epsilon {row['median_epsilon']:.2f} "
+                 f"against {row['null_median_epsilon']:.2f} (p = "
+                 f"{row['null_median_epsilon_p']:.2f}); permutations of which of this run's "
+                 f"{int(row['n_models'])} models unlearned which of its "
+                 f"{int(row['n_records'])} records")
         cls = "bad" if text.startswith("not") else "small"
         out.append(f"<p class='{cls}'><b>Null control (seed {_e(row['seed'])}, "
                    f"{_e(row['unlearning_method'])}):</b> {_e(text)} ({_e(where)})."
@@ -264,8 +275,8 @@ def _leaderboard_html(df: pd.DataFrame) -> str:
             "perfect unlearner; a method leaks in either direction, still more confident on "
             "forgotten records (under-unlearning) or less (over-unlearning), and <b>reads "
             "as</b> says which. Methods are ranked by their distance from retraining's AUC; "
-            "those whose interval overlaps retraining's are grouped with it (\"as "
-            "retraining\"), and an attack reading below its permutation null is marked "
+            "those whose own permutation test finds no leak (the run's null control, at 1 %) "
+            "are grouped with it (\"as retraining\"), and an attack reading below its permutation null is marked "
             "\"below chance\", not ranked as a small leak. <b>Records named</b>: records "
             "whose own permutation test rejects at the stated false-discovery rate "
             "(Benjamini-Hochberg). <b>eps lower bound</b>: with 95 % confidence the unlearned "

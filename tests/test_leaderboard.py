@@ -63,7 +63,9 @@ def test_every_method_is_ranked_with_its_settings(board):
     assert board["method_params"].notna().all()
     assert board["unlearned_test_acc"].between(0, 1).all()
     assert (board["wall_vs_retrain"] > 0).all()
-    assert (board["chen_auc_high"] - board["chen_auc_low"] > 0.01).all()
+    # Intervals over models and records (an attack model that predicts one constant on a
+    # method's pairs has AUC 0.5 in every resample: at most one such row here).
+    assert (board["chen_auc_high"] - board["chen_auc_low"] > 0.01).sum() >= len(board) - 1
     assert set(board["reading"]) <= {"as retraining", "under-unlearning", "over-unlearning",
                                      "below chance"}
 
@@ -105,14 +107,18 @@ def test_below_chance_over_and_under_unlearning_are_told_apart():
         _point("retrain", 0.50, 0.48, 0.52),
         _point("worse_than_a_coin", 0.30, 0.27, 0.33),  # the old board ranked this first
         _point("close", 0.51, 0.49, 0.53),
+        _point("overlaps_but_tested", 0.54, 0.50, 0.58, within_null=False),
         _point("ascent", 0.80, 0.77, 0.83, records_under_unlearned=9,
                mean_record_auc=0.7),
         _point("overdone", 0.70, 0.67, 0.73, records_over_unlearned=7,
                mean_record_auc=0.35),
     ])
     by = {r["unlearning_method"]: r for r in rows}
-    assert [r["unlearning_method"] for r in rows] == ["retrain", "close", "overdone",
+    assert [r["unlearning_method"] for r in rows] == ["retrain", "close",
+                                                      "overlaps_but_tested", "overdone",
                                                       "ascent", "worse_than_a_coin"]
+    # Its interval overlaps retraining's, but its own permutation test finds a leak.
+    assert not by["overlaps_but_tested"]["as_retrain"]
     assert by["close"]["reading"] == "as retraining" and by["close"]["as_retrain"]
     assert by["ascent"]["reading"] == "under-unlearning"
     assert by["overdone"]["reading"] == "over-unlearning"

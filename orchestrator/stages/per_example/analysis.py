@@ -36,7 +36,12 @@ from orchestrator.tables import ARRAYS_DIR
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.analysis.dp_bounds import attack_epsilon_lower_bound
 from tasks.analysis.epsilon import forget_score
-from tasks.analysis.null_control import membership_epsilons, permutation_null, within_null
+from tasks.analysis.null_control import (
+    below_chance,
+    membership_epsilons,
+    permutation_null,
+    within_null,
+)
 from tasks.analysis.per_example import lira_scores, record_summary, roc_metrics
 from tasks.analysis.record_tests import benjamini_hochberg, record_auc, record_pvalues
 from tasks.attacks.membership_features import build_features, fit_and_score, softmax
@@ -149,7 +154,7 @@ def _intervals(scores: np.ndarray, member_in: np.ndarray, eps: np.ndarray | None
         for name in ("auc", "tpr_at_1pct", "tpr_at_0_1pct"):
             draws.setdefault(name, []).append(metrics[name])
         if eps is not None:
-            draws.setdefault("median_epsilon", []).append(float(np.median(eps[cols])))
+            draws.setdefault("median_epsilon", []).append(float(np.nanmedian(eps[cols])))
     out = {}
     for name, values in draws.items():
         out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in
@@ -187,7 +192,8 @@ def _record_stats(phi: np.ndarray, member_in: np.ndarray, eps: np.ndarray,
     auc_r = record_auc(phi, member_in)
     p = record_pvalues(phi, member_in, permutations=settings.permutations, seed=seed)
     named = benjamini_hochberg(p, settings.fdr)
-    exposure = np.lexsort((-eps, np.nan_to_num(p, nan=2.0)))  # smallest p first, then eps
+    # Smallest p first, then largest epsilon; records without either last.
+    exposure = np.lexsort((np.nan_to_num(-eps, nan=np.inf), np.nan_to_num(p, nan=2.0)))
     rank = np.empty(len(eps), dtype=np.int64)
     rank[exposure] = np.arange(1, len(eps) + 1)
     return {"auc": auc_r, "p": p, "named": named, "rank": rank, "exposure": exposure}
@@ -229,7 +235,10 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
         per_side, sides = n, "unlearned vs retrained references"
     estimator = settings.epsilon_estimator
     eps = membership_epsilons(phi, member_in, estimator)
-    score_fs = forget_score(eps, per_side)
+    # A record with fewer than two models on a side has no epsilon (NaN): left out of its
+    # summaries, which say over how many records they are (n_records_epsilon).
+    scored_eps = eps[~np.isnan(eps)]
+    score_fs = forget_score(scored_eps, per_side)
     base = {"experiment": spec.experiment, "config_hash": spec.config_hash,
             "seed": seed, "design": settings.design, "unlearning_method": method,
             "dataset": spec.dataset.name, "model": spec.model.name, "n_models": len(phi),
@@ -246,8 +255,9 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
                    "variant": variant, "variance": variance, **metrics,
                    **{f"odd_{k}": v for k, v in odd_metrics.items()},
                    **_bound(scores, member_in, ~odd, odd),
-                   "median_epsilon": float(np.median(eps)),
-                   "p90_epsilon": float(np.quantile(eps, 0.9)), "forget_score": score_fs,
+                   "median_epsilon": float(np.median(scored_eps)),
+                   "p90_epsilon": float(np.quantile(scored_eps, 0.9)),
+                   "n_records_epsilon": len(scored_eps), "forget_score": score_fs,
                    "forget_score_k": per_side, "epsilon_estimator": estimator,
                    "epsilon_sides": sides, "models_per_side": per_side}
             rows.append(row)
@@ -267,8 +277,8 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
         if row["main"]:
             row.update(_intervals(main, member_in, eps, seed), **null,
                        intervals_over=INTERVALS)
-            row["within_null"] = within_null(row["auc"], row["median_epsilon"], null)
-            row["below_chance"] = bool(row["auc"] < null["null_auc_low"])
+            row["within_null"] = within_null(null)
+            row["below_chance"] = below_chance(row["auc"], null)
             row["calibration"] = _calibration(method, row["within_null"], settings.design,
                                               per_side, main_key[1])
     if settings.design == "ulira":

@@ -40,7 +40,8 @@ def epsilon_figure(points: list[dict]) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for p in points:
-        eps = np.sort(np.asarray(p["epsilons"]))
+        eps = np.sort(np.asarray(p["epsilons"], dtype=float))
+        eps = eps[~np.isnan(eps)]
         ax.step(eps, np.arange(1, len(eps) + 1) / len(eps), where="post",
                 label=f"{p['method']} (seed {p['seed']})")
     ax.set_xlabel("per-record epsilon")

@@ -4,7 +4,8 @@ The board reads both ways. U-LiRA's AUC measures how far a method's unlearned mo
 models that never saw the records, in either direction: still more confident on them
 (under-unlearning) or less (over-unlearning, which an attacker reads just as well). Methods
 are ranked by that distance from exact retraining's own AUC in the same run; methods whose
-95 % interval overlaps retraining's are grouped with it ("as retraining") ahead of the rest,
+own permutation test (the run's null control, at 1 %) finds no leak are grouped with it ("as
+retraining") ahead of the rest,
 and an attack reading below its permutation null is marked "below chance" rather than ranked as
 a small leak. Each row also says which way the records it names at the false-discovery rate
 lean, whether the run's null control holds (retraining inside the run's permutation null), and the
@@ -51,7 +52,7 @@ COLUMNS = ("p90_epsilon", "forget_score", "forget_score_k", "records_half_leak",
            "records_leaking", "records_under_unlearned", "records_over_unlearned", "fdr",
            "mean_record_auc", "epsilon_lb", "epsilon_lb_direction", "within_null",
            "below_chance", "calibration", "null_auc_low", "null_auc_high",
-           "null_tpr_at_1pct_high", "null_median_epsilon", "null_median_epsilon_high",
+           "null_tpr_at_1pct_high", "null_auc", "null_median_epsilon", "null_median_epsilon_high",
            "null_auc_p", "null_median_epsilon_p",
            "epsilon_estimator", "epsilon_sides", "intervals_over", "unlearned_test_acc",
            "unlearned_retain_acc", "forget_acc", "original_test_acc", "unlearn_s_per_model",
@@ -201,10 +202,17 @@ def _rank(group: list[dict]) -> None:
     reference = next((r for r in group if r["unlearning_method"] == REFERENCE), None)
     centre = reference["ulira_auc"] if reference is not None else 0.5
     for r in group:
-        if reference is None:
-            as_retrain = bool(r.get("within_null"))
+        # Indistinguishable from retraining: the method's own permutation test finds no
+        # leak (retraining is a perfect unlearner); where a row has no such test, its
+        # interval overlaps retraining's.
+        own = r.get("within_null")
+        if r is reference:
+            as_retrain = True
+        elif own is not None:
+            as_retrain = bool(own)
         else:
-            as_retrain = r is reference or (_overlap(r, reference) and not r.get("below_chance"))
+            as_retrain = reference is not None and _overlap(r, reference)
+        as_retrain = as_retrain and not r.get("below_chance")
         r["as_retrain"] = as_retrain
         r["reading"] = _reading(r, as_retrain)
         r["distance_from_retrain"] = abs(r["ulira_auc"] - centre) \
@@ -272,7 +280,8 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
         ys = np.arange(len(image))[::-1]
         for y, r in zip(ys, image):
             g = r["recovery_gain_db"]
-            err = [[g - r["recovery_gain_db_low"]], [r["recovery_gain_db_high"] - g]]
+            low, high = r.get("recovery_gain_db_low"), r.get("recovery_gain_db_high")
+            err = [[g - low], [high - g]] if _finite(low) and _finite(high) else None
             ax.errorbar(g, y, xerr=err, fmt="o", capsize=3, color=colour[r["unlearning_method"]])
             acc = r.get("label_inference_acc")
             label = f"label acc {acc:.2f}" if _finite(acc) else ""
