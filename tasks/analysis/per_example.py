@@ -174,6 +174,10 @@ def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def per_record_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """AUC of each column (record) of (M, R) ``scores`` against ``labels``, shape (R,).
 
+    Not what the tables report per record: on leave-one-out U-LiRA scores it sits below 0.5
+    when nothing leaks (each model is scored by fits without it, which lean to the other
+    side); :func:`tasks.analysis.record_tests.record_auc` is calibrated.
+
     Mann-Whitney form with average ranks, so ties count one half (as scikit-learn does).
     NaN where a column has one class only or any NaN score.
     """
