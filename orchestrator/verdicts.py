@@ -25,8 +25,8 @@ def bootstrap_ci(values, stat: Callable[[np.ndarray], float] = np.mean,
                  resamples: int = RESAMPLES, seed: int = SEED,
                  level: float = 0.95) -> tuple[float, float, float]:
     """(statistic, low, high): the percentile bootstrap interval of ``stat`` over ``values``
-    (resampled with replacement along the first axis). One value gives a zero-width interval;
-    none gives NaNs."""
+    (resampled with replacement along the first axis). Fewer than two values give no
+    interval (NaN bounds: one sample says nothing about its spread); none gives NaNs."""
     data = np.asarray(values, dtype=np.float64)
     if data.ndim == 1:
         data = data[~np.isnan(data)]
@@ -34,8 +34,8 @@ def bootstrap_ci(values, stat: Callable[[np.ndarray], float] = np.mean,
     if n == 0:
         return float("nan"), float("nan"), float("nan")
     point = float(stat(data))
-    if n == 1:
-        return point, point, point
+    if n < 2:
+        return point, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))
     stats = np.array([stat(data[i]) for i in idx], dtype=np.float64)
@@ -55,6 +55,38 @@ def auc(pairs: np.ndarray) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def stratified_auc_ci(labels, scores, resamples: int = RESAMPLES, seed: int = SEED,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, low, high) with the positives and the negatives resampled separately (each
+    bootstrap sample keeps k positives and n negatives); no interval (NaN bounds) with fewer
+    than two of either."""
+    labels = np.asarray(labels, dtype=np.float64) > 0.5
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return float("nan"), float("nan"), float("nan")
+    point = _auc_split(pos, np.sort(neg))
+    if len(pos) < 2 or len(neg) < 2:
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = np.array([_auc_split(pos[rng.integers(0, len(pos), len(pos))],
+                                 np.sort(neg[rng.integers(0, len(neg), len(neg))]))
+                      for _ in range(resamples)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return point, float(low), float(high)
+
+
+def _auc_split(pos: np.ndarray, sorted_neg: np.ndarray) -> float:
+    below = np.searchsorted(sorted_neg, pos, side="left")
+    tied = np.searchsorted(sorted_neg, pos, side="right") - below
+    return float(np.mean((below + 0.5 * tied) / len(sorted_neg)))
+
+
+def has_interval(low: float, high: float) -> bool:
+    return not (np.isnan(low) or np.isnan(high))
+
+
 @dataclass
 class Verdict:
     attack: str            # feature recovery, label inference, ...
@@ -68,7 +100,16 @@ class Verdict:
 
 
 def _ci(value: float, low: float, high: float, fmt: str) -> str:
+    if not has_interval(low, high):
+        return f"{value:{fmt}}"
     return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _over(n: int, what: str, interval: str = "95 % bootstrap interval") -> str:
+    """What the interval is over, or why there is none."""
+    if n < 2:
+        return f"{n} {what}; too few for an interval"
+    return f"{interval} over {n} {what}"
 
 
 def _groups(df: pd.DataFrame, cols: list[str]):
@@ -81,6 +122,9 @@ def _groups(df: pd.DataFrame, cols: list[str]):
         yield (key if isinstance(key, tuple) else (key,)), group
 
 
+SINGLE = "one sample, no verdict"
+
+
 def recovery_verdicts(df: pd.DataFrame) -> list[Verdict]:
     out = []
     if not {"psnr", "psnr_mean_image"} <= set(df.columns):
@@ -88,14 +132,16 @@ def recovery_verdicts(df: pd.DataFrame) -> list[Verdict]:
     for (method, config), g in _groups(df, ["unlearning_method", "attack_config"]):
         gain = (g["psnr"] - g["psnr_mean_image"]).to_numpy(dtype=float)
         m, lo, hi = bootstrap_ci(gain)
-        if lo > 0:
+        if not has_interval(lo, hi):
+            head = SINGLE
+        elif lo > 0:
             head = "forgotten images are recoverable"
         elif hi < 0:
             head = "forgotten images are not recovered (worse than the mean image)"
         else:
             head = "no clear evidence that forgotten images are recoverable"
-        sentence = (f"{head}: {m:+.1f} dB over the mean image [{lo:+.1f}, {hi:+.1f}] "
-                    f"(95 % bootstrap interval over {len(gain)} targets); 0 dB means no better "
+        sentence = (f"{head}: {_ci(m, lo, hi, '+.1f')} dB over the mean image "
+                    f"({_over(len(gain), 'targets')}); 0 dB means no better "
                     f"than the attacker's public mean image")
         out.append(Verdict("feature recovery", method, config, sentence, m, lo, hi, len(gain)))
     return out
@@ -121,44 +167,142 @@ def label_verdicts(df: pd.DataFrame) -> list[Verdict]:
         classes = _classes(g)
         top_k = int(g["top_k"].iloc[0]) if "top_k" in g.columns else 1
         chance = min(1.0, top_k / classes) if classes else float("nan")
-        if lo > chance:
-            head = "the forgotten class is identified"
+        n = len(hits[~np.isnan(hits)])
+        if n < 2:
+            head = SINGLE
+            number = (f"{int(np.nansum(hits))} of {n} requests correct (one request: no "
+                      f"p-value; too few for an interval)")
         else:
-            head = "no clear evidence that the forgotten class can be identified"
-        sentence = (f"{head}: accuracy {_ci(m, lo, hi, '.2f')} (95 % bootstrap interval over "
-                    f"{len(hits)} deletion requests); chance is {chance:.2f} "
-                    f"(top-{top_k} of {classes} classes)")
-        out.append(Verdict("label inference", method, config, sentence, m, lo, hi, len(hits)))
+            head = ("the forgotten class is identified" if lo > chance
+                    else "no clear evidence that the forgotten class can be identified")
+            number = (f"accuracy {_ci(m, lo, hi, '.2f')} (95 % bootstrap interval over "
+                      f"{n} deletion requests)")
+        sentence = f"{head}: {number}; chance is {chance:.2f} (top-{top_k} of {classes} classes)"
+        out.append(Verdict("label inference", method, config, sentence, m, lo, hi, n))
     return out
 
 
 def mia_verdicts(df: pd.DataFrame, records: pd.DataFrame | None = None) -> list[Verdict]:
-    """Per method, scenario, feature and attack model. The interval is over records when the
+    """A pair from outside: its pre-registered test per attack (rows ``test ==
+    "preregistered"``); its other (feature, attack model) rows are exploratory, never
+    verdicts. The membership stage: per method, scenario, feature and attack model, the
+    interval over records (positives and negatives resampled separately) when the
     ``membership`` table holds their scores, else over the AUC rows (sets and seeds)."""
-    out = []
+    out: list[Verdict] = []
     if "auc" not in df.columns:
         return out
     if "control" in df.columns:
         df = df[df["control"].fillna("none") == "none"]
+    if "test" in df.columns:
+        out += [preregistered_verdict(r)
+                for r in df[df["test"] == "preregistered"].to_dict("records")]
+        df = df[~df["test"].isin(["preregistered", "exploratory"])]
     cols = ["unlearning_method", "scenario", "feature", "attack_model"]
     usable = records is not None and {"mia_key", "label", "score"} <= set(records.columns)
     for key, g in _groups(df, cols):
         method, config = key[0], " / ".join(key[1:])
         rec = records[records["mia_key"].isin(g["key"])] if usable else None
         if rec is not None and rec["label"].nunique() == 2:
-            pairs = rec[["label", "score"]].to_numpy(dtype=float)
-            m, lo, hi = bootstrap_ci(pairs, stat=auc)
-            over, n = f"{len(pairs)} records' membership scores", len(pairs)
+            label = rec["label"].to_numpy(dtype=float)
+            m, lo, hi = stratified_auc_ci(label, rec["score"].to_numpy(dtype=float))
+            k, n_neg = int((label > 0.5).sum()), int((label <= 0.5).sum())
+            n = k + n_neg
+            over = (f"95 % stratified bootstrap interval: {k} deleted and {n_neg} never-used "
+                    f"records' scores resampled separately" if has_interval(lo, hi) else
+                    f"{k} deleted and {n_neg} never-used records; too few for an interval")
         else:
             m, lo, hi = bootstrap_ci(g["auc"].to_numpy(dtype=float))
             n = len(g)
-            over = f"{n} AUC rows (target sets and seeds; no per-record scores in the table)"
-        head = ("deleted records are identifiable" if lo > 0.5
-                else "no clear evidence that deleted records are identifiable")
-        sentence = (f"{head}: AUC {_ci(m, lo, hi, '.2f')} (95 % bootstrap interval over "
-                    f"{over}); chance is 0.50")
+            over = _over(n, "AUC rows (target sets and seeds; no per-record scores in the "
+                            "table)")
+        head = (SINGLE if not has_interval(lo, hi) else "deleted records are identifiable"
+                if lo > 0.5 else "no clear evidence that deleted records are identifiable")
+        sentence = f"{head}: AUC {_ci(m, lo, hi, '.2f')} ({over}); chance is 0.50"
         out.append(Verdict("membership inference", method, config, sentence, m, lo, hi, n))
     return out
+
+
+def _num(row: dict, name: str, default: float = float("nan")) -> float:
+    value = row.get(name)
+    try:
+        return default if value is None else float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _rates(row: dict) -> str:
+    """The test's false-positive rate and power, measured on the attacker's shadow pairs."""
+    recipe = row.get("shadow_recipe") or row.get("unlearning_method") or "-"
+    k, ref = int(_num(row, "forget_size", 0)), int(_num(row, "shadow_reference_size", 0))
+    where = (f"Measured on the attacker's shadow pairs (unlearned with {recipe}: the "
+             f"attacker's guess at how your pair was unlearned), against {ref} never-used "
+             f"shadow records")
+    null = f"true-null trials ({k} never-used records claimed as deleted)"
+    parts = []
+    for name, trials_of, rate in (("fpr", null, "false-positive rate"),
+                                  ("power", f"trials with {k} deleted records", "power")):
+        fired, trials = int(_num(row, f"{name}_fired", 0)), int(_num(row, f"{name}_trials", 0))
+        if trials:
+            parts.append(f"it fired on {fired} of {trials} {trials_of}: {rate} "
+                         f"{fired / trials:.2f}")
+        else:
+            parts.append(f"its {rate} could not be measured (too few validation shadow "
+                         f"records)")
+    return f"{where}: {'; '.join(parts)}."
+
+
+def preregistered_verdict(row: dict) -> Verdict:
+    """The verdict of a pair's pre-registered membership test (one row of ``mia``)."""
+    k, n = int(_num(row, "forget_size", 0)), int(_num(row, "n_negatives", 0))
+    p, alpha = _num(row, "combined_p"), _num(row, "alpha", 0.05)
+    min_p = _num(row, "min_p", 1.0 / (n + 1))
+    m, lo, hi = _num(row, "auc"), _num(row, "auc_low"), _num(row, "auc_high")
+    power = _num(row, "power")
+    config = f"pre-registered: {row.get('feature')} / {row.get('attack_model')}"
+    if np.isnan(p):
+        sentence = (f"no pre-registered test, so no verdict: {row.get('note') or 'no test'}. "
+                    f"The exploratory rows of the mia table are not verdicts.")
+        return Verdict("membership inference", "your pair", "no test", sentence, m, lo, hi, k)
+    if min_p > alpha:
+        head = "this design cannot show that deleted records are identifiable"
+    elif p <= alpha:
+        head = "deleted records are identifiable"
+    else:
+        head = "no evidence that deleted records are identifiable"
+    what = ("the deleted record's p-value: its score ranked among" if k == 1 else
+            f"the {k} deleted records' scores against" )
+    how = ("" if k == 1 else
+           f" by a {row.get('combine') or 'rank-sum test'} "
+           f"({int(_num(row, 'permutations', 0))} permutations; per-record p-values in the "
+           f"mia table)")
+    floor = (f"1/{n + 1} = {min_p:.2g}" if k == 1 else f"{min_p:.2g}")
+    auc_over = ("95 % stratified bootstrap interval: deleted and never-used records "
+                "resampled separately" if has_interval(lo, hi) else
+                f"{k} deleted record{'s' if k != 1 else ''}; too few for an interval")
+    test = (f"the pre-registered test ({row.get('feature')} features, "
+            f"{row.get('attack_model')} attack model: of {int(_num(row, 'candidates', 0))} "
+            f"combinations the highest AUC, {_num(row, 'selection_auc'):.2f}, on "
+            f"{int(_num(row, 'n_validation_rows', 0))} validation shadow rows, chosen before "
+            f"your pair was scored)")
+    sentence = (f"{head}: p = {p:.3g}, {what} {n} never-used test records{how} "
+                f"(level {alpha:g}; the smallest p this design allows is {floor}); AUC {_ci(m, lo, hi, '.2f')} ({auc_over}); {test}. "
+                f"{_rates(row)}")
+    if head.startswith("no evidence") and not power >= 0.5:
+        sentence += " With this little power, 'no evidence' says little."
+    return Verdict("membership inference", "your pair", config, sentence, m, lo, hi, k)
+
+
+def exploratory_note(df: pd.DataFrame | None) -> str | None:
+    """How many exploratory combinations a pair's ``mia`` table holds (never verdicts)."""
+    if df is None or "test" not in df.columns:
+        return None
+    rows = df[(df["test"] == "exploratory") & (df.get("control", "none") == "none")]
+    if rows.empty:
+        return None
+    return (f"Exploratory, not verdicts: {len(rows)} other (feature, attack model) "
+            f"combinations were also scored on your pair (the mia table, column test = "
+            f"exploratory). Picking the best of them after seeing your pair would raise false "
+            f"alarms; only the pre-registered test above is judged.")
 
 
 def defence_verdicts(df: pd.DataFrame) -> list[Verdict]:
@@ -172,7 +316,7 @@ def defence_verdicts(df: pd.DataFrame) -> list[Verdict]:
         utility = (g["test_acc_unlearned"].mean() if "test_acc_unlearned" in g.columns
                    else float("nan"))
         sentence = (f"with defence {config}: leakage (the {attack} attack's metric) "
-                    f"{_ci(m, lo, hi, '.3f')} (95 % bootstrap interval over {len(g)} rows); "
+                    f"{_ci(m, lo, hi, '.3f')} ({_over(len(g), 'rows')}); "
                     f"utility: test accuracy {utility:.3f}")
         out.append(Verdict("defence", method, config, sentence, m, lo, hi, len(g)))
     return out

@@ -173,7 +173,8 @@ def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_me
     ranking = pd.read_parquet(folder / "membership_ranking")
     assert len(ranking) == 300 and sorted(ranking["rank"]) == list(range(1, 301))
     # The shadow pairs were unlearned with the user's own method, named module:Class.
-    assert set(ranking["unlearning_method"]) == {"toy_plugins:LastLayerAscent"}
+    assert set(ranking["unlearning_method"]) == {"your pair"}
+    assert set(ranking["shadow_recipe"]) == {"toy_plugins:LastLayerAscent"}
     models = pd.read_parquet(folder / "models")
     assert set(models["unlearning_method"].dropna()) == {"toy_plugins:LastLayerAscent"}
     assert (models["role"] == "unlearned").sum() == 4
@@ -217,9 +218,22 @@ def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
     folder = outside / "R" / "byo-shadow"
     assert not (folder / "models").exists()  # nothing trained
     mia = pd.read_parquet(folder / "mia")
-    row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")].iloc[0]
-    assert row["unlearning_method"] == "supplied" and row["n_shadow_rows"] == 6 * 101
+    row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")
+              & (mia["test"] == "exploratory")].iloc[0]
+    assert row["unlearning_method"] == "your pair" and row["shadow_recipe"] == "supplied"
+    assert row["n_shadow_rows"] == 6 * 101
     assert row["auc"] >= 0.9  # one gradient-ascent step gives the forgotten record away
+    # The verdict: one pre-registered test, chosen on 3 of the 6 shadow pairs (by pair: one
+    # original), with its error rates measured on the other 3.
+    (pre,) = mia[mia["test"] == "preregistered"].to_dict("records")
+    assert pre["split_unit"] == "shadow pairs" and pre["n_validation_rows"] == 3 * 101
+    assert pre["forget_size"] == 1 and pre["min_p"] == pytest.approx(1 / 101)
+    assert pre["fpr_trials"] == 300 and pre["power_trials"] == 3
+    assert pre["identifiable"] and pre["combined_p"] <= 0.05
+    assert _cli(outside, "report", "R/byo-shadow").returncode == 0
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "your pair, pre-registered: direct_diff / lr" in page
+    assert "false-positive rate" in page and "Exploratory, not verdicts" in page
 
 
 def _skops_pair(root: Path) -> None:

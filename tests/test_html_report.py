@@ -127,7 +127,8 @@ def test_bootstrap_ci_is_seeded_contains_the_mean_and_narrows_with_more_data():
     m2, lo2, hi2 = vd.bootstrap_ci(large)
     assert lo2 < m2 < hi2 and (hi2 - lo2) < (hi - lo) / 5
     assert lo2 < 3.0 < hi2
-    assert vd.bootstrap_ci([4.0]) == (4.0, 4.0, 4.0)
+    point, low, high = vd.bootstrap_ci([4.0])  # one sample: no interval
+    assert point == 4.0 and np.isnan(low) and np.isnan(high)
     assert all(np.isnan(vd.bootstrap_ci([])))
 
 
@@ -144,10 +145,12 @@ def test_auc_and_membership_verdict_bootstrap_over_records():
     records = pd.DataFrame({"mia_key": "a", "label": labels, "score": scores})
     (v,) = vd.mia_verdicts(mia, records)
     assert v.sentence.startswith("deleted records are identifiable: AUC 0.98 [")
-    assert "over 100 records" in v.sentence and "chance is 0.50" in v.sentence
+    assert "50 deleted and 50 never-used records' scores resampled separately" in v.sentence
+    assert "chance is 0.50" in v.sentence
     assert v.low < v.value < v.high
-    (w,) = vd.mia_verdicts(mia.assign(auc=0.5))  # no records: over the AUC rows, and says so
-    assert "no clear evidence" in w.sentence and "1 AUC rows" in w.sentence
+    (w,) = vd.mia_verdicts(mia.assign(auc=0.5))  # no records, one AUC row: no interval
+    assert w.sentence.startswith(vd.SINGLE) and "1 AUC rows" in w.sentence
+    assert "too few for an interval" in w.sentence
 
 
 def test_defence_verdicts_give_leakage_and_utility():

@@ -75,7 +75,7 @@ def pair_attack(params: dict, ctx: TaskContext) -> Rows:
     wall = time.perf_counter() - start
     settings = to_dict(config)
     common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
-              "dataset": spec.dataset.name, "model": pp.format, "unlearning_method": "given",
+              "dataset": spec.dataset.name, "model": pp.format, "unlearning_method": "your pair",
               "pair_format": pp.format, "attack": entry.attack, "attack_config": name,
               "attack_config_hash": stable_hash(settings, 12), "knowledge": threat.knowledge,
               "white_box": threat.white_box, "queries": int(case.query_original.queries

@@ -2,8 +2,12 @@
 
 The attacker's shadow pairs (trained by the tool, stored logits) fit the attack models; the
 candidates are the user's pair's posteriors: the forgotten records (members, deleted) beside
-test records (never used), scored with AUC and a bootstrap interval over records — or, with
-``forget: unknown``, training records ranked by their membership score."""
+test records (never used). One pre-registered test per attack is the verdict
+(:mod:`orchestrator.stages.pair.evidence`: chosen on validation shadow pairs, per-record
+p-values, its false-positive rate and power measured on shadow pairs); every (feature, attack
+model) fitted on all shadow pairs is kept as exploratory. With ``forget: unknown``, training
+records are ranked by their membership score. Rows name the user's pair ``your pair`` and the
+shadow pairs' unlearning method ``shadow_recipe`` (the attacker's guess)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from orchestrator.spec import Spec
 from orchestrator.stages.membership.attack import _Logits, _side_rows, attack_and_score
+from orchestrator.stages.pair.evidence import preregistered_test
 from orchestrator.stages.pair.params import PairAttack, PairParams, read_forget_ids
 from orchestrator.stages.pair.planning import (
     candidate_records,
@@ -20,12 +25,14 @@ from orchestrator.stages.pair.planning import (
     negative_records,
 )
 from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from orchestrator.verdicts import auc, bootstrap_ci
+from orchestrator.verdicts import stratified_auc_ci
 from tasks.attacks import ATTACKS
 from tasks.attacks.membership import PairRows, posterior_case
 from tasks.params import to_dict
 
 _SPLIT_CODE = {"train": 0, "test": 1}
+YOUR_PAIR = "your pair"
+PREREGISTERED = "preregistered"
 
 
 def _target_rows(pair, dataset, parts: list[tuple[str, np.ndarray, int]]) -> PairRows:
@@ -83,7 +90,8 @@ def pair_membership(params: dict, ctx: TaskContext) -> Rows:
               "paper": "chen2021", "dataset": spec.dataset.name, "model": pp.format,
               "pair_format": pp.format,
               "shadow_model": pp.format if method == "supplied" else spec.model.name,
-              "unlearning_method": method, "scenario": "single", "membership": "in_out",
+              "unlearning_method": YOUR_PAIR, "shadow_recipe": method,
+              "scenario": "single", "membership": "in_out",
               "attack_config": params["name"],
               "set_num": len(pp.shadow) if method == "supplied" else settings.set_num,
               "set_size": params["set_size"], "n_shadow_rows": len(shadow.label)}
@@ -100,31 +108,64 @@ def pair_membership(params: dict, ctx: TaskContext) -> Rows:
     mia_rows, member_rows = [], []
     for e, scores in enumerate(scored.rows[0]):
         row = {"key": f"{akey}:{scores['feature']}:{scores['attack_model']}:"
-                      f"{scores['control']}", **common, **scores,
+                      f"{scores['control']}", **common, **scores, "test": "exploratory",
                "n_target_rows": len(target.label), "forget_size": len(ids)}
-        # The interval over records: resampling the candidates (seeded, as the report does).
-        pairs = np.stack([target.label, arrays["score"][e]], axis=1).astype(float)
-        _, row["auc_low"], row["auc_high"] = bootstrap_ci(pairs, stat=auc)
+        # The interval over records: deleted and never-used ones resampled separately.
+        _, row["auc_low"], row["auc_high"] = stratified_auc_ci(target.label,
+                                                               arrays["score"][e])
         row.update(spec.flat_config())
         mia_rows.append(row)
         if scores["control"] == "none":
-            for i in range(len(target.label)):
-                member_rows.append({
-                    "key": f"{row['key']}:{i}", "experiment": spec.experiment,
-                    "config_hash": spec.config_hash, "seed": seed,
-                    "dataset": spec.dataset.name, "model": pp.format,
-                    "unlearning_method": method, "scenario": "single",
-                    "feature": scores["feature"], "attack_model": scores["attack_model"],
-                    "side": "target", "set_index": 0, "pair_index": 0,
-                    "record": int(target.meta["record"][i]),
-                    "split": "train" if target.meta["split"][i] == 0 else "test",
-                    "label": int(target.label[i]), "score": float(arrays["score"][e, i]),
-                    "classical_score": float(arrays["classical_score"][e, i]),
-                    "mia_key": row["key"], **spec.flat_config()})
+            member_rows += _member_rows(spec, pp, seed, target, row, arrays["score"][e],
+                                        arrays["classical_score"][e])
+    pre = _preregistered_row(target, shadow, config, settings, akey, common, len(ids))
+    pre.update(spec.flat_config())
+    mia_rows.append(pre)
+    if "target_scores" in pre:
+        member_rows += _member_rows(spec, pp, seed, target, pre, pre.pop("target_scores"),
+                                    None)
     wall = time.perf_counter() - start
     for row in mia_rows:
         row["wall_s"] = wall
     return {"mia": mia_rows, "membership": member_rows}
+
+
+def _preregistered_row(target: PairRows, shadow: PairRows, config, settings, akey: str,
+                       common: dict, k: int) -> dict:
+    """The attack's one verdict: the pre-registered test (or why there is none)."""
+    found = preregistered_test(target, shadow, config, settings.output_defence,
+                               settings.output_defence_params, settings.attack_seed)
+    row = {"key": f"{akey}:{PREREGISTERED}", **common, "n_target_rows": len(target.label),
+           "forget_size": k}
+    if found is None:
+        row.update({"test": PREREGISTERED, "control": "none", "combined_p": float("nan"),
+                    "auc": float("nan"), "note": "the shadow pairs cannot be split into a fit "
+                                                 "and a validation half: give more of them"})
+        return row
+    pre, scores = found
+    row.update(pre)
+    row["target_scores"] = scores
+    return row
+
+
+def _member_rows(spec: Spec, pp: PairParams, seed: int, target: PairRows, row: dict,
+                 score: np.ndarray, classical: np.ndarray | None) -> list[dict]:
+    """Per-record scores of one fitted attack on the user's pair (``membership`` table)."""
+    out = []
+    for i in range(len(target.label)):
+        out.append({
+            "key": f"{row['key']}:{i}", "experiment": spec.experiment,
+            "config_hash": spec.config_hash, "seed": seed, "dataset": spec.dataset.name,
+            "model": pp.format, "unlearning_method": YOUR_PAIR,
+            "shadow_recipe": row["shadow_recipe"], "scenario": "single",
+            "feature": row["feature"], "attack_model": row["attack_model"],
+            "test": row["test"], "side": "target", "set_index": 0, "pair_index": 0,
+            "record": int(target.meta["record"][i]),
+            "split": "train" if target.meta["split"][i] == 0 else "test",
+            "label": int(target.label[i]), "score": float(score[i]),
+            "classical_score": float("nan") if classical is None else float(classical[i]),
+            "mia_key": row["key"], **spec.flat_config()})
+    return out
 
 
 def _ranking(spec, pp, pair, dataset, shadow, config, settings, akey, seed, common,

@@ -212,7 +212,9 @@ def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: d
 def _membership_rows(params: PairParams, pair, dataset, entry: PairAttack, key: str,
                      seed: int) -> tuple[str, tuple[str, ...]]:
     if params.forget_known:
-        return "mia", tuple(f"{key}:{f}:{a}:{c}" for f, a, c in entry.typed_config().entries())
+        # Every (feature, attack model) as exploratory, and the one pre-registered test.
+        return "mia", (*(f"{key}:{f}:{a}:{c}" for f, a, c in entry.typed_config().entries()),
+                       f"{key}:preregistered")
     return "membership_ranking", tuple(f"{key}:{r}" for r in candidate_records(
         params, pair.records("train", dataset), seed))
 
