@@ -218,43 +218,51 @@ def forget_score(epsilons: np.ndarray, num_models: int) -> float:
 
 
 def _null_epsilons(k: int, k_retrained: int | None, records: int, estimator: str,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     """Epsilons of ``records`` records whose two samples (k unlearned, k_retrained or k
-    retrained models) are both standard normal."""
+    retrained models) are both N(0, scale^2)."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     for name, value in (("k", k), ("k_retrained", k if k_retrained is None else k_retrained)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2 models, got {value!r}")
     k2 = k if k_retrained is None else k_retrained
-    return example_epsilons(rng.standard_normal((k, records)),
-                            rng.standard_normal((k2, records)), estimator=estimator)
+    return example_epsilons(scale * rng.standard_normal((k, records)),
+                            scale * rng.standard_normal((k2, records)), estimator=estimator)
 
 
 def null_epsilon_quantiles(k: int, quantiles: tuple[float, ...] = (0.5, 0.9),
                            trials: int = 200, seed: int = 0, estimator: str = "challenge",
-                           k_retrained: int | None = None) -> dict[float, float]:
+                           k_retrained: int | None = None,
+                           scale: float = 1.0) -> dict[float, float]:
     """Quantiles of the epsilon ``estimator`` reports when both samples (k unlearned and
-    ``k_retrained``, by default k, retrained models) come from one distribution (standard
-    normal), over ``trials`` simulated records: its noise floor, the value an ideal
-    unlearning method would still be given.
+    ``k_retrained``, by default k, retrained models) come from one distribution (normal,
+    standard deviation ``scale``), over ``trials`` simulated records: its noise floor, the
+    value an ideal unlearning method would still be given.
 
     Measured (4000 records each, seed 11): the challenge's median is 1.609 (log 5) at
     k = 16, 24 and 64 alike (10 % and 90 % quantiles about 1.10 and 2.08), the exact
-    estimator's 1.792, 1.946 and 2.079 (log 6, 7 and 8).
+    estimator's 1.792, 1.946 and 2.079 (log 6, 7 and 8). The challenge's grid is in units of
+    the statistic (100 thresholds a unit, intervals within 2 units), so its null depends on
+    the statistic's spread, which the exact estimator's does not: at k = 64 its median is
+    1.79 at scale 0.1, 1.95 at 0.3, 1.61 at 1 and 3, 1.50 at 10 (300 records, seed 0).
+    A run's own permutation null (:mod:`tasks.analysis.null_control`) needs no such guess.
     """
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     if not all(0 <= q <= 1 for q in quantiles):
         raise ValueError(f"quantiles must lie in [0, 1], got {quantiles}")
-    eps = _null_epsilons(k, k_retrained, trials, estimator, np.random.default_rng(seed))
+    eps = _null_epsilons(k, k_retrained, trials, estimator, np.random.default_rng(seed), scale)
     return {float(q): float(np.quantile(eps, q)) for q in quantiles}
 
 
 def null_median_range(k: int, records: int, estimator: str = "challenge", runs: int = 200,
-                      seed: int = 0, k_retrained: int | None = None) -> tuple[float, float]:
+                      seed: int = 0, k_retrained: int | None = None,
+                      scale: float = 1.0) -> tuple[float, float]:
     """The 2.5 % and 97.5 % quantiles, over ``runs`` simulated runs, of the MEDIAN epsilon
     over ``records`` records whose two samples (k unlearned and ``k_retrained``, by default
-    k, retrained models) are both standard normal: the range a run of that many records and
-    models shows for a perfect unlearner. Costs runs x records records (about 10 ms each
+    k, retrained models) are both N(0, scale^2): the range a run of that many independent
+    records shows for a perfect unlearner (records that share models vary more). Costs runs x records records (about 10 ms each
     with the challenge's estimator). Measured (runs=40, seed=5), 200 records: 1.386 to
     1.609 (log 4 to log 5) at k = 24 and at k = 64.
     """
@@ -264,7 +272,7 @@ def null_median_range(k: int, records: int, estimator: str = "challenge", runs: 
     if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2, got {runs!r}")
     eps = _null_epsilons(k, k_retrained, runs * records, estimator,
-                         np.random.default_rng(seed))
+                         np.random.default_rng(seed), scale)
     medians = np.median(eps.reshape(runs, records), axis=1)
     low, high = np.quantile(medians, [0.025, 0.975])
     return float(low), float(high)

@@ -300,3 +300,15 @@ def test_bad_inputs_are_named():
         null_median_range(8, 4, k_retrained=1)
     with pytest.raises(ValueError, match="records must be an integer >= 1"):
         null_median_range(8, 0)
+
+
+def test_the_challenges_null_depends_on_the_statistics_scale_and_the_exact_ones_does_not():
+    # The challenge's grid is in units of the statistic: its null moves with the spread.
+    small = null_epsilon_quantiles(64, (0.5,), trials=300, scale=0.3)[0.5]
+    unit = null_epsilon_quantiles(64, (0.5,), trials=300, scale=1.0)[0.5]
+    assert small > unit + 0.2, (small, unit)
+    exact = [null_epsilon_quantiles(64, (0.5,), trials=300, estimator="exact",
+                                    scale=s)[0.5] for s in (0.3, 1.0)]
+    assert exact[0] == pytest.approx(exact[1])
+    with pytest.raises(ValueError, match="scale must be positive"):
+        null_epsilon_quantiles(8, scale=0.0)
