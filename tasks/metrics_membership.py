@@ -49,6 +49,28 @@ def tpr_at_fpr(y: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     return float(tpr[fpr <= max_fpr + 1e-12].max())
 
 
+def roc_summary(y: np.ndarray, score: np.ndarray,
+                max_fprs: tuple[float, ...]) -> tuple[float, list[float]]:
+    """AUC and :func:`tpr_at_fpr` at each of ``max_fprs``, from one sort (no scikit-learn
+    call): the same ROC points (one after each run of tied scores) and conventions as
+    :func:`auc` and :func:`tpr_at_fpr` (a test checks them equal), for callers that need them
+    thousands of times. Both classes must be present."""
+    y, score = _check(y, score)
+    y = y.astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_summary needs both classes")
+    order = np.argsort(-score, kind="stable")
+    s_sorted, y_sorted = score[order], y[order]
+    ends = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
+    tp = np.r_[0, np.cumsum(y_sorted)[ends]]
+    fp = np.r_[0, (ends + 1) - tp[1:]]
+    tpr, fpr = tp / n_pos, fp / n_neg
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoids: ties half
+    return area, [float(tpr[fpr <= rate + 1e-12].max()) for rate in max_fprs]
+
+
 def accuracy(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
     y, score = _check(y, score)
     return float(((score >= threshold).astype(int) == y).mean()) if len(y) else float("nan")

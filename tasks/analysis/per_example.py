@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from tasks.metrics_membership import auc, tpr_at_fpr
+from tasks.metrics_membership import roc_summary
 
 # Floor on every fitted standard deviation. A record whose phi is the same under every model
 # (a saturated prediction, or float32 logits rounding to one value) would otherwise have a
@@ -156,19 +156,26 @@ def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUC and TPR at 1 %, 0.1 % and 0 % FPR over every (model, record) decision.
 
     NaN scores are dropped first (records lira_scores could not fit); ``n_positive`` and
-    ``n_negative`` count what remains. Uses :mod:`tasks.metrics_membership`'s convention.
+    ``n_negative`` count what remains. :func:`tasks.metrics_membership.roc_summary`: one
+    sort for all four numbers, as the bootstraps and permutations call this thousands of
+    times.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
     if s.shape != y.shape:
         raise ValueError(f"scores {s.shape} and labels {y.shape} must have one shape")
-    s, y = s.ravel(), y.ravel().astype(int)
+    s, y = s.ravel(), y.ravel().astype(bool)
     keep = ~np.isnan(s)
     s, y = s[keep], y[keep]
     n_pos = int(y.sum())
-    return {"auc": auc(y, s), "tpr_at_1pct": tpr_at_fpr(y, s, 0.01),
-            "tpr_at_0_1pct": tpr_at_fpr(y, s, 0.001), "tpr_at_0": tpr_at_fpr(y, s, 0.0),
-            "n_positive": n_pos, "n_negative": int(len(y) - n_pos)}
+    n_neg = int(len(y) - n_pos)
+    out = {"n_positive": n_pos, "n_negative": n_neg}
+    if n_pos == 0 or n_neg == 0:
+        return {"auc": float("nan"), "tpr_at_1pct": float("nan"),
+                "tpr_at_0_1pct": float("nan"), "tpr_at_0": float("nan"), **out}
+    auc_value, tprs = roc_summary(y, s, (0.01, 0.001, 0.0))
+    return {"auc": auc_value, "tpr_at_1pct": tprs[0], "tpr_at_0_1pct": tprs[1],
+            "tpr_at_0": tprs[2], **out}
 
 
 def per_record_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

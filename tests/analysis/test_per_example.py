@@ -217,3 +217,16 @@ def test_bad_arguments_name_what_is_allowed():
         lira_scores(np.full((5, 3), np.nan), mask)
     with pytest.raises(ValueError, match="must be equal"):
         per_record_auc(phi, mask[:, :2])
+
+
+def test_roc_summary_equals_the_scikit_learn_convention_with_ties():
+    from tasks.metrics_membership import auc, roc_summary
+
+    rng = np.random.default_rng(12)
+    for trial in range(20):
+        labels = rng.random(300) < rng.uniform(0.05, 0.9)
+        labels[:2] = [True, False]
+        scores = np.round(rng.normal(0, 1, 300) + labels * rng.uniform(0, 2), trial % 3)
+        area, tprs = roc_summary(labels, scores, (0.01, 0.001, 0.0, 0.2))
+        assert area == pytest.approx(auc(labels, scores), abs=1e-12)
+        assert tprs == [tpr_at_fpr(labels, scores, x) for x in (0.01, 0.001, 0.0, 0.2)]
