@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from torch.nn import functional as F
 
 from tasks.models import build_torch_model
 from tasks.params import check
-from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
+from tasks.training import train_model
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -21,6 +20,8 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    finetune_config,
+    retained_indices,
 )
 
 
@@ -62,16 +63,12 @@ class BadTeacher(UnlearningMethod):
             check("temperature", self.temperature, low=0, low_open=True)
             check("retain_share", self.retain_share, low=0, low_open=True, high=1)
 
-    # Seed offsets: the incompetent teacher must not be theta's own initialisation, and the
-    # retained sample and batch order are drawn apart from the original's epochs.
-    TEACHER_SEED_OFFSET = 3_000_017
-    SAMPLE_SEED_OFFSET = 3_000_019
-
     def incompetent_teacher(self, state: TrainingState) -> nn.Module:
         """A fresh random model of theta's architecture. Built directly rather than with
         ``state.initial_model``, which would load theta_0 when the recipe pretrains."""
         d = state.dataset
-        seed = (state.seed + self.TEACHER_SEED_OFFSET) % 2**32
+        # Its own seed: the incompetent teacher must not be theta's initialisation.
+        seed = state.seeds.seed("bad_teacher/teacher") % 2**32
         # build_torch_model seeds torch's global generators: keep the caller's streams intact
         # (torch.manual_seed reseeds CUDA's too, which dropout on a GPU draws from).
         cuda = [state.device] if torch.device(state.device).type == "cuda" else []
@@ -85,13 +82,10 @@ class BadTeacher(UnlearningMethod):
         device = state.device
         student = copy_model(state.original).to(device)
         forget = np.asarray(request.indices, dtype=np.int64)
-        gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
-        keep = np.asarray(state.train_indices, dtype=np.int64)
-        retain = keep[~np.isin(keep, gone)]
-        rng = np.random.default_rng([state.seed, self.SAMPLE_SEED_OFFSET])
+        retain = retained_indices(state, request)
         n_retain = min(len(retain), math.ceil(params.retain_share * len(retain)))
-        sample = np.sort(rng.choice(retain, size=n_retain, replace=False))
-
+        sample = np.sort(state.seeds.rng("bad_teacher/sample").choice(retain, size=n_retain,
+                                                                      replace=False))
         d = state.dataset
         x_forget = torch.as_tensor(d.x_train[forget], device=device)
         x_retain = torch.as_tensor(d.x_train[sample], device=device)
@@ -102,25 +96,12 @@ class BadTeacher(UnlearningMethod):
                              _soft_targets(student, x_retain, t)])
         x_mix = torch.cat([x_forget, x_retain])
 
-        cfg = dataclasses.replace(state.train_cfg, lr=params.lr or state.train_cfg.lr)
-        opt = make_optimizer(student, cfg)
-        batch = params.batch_size or cfg.batch_size
-        has_bn = has_batchnorm(student)
-        positions = np.arange(len(x_mix), dtype=np.int64)
-        for epoch in range(params.epochs):
-            train_mode(student, cfg.bn_mode)
-            order = torch.as_tensor(
-                epoch_order(positions, state.seed + self.SAMPLE_SEED_OFFSET, epoch),
-                device=device)
-            for start in range(0, len(order), batch):
-                sel = order[start: start + batch]
-                if len(sel) < 2 and has_bn and cfg.bn_mode == "train":
-                    continue  # BatchNorm cannot train on a single sample
-                log_s = F.log_softmax(student(x_mix[sel]) / t, dim=1)
-                loss = F.kl_div(log_s, targets[sel], log_target=True, reduction="batchmean")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        student.eval()
-        return student
+        def loss_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    batch: torch.Tensor) -> torch.Tensor:
+            log_s = F.log_softmax(model(x) / t, dim=1)
+            return F.kl_div(log_s, target, log_target=True, reduction="batchmean")
 
+        cfg = finetune_config(state.train_cfg, params.epochs, params.lr, params.batch_size)
+        # The soft targets stand where labels would: record i of x_mix learns targets[i].
+        return train_model(student, x_mix, targets, np.arange(len(x_mix)), cfg,
+                           state.seeds.seed("bad_teacher/sample"), device, loss_fn=loss_fn)

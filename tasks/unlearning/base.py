@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -14,7 +15,7 @@ from torch import nn
 from tasks.data import Dataset
 from tasks.models import ModelConfig, SklearnModel, build_sklearn_model, build_torch_model
 from tasks.registry import Registry, lacks_members
-from tasks.training import TrainConfig, seed_everything, train_model
+from tasks.training import SeedStream, TrainConfig, seed_everything, train_model
 
 Model = Any  # nn.Module or SklearnModel (or an ensemble of either)
 
@@ -129,6 +130,11 @@ class TrainingState:
     def family(self) -> str:
         return self.model_cfg.family
 
+    @property
+    def seeds(self) -> SeedStream:
+        """This member's seed stream: ``state.seeds.seed("<method>/<what>")``."""
+        return SeedStream(self.seed)
+
     def initial_model(self, seed: int | None = None) -> nn.Module:
         """theta_0 when pretrained, else the random initialisation drawn from ``seed``."""
         d = self.dataset
@@ -144,6 +150,16 @@ def retained_indices(state: TrainingState, request: ForgetRequest) -> np.ndarray
     gone = np.asarray(tuple(state.removed) + tuple(request.indices), dtype=np.int64)
     keep = np.asarray(state.train_indices, dtype=np.int64)
     return keep[~np.isin(keep, gone)]
+
+
+def finetune_config(cfg: TrainConfig, epochs: int, lr: float | None = None,
+                    batch_size: int | None = None) -> TrainConfig:
+    """The recipe ``cfg`` continued for ``epochs`` more: ``lr``/``batch_size`` default (None)
+    to the recipe's, and its learning-rate milestones are dropped (these epochs follow the
+    original's at a constant rate). Optimiser, momentum, weight decay and BatchNorm mode stay
+    the recipe's."""
+    return dataclasses.replace(cfg, epochs=epochs, lr=lr or cfg.lr,
+                               batch_size=batch_size or cfg.batch_size, lr_milestones=())
 
 
 def fit_standard(state: TrainingState, indices: np.ndarray | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import check
-from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
+from tasks.training import steps_per_epoch, train_model
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -18,6 +18,7 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    finetune_config,
     retained_indices,
 )
 
@@ -48,44 +49,26 @@ class L1Sparse(UnlearningMethod):
             # 0 is allowed: plain fine-tuning, the method's own ablation.
             check("l1", self.l1, low=0)
 
-    # A distinct order seed: these epochs follow the original's, they do not replay them.
-    SEED_OFFSET = 7_000_003
-
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)
-        device = state.device
-        model = copy_model(state.original).to(device)
-        cfg = dataclasses.replace(state.train_cfg, lr=params.lr or state.train_cfg.lr)
-        opt = make_optimizer(model, cfg)
-        batch = params.batch_size or cfg.batch_size
-        d = state.dataset
-        x = torch.as_tensor(d.x_train, device=device)
-        y = torch.as_tensor(d.y_train, device=device)
+        model = copy_model(state.original).to(state.device)
+        cfg = finetune_config(state.train_cfg, params.epochs, params.lr, params.batch_size)
         retain = retained_indices(state, request)
-        seed = state.seed + self.SEED_OFFSET
         weights = [p for p in model.parameters() if p.requires_grad]
-        has_bn = has_batchnorm(model)
-        orders = [epoch_order(retain, seed, e) for e in range(params.epochs)]
         # The schedule runs over the steps actually taken (a skipped single-sample batch
         # under BatchNorm is not one).
-        skip_last = has_bn and cfg.bn_mode == "train" and len(retain) % batch == 1
-        per_epoch = -(-len(retain) // batch) - int(skip_last)
+        per_epoch = steps_per_epoch(len(retain), cfg.batch_size, model, cfg.bn_mode)
         total = max(per_epoch * params.epochs, 1)
-        step = 0
-        for order_np in orders:
-            train_mode(model, cfg.bn_mode)
-            order = torch.as_tensor(order_np, device=device)
-            for start in range(0, len(order), batch):
-                sel = order[start: start + batch]
-                if len(sel) < 2 and has_bn and cfg.bn_mode == "train":
-                    continue  # BatchNorm cannot train on a single sample
-                gamma = params.l1 * (1 - step / total)
-                loss = F.cross_entropy(model(x[sel]), y[sel])
-                if gamma > 0:
-                    loss = loss + gamma * sum(w.abs().sum() for w in weights)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-        model.eval()
-        return model
+        steps = itertools.count()
+
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch: torch.Tensor) -> torch.Tensor:
+            gamma = params.l1 * (1 - next(steps) / total)
+            loss = F.cross_entropy(model(x), y)
+            if gamma > 0:
+                loss = loss + gamma * sum(w.abs().sum() for w in weights)
+            return loss
+
+        d = state.dataset
+        return train_model(model, d.x_train, d.y_train, retain, cfg,
+                           state.seeds.seed("l1_sparse"), state.device, loss_fn=loss_fn)

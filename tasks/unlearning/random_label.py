@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
+from tasks.training import seed_key, train_model
 from tasks.unlearning.approximate import EpochParams
 from tasks.unlearning.base import (
     UNLEARNING,
@@ -17,6 +17,7 @@ from tasks.unlearning.base import (
     TrainingState,
     UnlearningMethod,
     copy_model,
+    finetune_config,
     retained_indices,
 )
 
@@ -30,56 +31,50 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
 
 
 def relabelled_finetune(state: TrainingState, request: ForgetRequest, *, epochs: int,
-                        lr: float | None, batch_size: int | None, seed_offset: int,
+                        lr: float | None, batch_size: int | None, purpose: str = "random_label",
+                        seed_offset: int | None = None,
                         mask: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of theta trained ``epochs`` on U (wrong labels) plus the retained records (true
     labels), shuffled together. ``mask`` (parameter name -> 0/1 tensor): only weights where
-    it is 1 move, the rest keep theta's values exactly."""
-    device = state.device
-    model = copy_model(state.original).to(device)
+    it is 1 move, the rest keep theta's values exactly. The wrong labels and the batch order
+    come from the member's ``purpose`` seeds (``seed_offset``, when given, is the key instead:
+    ``default_rng([seed, seed_offset])`` and order seed ``seed + seed_offset``)."""
+    seeds = state.seeds
+    key = seed_key(purpose) if seed_offset is None else seed_offset
+    model = copy_model(state.original).to(state.device)
     d = state.dataset
     forget = np.asarray(request.indices, dtype=np.int64)
     retain = retained_indices(state, request)
-    rng = np.random.default_rng([state.seed, seed_offset])
     # The labels are drawn once, so every epoch pushes U towards the same wrong classes.
-    y_forget = wrong_labels(d.y_train[forget], d.num_classes, rng)
-    idx = np.concatenate([forget, retain])
-    x_mix = torch.as_tensor(d.x_train[idx], device=device)
-    y_mix = torch.as_tensor(np.concatenate([y_forget, d.y_train[retain].astype(np.int64)]),
-                            device=device)
-
-    base = state.train_cfg
-    cfg = dataclasses.replace(base, lr=lr or base.lr)
+    y_forget = wrong_labels(d.y_train[forget], d.num_classes,
+                            np.random.default_rng([seeds.root, key]))
+    # U first, then the retained records, copied out: on a conv model the copy's layout
+    # (not only its values) decides the kernel, and this keeps the published numbers.
+    x_mix = d.x_train[np.concatenate([forget, retain])]
+    y_mix = np.concatenate([y_forget, d.y_train[retain].astype(np.int64)])
+    cfg = finetune_config(state.train_cfg, epochs, lr, batch_size)
+    before_step = None
     if mask is not None:
         # Decay goes into the gradient before masking, so frozen weights do not decay either;
         # with zero gradients SGD's momentum and Adam's moments stay zero, so they stay put.
         cfg = dataclasses.replace(cfg, weight_decay=0.0)
-    opt = make_optimizer(model, cfg)
-    batch = batch_size or cfg.batch_size
-    has_bn = has_batchnorm(model)
-    positions = np.arange(len(idx), dtype=np.int64)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for epoch in range(epochs):
-        train_mode(model, cfg.bn_mode)
-        order = torch.as_tensor(epoch_order(positions, state.seed + seed_offset, epoch),
-                                device=device)
-        for start in range(0, len(order), batch):
-            sel = order[start: start + batch]
-            if len(sel) < 2 and has_bn and cfg.bn_mode == "train":
-                continue  # BatchNorm cannot train on a single sample
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x_mix[sel]), y_mix[sel]).backward()
-            if mask is not None:
-                with torch.no_grad():
-                    for n, p in named:
-                        if p.grad is None:
-                            continue
-                        if base.weight_decay:
-                            p.grad.add_(p, alpha=base.weight_decay)
-                        p.grad.mul_(mask[n])
-            opt.step()
-    model.eval()
-    return model
+        before_step = _masking(mask, state.train_cfg.weight_decay)
+    return train_model(model, x_mix, y_mix, np.arange(len(y_mix)), cfg, seeds.root + key,
+                       state.device, before_step=before_step)
+
+
+def _masking(mask: dict[str, torch.Tensor],
+             weight_decay: float) -> Callable[[nn.Module], None]:
+    """A ``before_step`` hook: add the decay to every gradient, then zero it off ``mask``."""
+    def before_step(model: nn.Module) -> None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if not p.requires_grad or p.grad is None:
+                    continue
+                if weight_decay:
+                    p.grad.add_(p, alpha=weight_decay)
+                p.grad.mul_(mask[n])
+    return before_step
 
 
 @UNLEARNING.register("random_label")
@@ -100,10 +95,7 @@ class RandomLabel(UnlearningMethod):
 
     Params = EpochParams
 
-    # Labels and batch order are drawn apart from the original's epochs and other methods'.
-    SEED_OFFSET = 4_000_037
-
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)
         return relabelled_finetune(state, request, epochs=params.epochs, lr=params.lr,
-                                   batch_size=params.batch_size, seed_offset=self.SEED_OFFSET)
+                                   batch_size=params.batch_size, purpose="random_label")

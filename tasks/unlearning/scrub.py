@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,13 +10,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.params import FieldError, check
-from tasks.training import epoch_order, has_batchnorm, make_optimizer, train_mode
+from tasks.training import LossFn, make_optimizer, train_model
 from tasks.unlearning.base import (
     UNLEARNING,
     ForgetRequest,
     TrainingState,
     UnlearningMethod,
     copy_model,
+    finetune_config,
     retained_indices,
 )
 
@@ -75,53 +75,39 @@ class Scrub(UnlearningMethod):
             check("temperature", self.temperature, low=0, low_open=True)
             check("batch_size", self.batch_size, low=1, integer=True, optional=True)
 
-    # Distinct order seeds: these passes follow the original's epochs, they do not replay them.
-    SEED_OFFSET = 2_000_003
-
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)
         device = state.device
         teacher = copy_model(state.original).to(device).eval()
         teacher.requires_grad_(False)
         student = copy_model(state.original).to(device)
-        cfg = dataclasses.replace(state.train_cfg, lr=params.lr or state.train_cfg.lr)
+        cfg = finetune_config(state.train_cfg, 1, params.lr, params.batch_size)  # one pass a call
         # One optimiser for both kinds of pass, so momentum carries across them.
         opt = make_optimizer(student, cfg)
+
+        def loss(maximise: bool) -> LossFn:
+            def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        batch: torch.Tensor) -> torch.Tensor:
+                out = model(x)
+                with torch.no_grad():
+                    target = teacher(x)
+                kl = distill_kl(out, target, params.temperature)
+                if maximise:
+                    return -kl
+                return params.alpha * kl + params.gamma * F.cross_entropy(out, y)
+            return loss_fn
+
         d = state.dataset
         x = torch.as_tensor(d.x_train, device=device)
         y = torch.as_tensor(d.y_train, device=device)
         forget = np.asarray(request.indices, dtype=np.int64)
         retain = retained_indices(state, request)
-        run = (student, teacher, opt, x, y, params.batch_size or cfg.batch_size, cfg.bn_mode)
-        seed = state.seed + self.SEED_OFFSET
+        seeds = state.seeds
+        # Epoch e: a max pass over U (while e < max_steps), then a min pass over the rest.
         for epoch in range(params.epochs):
             if epoch < params.max_steps:
-                order = epoch_order(forget, seed + 1, epoch)
-                self._pass(*run, order, params, maximise=True)
-            self._pass(*run, epoch_order(retain, seed, epoch), params, maximise=False)
-        student.eval()
+                train_model(student, x, y, forget, cfg, seeds.seed("scrub/forget"), device,
+                            loss_fn=loss(True), optimizer=opt, first_epoch=epoch)
+            train_model(student, x, y, retain, cfg, seeds.seed("scrub/retain"), device,
+                        loss_fn=loss(False), optimizer=opt, first_epoch=epoch)
         return student
-
-    @staticmethod
-    def _pass(student: nn.Module, teacher: nn.Module, opt: torch.optim.Optimizer,
-              x: torch.Tensor, y: torch.Tensor, batch: int, bn_mode: str, order: np.ndarray,
-              params: Scrub.Params, maximise: bool) -> None:
-        """One epoch over ``order``: a max pass (ascend the KL) or a min pass."""
-        train_mode(student, bn_mode)
-        has_bn = has_batchnorm(student)
-        order_t = torch.as_tensor(order, device=x.device)
-        for start in range(0, len(order_t), batch):
-            sel = order_t[start: start + batch]
-            if len(sel) < 2 and has_bn and bn_mode == "train":
-                continue  # BatchNorm cannot train on a single sample
-            out = student(x[sel])
-            with torch.no_grad():
-                target = teacher(x[sel])
-            kl = distill_kl(out, target, params.temperature)
-            if maximise:
-                loss = -kl
-            else:
-                loss = params.alpha * kl + params.gamma * F.cross_entropy(out, y[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
