@@ -55,8 +55,10 @@ def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return picked - top - np.log(np.exp(others - top[..., None]).sum(axis=-1))
 
 
-def _check_pair(phi: np.ndarray, member_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 phi and bool member_in, both (models, records)."""
+def check_pair(phi: np.ndarray, member_in: np.ndarray,
+               finite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """float64 phi and bool member_in, both (models, records); ``finite``: refuse NaN or
+    infinite phi too."""
     phi = np.asarray(phi, dtype=np.float64)
     mask = np.asarray(member_in)
     if phi.ndim != 2 or phi.shape != mask.shape:
@@ -66,6 +68,8 @@ def _check_pair(phi: np.ndarray, member_in: np.ndarray) -> tuple[np.ndarray, np.
         if not np.isin(mask, (0, 1)).all():
             raise ValueError("member_in must hold booleans (or 0/1)")
         mask = mask.astype(bool)
+    if finite and not np.isfinite(phi).all():
+        raise ValueError("phi holds NaN or infinite values")
     return phi, mask
 
 
@@ -119,7 +123,7 @@ def lira_scores(phi: np.ndarray, member_in: np.ndarray, variant: str = "online",
     fewer than ``min_count`` + 1 models (``per_example``: at least 3), so that every model
     left out still leaves ``min_count`` on each side; records are never half-scored.
     """
-    phi, mask = _check_pair(phi, member_in)
+    phi, mask = check_pair(phi, member_in)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be 'online' or 'offline', got {variant!r}")
     if variance not in VARIANCES:
@@ -208,7 +212,7 @@ def record_summary(phi: np.ndarray, member_in: np.ndarray) -> dict[str, np.ndarr
 
     A mean is NaN with no samples on its side, an sd with fewer than two.
     """
-    phi, mask = _check_pair(phi, member_in)
+    phi, mask = check_pair(phi, member_in)
     out: dict[str, np.ndarray] = {}
     for side, sel in (("in", mask), ("out", ~mask)):
         n = sel.sum(axis=0)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from tasks.analysis.per_example import check_pair
+
 # Floor on each side's MLE variance, relative to the record's pooled MLE variance: a side
 # whose phi are all equal (saturated predictions) gives a large finite statistic, not inf.
 VAR_FLOOR = 1e-6
@@ -36,22 +38,6 @@ CHUNK_CELLS = 1 << 20
 # Relative tolerance when counting T_b >= T: a permutation that reproduces the observed
 # split (or its mirror when n_in = n_out) must count even if its sums round differently.
 _TIE_RTOL = 1e-9
-
-
-def _check_pair(phi: np.ndarray, member_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 finite phi and bool member_in, both (models, records)."""
-    phi = np.asarray(phi, dtype=np.float64)
-    mask = np.asarray(member_in)
-    if phi.ndim != 2 or phi.shape != mask.shape:
-        raise ValueError(f"phi {phi.shape} and member_in {mask.shape} must be equal "
-                         "(models, records) arrays")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("member_in must hold booleans (or 0/1)")
-        mask = mask.astype(bool)
-    if not np.isfinite(phi).all():
-        raise ValueError("phi holds NaN or infinite values")
-    return phi, mask
 
 
 def record_auc(phi: np.ndarray, member_in: np.ndarray) -> np.ndarray:
@@ -64,7 +50,7 @@ def record_auc(phi: np.ndarray, member_in: np.ndarray) -> np.ndarray:
     (under-unlearning); below 0.5: less confident (over-unlearning, also a tell). NaN where
     a record has no IN or no OUT model.
     """
-    phi, mask = _check_pair(phi, member_in)
+    phi, mask = check_pair(phi, member_in, finite=True)
     ranks = rankdata(phi, axis=0)
     n_in = mask.sum(axis=0)
     n_out = mask.shape[0] - n_in
@@ -111,7 +97,7 @@ def record_pvalues(phi: np.ndarray, member_in: np.ndarray, permutations: int = 9
     ``seed``. NaN where a record has fewer than 2 IN or 2 OUT models; 1 where its phi are
     all equal.
     """
-    phi, mask = _check_pair(phi, member_in)
+    phi, mask = check_pair(phi, member_in, finite=True)
     if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) \
             or permutations < 1:
         raise ValueError(f"permutations must be an integer >= 1, got {permutations!r}")
