@@ -29,10 +29,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES: the spec's attack sections)
     from orchestrator.plan import plan_run
     from orchestrator.spec import load_spec
+    from orchestrator.spec_folder import collect_code
     from orchestrator.tables import DamagedPart, Results
 
     try:
         variants = load_spec(args.spec, args.set)
+        code = collect_code(args.spec)  # the user's Python beside the spec, for the workers
     except Exception as err:
         if (line := refusal(err)) is None:
             raise
@@ -72,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {fn:<20} {n:>5} units, {left:>5} to run")
         return 0
     # Ray, the capacity check, the experiment's lock, signals: orchestrator/run_driver.py.
-    return drive(args, units, results, variants[0], data_root, header)
+    return drive(args, units, results, variants[0], data_root, header, code)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

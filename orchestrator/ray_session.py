@@ -53,17 +53,21 @@ _local: dict[str, Any] = {}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, auth: bool = True,
-              quiet: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-              ) -> dict[str, Any]:
+              quiet: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+              runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     """Join ``address`` (or $RAY_ADDRESS), else start an embedded loopback-only Ray.
 
     The environment is set before ``import ray``: Ray reads its auth mode once, when loaded.
+    ``runtime_env``: the job's, for every task and actor (the user's code beside the spec:
+    ``orchestrator.spec_folder.runtime_env``); ``ray.init`` uploads what it names.
     Raises :class:`ClusterUnreachable` when no cluster answers at ``address`` in time.
     """
     address = address or os.environ.get("RAY_ADDRESS")
-    logging_kwargs = {"log_to_driver": not quiet, "logging_level": "ERROR" if quiet else "INFO"}
+    init_kwargs = {"log_to_driver": not quiet, "logging_level": "ERROR" if quiet else "INFO"}
+    if runtime_env:
+        init_kwargs["runtime_env"] = runtime_env
     if address:
-        return _join(address, connect_timeout, logging_kwargs, quiet)
+        return _join(address, connect_timeout, init_kwargs, quiet)
     os.environ.update(LOCAL_ENV)
     if auth:
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -80,7 +84,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, auth: boo
                   watchdog=_start_watchdog(os.path.dirname(ray.__file__)))
     with _keep_sigterm():
         ray.init(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1",
-                 **logging_kwargs)
+                 **init_kwargs)
     return {"mode": "local", "auth": auth}
 
 
@@ -191,7 +195,7 @@ def _stop_watchdog(proc: subprocess.Popen | None) -> None:
         proc.kill()
 
 
-def _join(address: str, timeout: float, logging_kwargs: dict, quiet: bool) -> dict[str, Any]:
+def _join(address: str, timeout: float, init_kwargs: dict, quiet: bool) -> dict[str, Any]:
     import ray
 
     if ray.is_initialized():
@@ -222,7 +226,7 @@ def _join(address: str, timeout: float, logging_kwargs: dict, quiet: bool) -> di
     try:
         with _keep_sigterm():
             # Joining a cluster: its token comes from $RAY_AUTH_TOKEN or ~/.ray/auth_token.
-            ray.init(address=address, **logging_kwargs)
+            ray.init(address=address, **init_kwargs)
     except ConnectionError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ClusterUnreachable(address, timeout, f"Ray did not connect: {first}") from None

@@ -99,13 +99,15 @@ def _compact(results: Any) -> None:
 
 
 def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
-          data_root: str | None, header: str) -> int:
-    """Run ``units`` (every variant's) into ``results``; the exit code of ``run``."""
+          data_root: str | None, header: str, code: Any = None) -> int:
+    """Run ``units`` (every variant's) into ``results``; the exit code of ``run``. ``code``:
+    the user's Python beside the spec (``spec_folder.SpecCode``), shipped to every worker."""
     from orchestrator.capacity import CapacityError
     from orchestrator.execute import dedupe, pending_units
     from orchestrator.lock import ExperimentLock, LockHeld
     from orchestrator.ray_session import ClusterUnreachable, embedded, start_ray, stop_ray
     from orchestrator.report import describe
+    from orchestrator.spec_folder import runtime_env
 
     start = time.perf_counter()
     experiment = spec.experiment
@@ -127,8 +129,9 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
     info: dict[str, Any] = {}
     try:
         try:
-            info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
-                             connect_timeout=args.connect_timeout)
+            with runtime_env(code) as env:
+                info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
+                                 connect_timeout=args.connect_timeout, runtime_env=env)
             _check_capacity(todo, spec.resources, embedded(), args.resource_wait)
             lock.acquire()  # after the checks: a refused run leaves no lock file
         except (ClusterUnreachable, CapacityError, LockHeld) as err:

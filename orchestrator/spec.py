@@ -27,6 +27,7 @@ import yaml
 from orchestrator.fingerprint import file_fingerprint
 from orchestrator.hashing import stable_hash
 from orchestrator.key_paths import SpecError, grid_variants, set_path
+from orchestrator.spec_folder import import_from, resolve_paths, spec_folder
 from orchestrator.stage_registry import STAGES
 from tasks.models import MODELS, ModelConfig
 from tasks.params import (
@@ -68,7 +69,8 @@ class DatasetSpec:
                 raise FieldError("path", "required for dataset 'files': an .npz of x_train, "
                                          "y_train, x_test, y_test, or a .csv/.parquet file "
                                          "(with test: and label:)")
-            # Workers may run elsewhere: local paths travel absolute (relative to the cwd).
+            # Workers may run elsewhere: local paths travel absolute (the spec loader joined
+            # the file's relative ones to its folder; what is still relative: the cwd).
             for name in ("path", "test"):
                 value = getattr(self, name)
                 if value is not None and not isinstance(value, str):
@@ -396,6 +398,9 @@ def expand(data: Mapping[str, Any], overrides: list[str] = (),
         raise SpecError(f"<root>: a spec is a mapping of sections, got {data!r}")
     data = copy.deepcopy(dict(data))
     apply_overrides(data, overrides)
+    # Paths still relative came from --set (the spec file's are joined to its folder by
+    # load_spec): a user typing on the command line means the current folder.
+    data = resolve_paths(data, Path.cwd())
     grid = data.pop("grid", None) or {}
     data.pop("description", None)
     return [build_variant(variant, local_devices) for variant in grid_variants(data, grid)]
@@ -429,8 +434,18 @@ def read_spec_file(path: str | Path) -> Mapping[str, Any]:
     return data
 
 
+def read_spec_beside(path: str | Path) -> dict[str, Any]:
+    """The spec file's mapping with its relative file paths joined to its folder, which is
+    made importable (the user's factories and methods beside it; ``orchestrator.spec_folder``
+    ships them to the workers)."""
+    data = read_spec_file(path)
+    folder = spec_folder(path)
+    import_from(folder)
+    return resolve_paths(data, folder)
+
+
 def load_spec(path: str | Path, overrides: list[str] = ()) -> list[Spec]:
-    return expand(read_spec_file(path), list(overrides))
+    return expand(read_spec_beside(path), list(overrides))
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:

@@ -31,6 +31,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from orchestrator.search.spec import load_search_file
     from orchestrator.search.study import SearchStateError, open_study, search_dir
     from orchestrator.search.tune import run_search
+    from orchestrator.spec_folder import collect_code, runtime_env
     from orchestrator.tables import Results
 
     study_errors = (SearchStateError,)  # "--resume: nothing to resume ..." and the like
@@ -39,6 +40,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     root = None if data_root_problem(args) else resolved_data_root(args)
     try:
         plan = load_search_file(args.spec, args.set, root)
+        code = collect_code(args.spec)  # the user's Python beside the spec, for the workers
     except Exception as err:
         if (line := refusal(err, as_is=study_errors)) is None:
             raise
@@ -65,7 +67,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise
         return fail(line)
     try:
-        start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth)
+        with runtime_env(code) as env:
+            start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
+                      runtime_env=env)
         outcome = run_search(plan, results, ctx, resume=args.resume,
                              num_samples=args.num_samples, progress=not args.quiet)
     except (SearchStateError, ClusterUnreachable, CapacityError) as err:

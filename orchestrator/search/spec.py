@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,9 +52,10 @@ from orchestrator.spec import (
     SpecError,
     apply_overrides,
     expand,
-    read_spec_file,
+    read_spec_beside,
     stable_hash,
 )
+from orchestrator.spec_folder import resolve_paths
 from tasks.params import ParamError, build, check, check_seed, to_dict
 
 __all__ = ["ATTACK_PREFIX", "BudgetSpec", "Metric", "SamplerSpec", "SchedulerSpec", "SearchPlan",
@@ -262,6 +264,9 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = (),
     """
     data = copy.deepcopy(dict(data))
     apply_overrides(data, overrides)
+    # The trials rebuild the spec from this mapping, on workers: every path in it absolute
+    # (what --set gave relative: the current folder's).
+    data = resolve_paths(data, os.getcwd())
     if "search" not in data:
         raise SpecError("search: required key is missing (tune needs a search: section)")
     if data.get("grid"):
@@ -313,4 +318,4 @@ def load_search(data: Mapping[str, Any], overrides: list[str] = (),
 
 def load_search_file(path, overrides: list[str] = (), data_root: str | None = None
                      ) -> SearchPlan:
-    return load_search(read_spec_file(path), overrides, data_root)
+    return load_search(read_spec_beside(path), overrides, data_root)
