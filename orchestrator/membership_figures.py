@@ -7,6 +7,9 @@
   model). Each attack unit adds its points (``_arrays/mia/gain-<key>.json``, beside the
   tables) and redraws it.
 
+A pair from outside draws no figure while it runs; the redraw below draws its ROC curves
+(titled "your pair", its pre-registered test's curve named so) and no gain figure.
+
 Redraw everything from the tables with ``python -m orchestrator.membership_figures RESULTS
 EXPERIMENT`` (e.g. after a run interrupted between an attack and its figure).
 """
@@ -22,6 +25,8 @@ import numpy as np
 
 from orchestrator.storage import Location
 from orchestrator.tables import ARRAYS_DIR, FIGURES_DIR
+
+YOUR_PAIR, PREREGISTERED = "your pair", "preregistered"  # as the pair's membership unit
 
 
 def _plt():
@@ -113,11 +118,23 @@ def gain_figure(points: list[dict[str, Any]], title: str = ""):
 
 
 def _points_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gain points of the membership stage's rows; a pair's rows (no generalisation gap of
+    the shadow originals, no classical AUC) have none."""
     return [{"feature": r["feature"], "attack_model": r["attack_model"],
              "label": f"{r['dataset']}/{r['model']}/{r['unlearning_method']}/{r['scenario']}",
              "gap": float(r["generalisation_gap"]), "gain": float(r["auc"] - r["classical_auc"]),
              "scenario": r["scenario"]}
-            for r in rows if r["feature"] != "basic_mia" and r.get("control", "none") == "none"]
+            for r in rows if r["feature"] != "basic_mia" and r.get("control", "none") == "none"
+            and _present(r.get("generalisation_gap")) and _present(r.get("classical_auc"))]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _curve_name(feature: str, test: Any) -> str:
+    """A pair's pre-registered test is named as such beside its exploratory curves."""
+    return f"{feature} (pre-registered)" if test == PREREGISTERED else feature
 
 
 def write_scenario_figures(ctx, spec, scenario: str, method: str, attack_key: str,
@@ -156,19 +173,26 @@ def redraw_from_tables(results_root: str, experiment: str) -> list[str]:
     if mia.empty:
         return written
     mia = mia[mia["control"] == "none"]
+    if "test" not in members.columns:  # the membership stage's rows: no pre-registration
+        members = members.assign(test=None)
     for key, group in members.groupby(mia_attack_key(members["mia_key"])):
         first = group.iloc[0]
+        # A pair's rows (pre-registered or exploratory) are its own: "your pair", never the
+        # shadow recipe's method.
+        method = YOUR_PAIR if _present(first["test"]) else first["unlearning_method"]
         curves = {}
-        for (feature, model), g in group.groupby(["feature", "attack_model"], sort=False):
-            curves[(feature, model)] = roc(g["label"].to_numpy(), g["score"].to_numpy())
-        name = (f"roc_{first['dataset']}_{first['model']}_{first['unlearning_method']}_"
-                f"{first['scenario']}_{key.rsplit('-', 1)[-1][:8]}.png")
-        title = (f"{first['dataset']} / {first['model']} / {first['unlearning_method']} / "
-                 f"{first['scenario']}")
+        for (feature, model, test), g in group.groupby(["feature", "attack_model", "test"],
+                                                       sort=False, dropna=False):
+            curves[(_curve_name(feature, test), model)] = roc(g["label"].to_numpy(),
+                                                              g["score"].to_numpy())
+        name = (f"roc_{first['dataset']}_{first['model']}_{method}_"
+                f"{first['scenario']}_{key.rsplit('-', 1)[-1][:8]}.png").replace(" ", "_")
+        title = f"{first['dataset']} / {first['model']} / {method} / {first['scenario']}"
         written.append(_save(roc_figure(curves, title), loc, experiment, FIGURES_DIR, name))
     points = _points_from_rows(mia.to_dict("records"))
-    written.append(_save(gain_figure(points), loc, experiment, FIGURES_DIR,
-                         "gain_vs_gap.png"))
+    if points:  # a pair's experiment has none
+        written.append(_save(gain_figure(points), loc, experiment, FIGURES_DIR,
+                             "gain_vs_gap.png"))
     return written
 
 

@@ -237,10 +237,11 @@ def _rates(row: dict) -> str:
     where = (f"Measured on the attacker's shadow pairs (unlearned with {recipe}: the "
              f"attacker's guess at how your pair was unlearned), against {ref} never-used "
              f"shadow records")
-    null = f"true-null trials ({k} never-used records claimed as deleted)"
+    rec = "record" if k == 1 else "records"
+    null = f"true-null trials ({k} never-used {rec} claimed as deleted)"
     parts = []
     for name, trials_of, rate in (("fpr", null, "false-positive rate"),
-                                  ("power", f"trials with {k} deleted records", "power")):
+                                  ("power", f"trials with {k} deleted {rec}", "power")):
         fired, trials = int(_num(row, f"{name}_fired", 0)), int(_num(row, f"{name}_trials", 0))
         if trials:
             parts.append(f"it fired on {fired} of {trials} {trials_of}: {rate} "
@@ -248,7 +249,10 @@ def _rates(row: dict) -> str:
         else:
             parts.append(f"its {rate} could not be measured (too few validation shadow "
                          f"records)")
-    return f"{where}: {'; '.join(parts)}."
+    # Measured on pairs made the attacker's way: a pair unlearned otherwise (another recipe,
+    # k records deleted at once) can hide from a test that finds every shadow deletion.
+    return (f"{where}: {'; '.join(parts)}. Both rates describe pairs made the attacker's "
+            f"way; a pair trained or unlearned otherwise may be harder to read.")
 
 
 def preregistered_verdict(row: dict) -> Verdict:

@@ -306,14 +306,22 @@ SHADOW_MODEL = {"model": {"name": "mlp", "hidden": [16]},
 
 def _check_mia(folder: Path, n_target: int, forget_size: int) -> pd.DataFrame:
     mia = pd.read_parquet(folder / "mia")
-    assert len(mia) >= 1
-    assert ((mia["auc_low"] <= mia["auc"]) & (mia["auc"] <= mia["auc_high"])).all(), \
-        mia[["auc_low", "auc", "auc_high"]]
     assert mia["auc"].between(0, 1).all()
     assert (mia["n_target_rows"] == n_target).all() and (mia["forget_size"] == forget_size).all()
+    bounds = mia[["auc_low", "auc_high"]]
+    if forget_size < 2:  # one deleted record: no interval, on any row
+        assert bounds.isna().all().all(), mia[["auc_low", "auc", "auc_high"]]
+    else:
+        assert ((mia["auc_low"] <= mia["auc"]) & (mia["auc"] <= mia["auc_high"])).all(), \
+            mia[["auc_low", "auc", "auc_high"]]
+    # One pre-registered test (the verdict) beside the exploratory rows, each with its
+    # per-record scores.
+    assert (mia["test"] == "preregistered").sum() == 1
+    assert (mia["test"] == "exploratory").sum() == len(mia) - 1 >= 1
     records = pd.read_parquet(folder / "membership")
-    row = mia[mia["control"] == "none"].iloc[0]
-    assert int(records[records["mia_key"] == row["key"]]["label"].sum()) == forget_size
+    for test in ("preregistered", "exploratory"):
+        row = mia[(mia["control"] == "none") & (mia["test"] == test)].iloc[0]
+        assert int(records[records["mia_key"] == row["key"]]["label"].sum()) == forget_size
     return mia
 
 

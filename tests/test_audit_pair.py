@@ -276,12 +276,23 @@ def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(ou
         "model": {"name": "rf", "n_estimators": 30}}, sort_keys=False))
     _run(outside, spec)
     mia = pd.read_parquet(outside / "R" / "byo-adult" / "mia")
-    row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")].iloc[0]
+    records = pd.read_parquet(outside / "R" / "byo-adult" / "membership")
+    direct = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")]
+    # The exploratory row (fitted on all shadow pairs): an interval over the 30 deleted and
+    # 300 never-used records, resampled separately.
+    (row,) = direct[direct["test"] == "exploratory"].to_dict("records")
     assert 0.0 <= row["auc_low"] <= row["auc"] <= row["auc_high"] <= 1.0
     assert row["auc_high"] > row["auc_low"]
     assert row["n_target_rows"] == 330 and row["forget_size"] == 30
-    records = pd.read_parquet(outside / "R" / "byo-adult" / "membership")
     assert int(records[records["mia_key"] == row["key"]]["label"].sum()) == 30
+    # The verdict, pre-registered on one shadow original (25 deleted, 25 never-used rows) and
+    # validated on the other: too few validation records to measure its error rates at k = 30.
+    (pre,) = direct[direct["test"] == "preregistered"].to_dict("records")
+    assert pre["split_unit"] == "shadow originals" and pre["n_validation_rows"] == 50
+    assert 0.0 <= pre["auc_low"] <= pre["auc"] <= pre["auc_high"] <= 1.0
+    assert pre["forget_size"] == 30 and pre["n_negatives"] == 300
+    assert pre["fpr_trials"] == 0 and pre["power_trials"] == 0
+    assert int(records[records["mia_key"] == pre["key"]]["label"].sum()) == 30
 
 
 # --- refusals: one line, exit 2, before any work -------------------------------------------------

@@ -61,7 +61,7 @@ NUM = r"[+-]?\d+\.\d+"
 def test_report_holds_verdicts_with_numbers_and_intervals(page):
     text = page.read_text()
     # Feature recovery: gain over the mean image, its interval, what 0 dB means.
-    recovery = re.findall(rf"({NUM}) dB over the mean image \[({NUM}), ({NUM})\] \(95 % "
+    recovery = re.findall(rf"({NUM}) \[({NUM}), ({NUM})\] dB over the mean image \(95 % "
                           r"bootstrap interval over (\d+) targets\)", text)
     assert len(recovery) == 5, recovery  # 2 reference + 3 paper-inferred (method, config)
     for mean, low, high, n in recovery:

@@ -238,6 +238,8 @@ def test_no_verdict_prints_an_interval_from_fewer_than_two_samples(tmp_path):
         assert "nan" not in v.sentence.lower(), v.sentence
     (member,) = [v for v in verdicts if v.attack == "membership inference"]
     assert member.method == "your pair" and "pre-registered" in member.config  # not dt's 0.99
+    assert "(1 never-used record claimed as deleted)" in member.sentence
+    assert "trials with 1 deleted record:" in member.sentence
     label = next(v for v in verdicts if v.attack == "label inference").sentence
     assert "1 of 1 requests correct" in label and "one request: no p-value" in label
     page = render(results)

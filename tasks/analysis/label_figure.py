@@ -5,7 +5,8 @@
 
 One panel per (method, box, decision score), wrapped three to a row so the figure reads at
 page width. In a panel, each share p is one colour: a solid line with markers for the
-forgotten class's own-confidence change, a dotted line for the largest drop among the other
+forgotten class's own-confidence change (a request with no share p, as a user's own pair's,
+is labelled by its forgotten class only: "deletion requests", no ``p=``), a dotted line for the largest drop among the other
 classes, both against the forgotten class. Inference is right where the solid line lies below
 the dotted one.
 """
@@ -22,6 +23,23 @@ __all__ = ["PAGE_WIDTH", "draw_label_inference", "records_from_arrays"]
 PAGE_WIDTH = 7.5  # inches: a page's text width, so nothing is scaled down when printed
 _COLUMNS = 3
 _FONT = 8  # smallest text is _FONT - 1 = 7 pt
+_NO_SHARE = "deletion requests"  # the label of requests with no share p (a user's pair)
+
+
+def _share(value: Any) -> float | None:
+    """The share p, or None when it is missing or NaN (one key for all such requests)."""
+    if value is None:
+        return None
+    share = float(value)
+    return None if math.isnan(share) else share
+
+
+def _share_order(share: float | None) -> tuple[bool, float]:
+    return (share is None, 0.0 if share is None else share)
+
+
+def _share_label(share: float | None) -> str:
+    return _NO_SHARE if share is None else f"p={share:g}"
 
 
 def _plt():
@@ -33,17 +51,19 @@ def _plt():
     return plt
 
 
-def _panels(deltas: list[dict[str, Any]]
-            ) -> dict[tuple[str, str, str], dict[float, dict[int, np.ndarray]]]:
-    """(method, box, score) -> share -> forgotten class -> mean delta (C,) over repeats
-    (seeds, originals)."""
-    stacks: dict[tuple[str, str, str], dict[float, dict[int, list[np.ndarray]]]] = {}
+_Panels = dict[tuple[str, str, str], dict[float | None, dict[int, np.ndarray]]]
+
+
+def _panels(deltas: list[dict[str, Any]]) -> _Panels:
+    """(method, box, score) -> share (None: none) -> forgotten class -> mean delta (C,) over
+    repeats (seeds, originals)."""
+    stacks: dict[tuple[str, str, str], dict[float | None, dict[int, list[np.ndarray]]]] = {}
     for rec in deltas:
         key = (str(rec["method"]), str(rec.get("box", "")), str(rec.get("score", "")))
-        by_share = stacks.setdefault(key, {}).setdefault(float(rec["share"]), {})
+        by_share = stacks.setdefault(key, {}).setdefault(_share(rec.get("share")), {})
         by_share.setdefault(int(rec["true_class"]), []).append(
             np.asarray(rec["delta"], dtype=np.float64))
-    out: dict[tuple[str, str, str], dict[float, dict[int, np.ndarray]]] = {}
+    out: _Panels = {}
     for key, shares in stacks.items():
         out[key] = {}
         for share, classes in shares.items():
@@ -81,7 +101,8 @@ def draw_label_inference(deltas: list[dict[str, Any]]):
 
     Args:
         deltas: one record per (unlearned model, decision score): ``method``, ``box``,
-            ``score``, ``share`` (p), ``true_class`` (the forgotten class) and ``delta``, the
+            ``score``, ``share`` (p; missing or NaN for requests with none, drawn as
+            "deletion requests"), ``true_class`` (the forgotten class) and ``delta``, the
             mean own-class confidence change per class (C,), NaN where no probe is labelled
             that class. Repeats of one (method, box, score, share, class) are averaged.
     Returns:
@@ -92,7 +113,7 @@ def draw_label_inference(deltas: list[dict[str, Any]]):
 
     panels = _panels(deltas)
     keys = sorted(panels)
-    shares = sorted({s for key in keys for s in panels[key]})
+    shares = sorted({s for key in keys for s in panels[key]}, key=_share_order)
     colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(shares), 1)))
     colour = dict(zip(shares, colours))
     cols = max(1, min(_COLUMNS, len(keys)))
@@ -102,14 +123,14 @@ def draw_label_inference(deltas: list[dict[str, Any]]):
     flat = list(axes.flat)
     for ax, key in zip(flat, keys):
         classes_seen: set[int] = set()
-        for share in sorted(panels[key]):
+        for share in sorted(panels[key], key=_share_order):
             by_class = panels[key][share]
             classes = sorted(by_class)
             classes_seen.update(classes)
             own = [by_class[c][c] for c in classes]
             other = [_largest_other_drop(by_class[c], c) for c in classes]
             ax.plot(classes, own, color=colour[share], marker="o", markersize=3,
-                    linewidth=1.0, label=f"p={share:g}")
+                    linewidth=1.0, label=_share_label(share))
             ax.plot(classes, other, color=colour[share], linestyle=":", linewidth=1.0,
                     label="_other")
         ax.axhline(0.0, color="grey", linewidth=0.5)
@@ -128,8 +149,8 @@ def draw_label_inference(deltas: list[dict[str, Any]]):
         axes[r, 0].set_ylabel("mean own-class change", fontsize=_FONT)
     for ax in flat[:len(keys)]:
         ax.set_xlabel("forgotten class", fontsize=_FONT)
-    handles = [Line2D([], [], color=colour[s], marker="o", markersize=3, label=f"p={s:g}")
-               for s in shares]
+    handles = [Line2D([], [], color=colour[s], marker="o", markersize=3,
+                      label=_share_label(s)) for s in shares]
     handles += [Line2D([], [], color="black", marker="o", markersize=3,
                        label="forgotten class"),
                 Line2D([], [], color="black", linestyle=":", label="largest other drop")]

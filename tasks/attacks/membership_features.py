@@ -166,6 +166,18 @@ def attack_model(name: str, seed: int, params: dict[str, Any] | None = None):
     return clf.set_params(**params) if params else clf
 
 
+def _no_early_stopping_on_few_rows(clf, y_train: Array) -> None:
+    """An MLP's early stopping holds out a stratified validation fraction, which needs at
+    least one row of each class on both sides: with fewer shadow rows (half of a small shadow
+    set, as a pair's pre-registered test fits on) it is turned off instead of failing."""
+    if not getattr(clf, "early_stopping", False):
+        return
+    n, counts = len(y_train), np.bincount(y_train)
+    held = int(np.ceil(clf.validation_fraction * n))
+    if held < 2 or n - held < 2 or counts[counts > 0].min() < 2:
+        clf.set_params(early_stopping=False)
+
+
 @dataclass(frozen=True)
 class AttackScores:
     """P(member) of a fitted attack on its training (shadow) and test (target) rows."""
@@ -182,6 +194,7 @@ def fit_and_score(x_train: Array, y_train: Array, x_test: Array, model: str = "d
     if len(np.unique(y_train)) < 2:
         raise ValueError("the shadow rows hold a single membership label: nothing to learn")
     clf = attack_model(model, seed, params)
+    _no_early_stopping_on_few_rows(clf, y_train)
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning

@@ -70,3 +70,23 @@ def test_records_from_the_scorer_arrays():
     fig = draw_label_inference(recs)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
     matplotlib.pyplot.close(fig)
+
+
+def test_requests_with_no_share_are_labelled_by_their_class_only():
+    # A user's pair: its deletion requests have no class share (the scorer saves NaN).
+    arrays = [{"delta": np.asarray([[-0.5, 0.1, 0.0], [0.0, -0.3, 0.1], [-0.1, 0.0, 0.0]]),
+               "label": np.asarray(["your pair / black-prob"] * 3),
+               "share": np.asarray([np.nan, np.nan, np.nan]),
+               "true_class": np.asarray([0, 1, 0])}]
+    fig = draw_label_inference(records_from_arrays(arrays))
+    texts = [t.get_text() for t in _texts(fig)]
+    assert not [t for t in texts if "nan" in t.lower() or t.startswith("p=")]
+    (legend,) = fig.legends
+    assert "deletion requests" in {t.get_text() for t in legend.get_texts()}
+    (panel,) = [ax for ax in fig.axes if ax.get_visible()]
+    # One line for all the requests (NaN shares are one key), over both forgotten classes;
+    # class 0's two requests are averaged.
+    (own,) = [line for line in panel.lines if line.get_label() == "deletion requests"]
+    assert list(own.get_xdata()) == [0, 1]
+    assert np.allclose(own.get_ydata(), [-0.3, -0.3])
+    matplotlib.pyplot.close(fig)

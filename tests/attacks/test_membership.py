@@ -215,3 +215,14 @@ def test_set_size_is_capped_for_small_pools():
     assert effective_set_size(50, 182, 0.5) == 50
     with pytest.raises(ValueError, match="too few"):
         effective_set_size(10, 3, 0.5)
+
+
+def test_the_mlp_attack_model_fits_on_a_handful_of_shadow_rows():
+    # Half of a small shadow set (a pair's pre-registered test fits on one half): 8 rows
+    # leave early stopping's stratified validation split one row, fewer than the 2 classes.
+    from tasks.attacks.membership_features import fit_and_score
+
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    scores = fit_and_score(x, np.array([0, 1] * 4), x[:5], model="mlp")
+    assert scores.train.shape == (8,) and scores.test.shape == (5,)
+    assert np.all((scores.test >= 0) & (scores.test <= 1))

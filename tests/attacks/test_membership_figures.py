@@ -35,3 +35,31 @@ def test_roc_figure_is_log_log_with_a_true_chance_diagonal():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_pairs_tables_redraw_as_your_pair_with_the_preregistered_curve_apart(
+        tmp_path, monkeypatch):
+    from orchestrator import membership_figures as figs
+    from orchestrator.tables import Results
+
+    common = {"experiment": "pair", "dataset": "digits", "model": "torch_export",
+              "unlearning_method": "retrain", "scenario": "single", "feature": "direct_diff",
+              "attack_model": "lr", "control": "none"}  # a shadow recipe's name in the rows
+    keys = {"exploratory": "pair-mia-abc:direct_diff:lr:none",
+            "preregistered": "pair-mia-abc:preregistered"}
+    results = Results(str(tmp_path), "pair")
+    results.write("mia", [{"key": key, **common, "test": test, "auc": 0.7}
+                          for test, key in keys.items()])  # no generalisation gap
+    results.write("membership", [
+        {"key": f"{key}:{i}", "mia_key": key, **common, "test": test, "label": int(i < 2),
+         "score": float(i % 3)} for test, key in keys.items() for i in range(6)])
+    drawn = []
+    monkeypatch.setattr(figs, "roc_figure",
+                        lambda curves, title: drawn.append((sorted(curves), title))
+                        or roc_figure(curves, title))
+    written = figs.redraw_from_tables(str(tmp_path), "pair")
+    assert [p.rsplit("/", 1)[-1] for p in written] == [
+        "roc_digits_torch_export_your_pair_single_abc.png"]  # and no gain figure
+    ((curves, title),) = drawn
+    assert title == "digits / torch_export / your pair / single"
+    assert curves == [("direct_diff", "lr"), ("direct_diff (pre-registered)", "lr")]
