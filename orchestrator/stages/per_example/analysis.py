@@ -238,6 +238,9 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     # A record with fewer than two models on a side has no epsilon (NaN): left out of its
     # summaries, which say over how many records they are (n_records_epsilon).
     scored_eps = eps[~np.isnan(eps)]
+    if not len(scored_eps):
+        raise ValueError("per_example: no target has two models on each side; raise "
+                         "per_example.models")
     score_fs = forget_score(scored_eps, per_side)
     base = {"experiment": spec.experiment, "config_hash": spec.config_hash,
             "seed": seed, "design": settings.design, "unlearning_method": method,
