@@ -197,13 +197,13 @@ def _pipeline(tmp: Path, scale: float, num_cpus: int,
               tree: Path | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds of its process tree, sampled every 0.2 s: a process's
     last moments before it exits may be missed). ``tree``: run the command of that checkout
-    (``python -m orchestrator.cli`` from it, this checkout's data root) instead."""
+    (``python -m orchestrator.cli.main`` from it, this checkout's data root) instead."""
     results, artifacts = tmp / "results", tmp / "artifacts"
     cli, env, cwd = [str(ROOT / ".venv" / "bin" / "unlearn-audit")], dict(os.environ), ROOT
     if tree is not None:
         from tasks.data import DATA_ROOT_ENV, resolve_data_root
 
-        cli, cwd = [sys.executable, "-m", "orchestrator.cli"], tree
+        cli, cwd = [sys.executable, "-m", "orchestrator.cli.main"], tree
         env.update({"PYTHONPATH": str(tree), DATA_ROOT_ENV: str(resolve_data_root())})
     argv = [*cli, "run", str(SPEC), "--num-cpus", str(num_cpus), "--results", str(results),
             "--artifacts", str(artifacts), "--quiet"]

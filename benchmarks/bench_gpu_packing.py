@@ -31,7 +31,7 @@ def run_once(spec: Path, share: float, results: Path, extra: list[str]) -> float
     """Wall seconds of one run of ``spec`` with every task asking for ``share`` of a GPU."""
     sets = ["runtime.device=cuda"] + [f"resources.{kind}={{cpus: 1, gpus: {share}}}"
                                       for kind in ("train", "unlearn", "attack")] + extra
-    command = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--results",
+    command = [sys.executable, "-m", "orchestrator.cli.main", "run", str(spec), "--results",
                str(results), "--quiet"] + [a for s in sets for a in ("--set", s)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the embedded Ray
     start = time.perf_counter()

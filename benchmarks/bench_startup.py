@@ -36,7 +36,7 @@ def _wall(argv: list[str], runs: int) -> float:
 
 def _tiny_results(root: Path) -> Path:
     """One experiment with one small table, written by the package's own table writer."""
-    from orchestrator.tables import Results
+    from orchestrator.store.tables import Results
 
     Results(root, "bench").write("models", [{"key": f"m{i}", "role": "original",
                                              "test_acc": 0.9, "seed": 0} for i in range(8)])
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--results", default=None, help="an experiment folder for show/report")
     args = parser.parse_args()
-    cli = [sys.executable, "-m", "orchestrator.cli"]
+    cli = [sys.executable, "-m", "orchestrator.cli.main"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.results) if args.results else _tiny_results(Path(tmp))
         rows = {

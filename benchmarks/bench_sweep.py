@@ -5,7 +5,7 @@ before and after compaction (with the time to read every key back, which a rerun
 
     .venv/bin/python benchmarks/bench_sweep.py [--sizes 1000 10000 100000] [--num-cpus 2]
 
-The unit is ``noop`` (orchestrator/units.py): one row, no work, so what is measured is the
+The unit is ``noop`` (orchestrator/engine/units.py): one row, no work, so what is measured is the
 scheduling, the result transfer and the table writes. The plain alternative beside it, in the
 same run, is the floor Ray itself sets: the same number of empty ``@ray.remote`` calls submitted
 all at once and gathered with one ``ray.get``. Figures in docs/BENCHMARKS.md.
@@ -55,12 +55,12 @@ class _PeakRss:
 
 def _child(n: int, num_cpus: int, folder: str) -> dict:
     """One sweep of ``n`` units in this (fresh) process."""
-    from orchestrator.execute import execute
-    from orchestrator.plan import Unit
-    from orchestrator.ray_session import start_ray, stop_ray
-    from orchestrator.spec import ResourcesSpec
-    from orchestrator.tables import Results
-    from orchestrator.units import TaskContext
+    from orchestrator.context import TaskContext
+    from orchestrator.engine.execute import execute
+    from orchestrator.engine.plan import Unit
+    from orchestrator.engine.ray_session import start_ray, stop_ray
+    from orchestrator.spec.schema import ResourcesSpec
+    from orchestrator.store.tables import Results
 
     start_ray(None, num_cpus=num_cpus)
     import ray

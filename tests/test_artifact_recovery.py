@@ -23,10 +23,10 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.execute import pending_units
-from orchestrator.plan import Unit
-from orchestrator.store import ArtifactStore, DamagedArtifact, MissingArtifact, reuse
-from orchestrator.tables import Results
+from orchestrator.engine.execute import pending_units
+from orchestrator.engine.plan import Unit
+from orchestrator.store.artifacts import ArtifactStore, DamagedArtifact, MissingArtifact, reuse
+from orchestrator.store.tables import Results
 from tests.conftest import reduced_quickstart
 
 
@@ -132,7 +132,7 @@ def test_a_run_whose_artifacts_were_damaged_remakes_them_in_one_rerun(tmp_path, 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
                                "--results", str(results), "--quiet"], cwd=repo, env=env,
                               capture_output=True, text=True, timeout=600, check=False)
 
@@ -164,8 +164,8 @@ def test_a_per_example_scores_dataset_counts_as_an_artifact_and_is_moved_aside(t
     holds its unit done; cut short, reading it names it and moves it aside."""
     import pyarrow as pa
 
+    from orchestrator.context import TaskContext
     from orchestrator.stages.per_example.scoring import read_scores, scores_path
-    from orchestrator.units import TaskContext
 
     ctx = TaskContext("e", str(tmp_path / "R"), str(tmp_path / "A"), None)
     results = Results(tmp_path / "R", "e")

@@ -277,7 +277,7 @@ def test_a_listed_attack_that_does_not_fit_is_refused_in_one_line(digits, fmt, a
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
 

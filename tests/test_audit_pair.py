@@ -115,7 +115,7 @@ def _spec(root: Path, name: str, pair: dict, **extra) -> Path:
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root / "site"), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator.plan import Unit, plan_run
-from orchestrator.spec import expand
+from orchestrator.engine.plan import Unit, plan_run
+from orchestrator.spec.schema import expand
 from orchestrator.stages.per_example.planning import draw_records, references
 
 PLAN_SPEC = {
@@ -150,7 +150,7 @@ E2E_SPEC = {
 def _run(root: Path) -> str:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "spec.yaml",
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", "spec.yaml",
                            "--results", "R", "--artifacts", "A", "--num-cpus", "2", "--quiet"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600,
                           check=False)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import verdicts as vd
+from orchestrator.reporting import verdicts as vd
 from orchestrator.stages.pair import evidence as ev
 from tasks.attacks.membership import MembershipConfig, PairRows
 
@@ -218,14 +218,14 @@ def _single_sample_tables() -> dict[str, list[dict]]:
         "mia": [pre, explore],
         "membership": [{"key": f"m:direct_diff:dt:none:{i}", "mia_key": "m:direct_diff:dt:none",
                         "label": int(i == 0), "score": 1.0 - i / 10} for i in range(5)],
-        "defenses": [{"key": "d", "attack": "inversion", "unlearning_method": "retrain",
+        "defences": [{"key": "d", "attack": "inversion", "unlearning_method": "retrain",
                       "defence": "pruning", "strength": 0.5, "attack_metric": 3.0,
                       "test_acc_unlearned": 0.9}]}
 
 
 def test_no_verdict_prints_an_interval_from_fewer_than_two_samples(tmp_path):
-    from orchestrator.html_report import collect_verdicts, render
-    from orchestrator.tables import Results
+    from orchestrator.reporting.html_report import collect_verdicts, render
+    from orchestrator.store.tables import Results
 
     results = Results(str(tmp_path), "one")
     for table, rows in _single_sample_tables().items():
@@ -258,14 +258,3 @@ def test_the_interval_rule_fires_on_two_samples():
     assert re.search(INTERVAL, v.sentence) and "over 2 targets" in v.sentence
 
 
-def test_the_auc_interval_resamples_deleted_and_never_used_records_apart():
-    rng = np.random.default_rng(0)
-    neg = rng.normal(0, 1, 500)
-    one = np.r_[1, np.zeros(500)]
-    point, low, high = vd.stratified_auc_ci(one, np.r_[3.0, neg])
-    assert point > 0.99 and np.isnan(low) and np.isnan(high)  # one deleted record: none
-    labels = np.r_[np.ones(5), np.zeros(500)]
-    scores = np.r_[rng.normal(1, 1, 5), neg]
-    point, low, high = vd.stratified_auc_ci(labels, scores)
-    assert low < point < high and high - low > 0.15  # 5 positives: a wide interval
-    assert vd.stratified_auc_ci(labels, scores) == (point, low, high)  # seeded

@@ -39,7 +39,7 @@ SPEC = {
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
 

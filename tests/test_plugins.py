@@ -104,7 +104,7 @@ def outside(tmp_path_factory) -> Path:
 def _cli(outside: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(outside / "site"), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=outside,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=outside,
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -125,7 +125,7 @@ def test_outside_plugins_run_defend_and_tune(outside):
 
     done = _cli(outside, "run", "defend.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = _table(outside, "outside-defended", "defenses").set_index("strength",
+    rows = _table(outside, "outside-defended", "defences").set_index("strength",
                                                                       drop=False)
     assert sorted(rows["defence"]) == ["none", "obfuscation", "obfuscation"]
     assert set(rows["attack"]) == {"bias"} and set(rows["attack_metric_name"]) == {"accuracy"}

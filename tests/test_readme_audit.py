@@ -50,7 +50,7 @@ def test_the_readme_audit_example_runs(tmp_path):
         if argv[0] == "python":
             argv[0] = sys.executable
         elif argv[0] == ".venv/bin/unlearn-audit":
-            argv = [sys.executable, "-m", "orchestrator.cli", *argv[1:]]
+            argv = [sys.executable, "-m", "orchestrator.cli.main", *argv[1:]]
         _run(argv, tmp_path)
     folder = tmp_path / "RESULTS" / "my-audit"
     recoveries = pd.read_parquet(folder / "recoveries")

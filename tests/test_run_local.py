@@ -35,7 +35,7 @@ def _write_spec(tmp_path: Path, epochs=3, count=4, per_task=2, n=400) -> Path:
 def _cli(*args, cwd, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kw)
 
@@ -121,7 +121,7 @@ def test_local_ray_listens_on_loopback_only_with_token_auth():
     before = _listening()
     code = (
         "import json, os\n"
-        "from orchestrator.execute import start_ray, stop_ray\n"
+        "from orchestrator.engine.execute import start_ray, stop_ray\n"
         "start_ray(num_cpus=1)\n"
         "import ray\n"
         "@ray.remote\n"

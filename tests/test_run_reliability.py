@@ -55,7 +55,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd,
                             env=_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -155,17 +155,17 @@ def test_a_unit_no_node_can_run_is_refused_before_anything_runs(tmp_path, settin
 
 STALL = r"""
 import json, os, sys, time
-from orchestrator.ray_session import LOCAL_ENV, stop_ray
+from orchestrator.engine.ray_session import LOCAL_ENV, stop_ray
 os.environ.update(LOCAL_ENV)
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
 ray.init(num_cpus=2, resources={"slot": 1}, include_dashboard=False,
          _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="ERROR")
-from orchestrator.execute import execute
-from orchestrator.plan import plan_run
-from orchestrator.spec import load_spec
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.engine.execute import execute
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import load_spec
+from orchestrator.store.tables import Results
+from orchestrator.context import TaskContext
 
 def run(folder, sets, wait):
     (spec,) = load_spec(sys.argv[1], sets)
@@ -262,7 +262,7 @@ def test_two_runs_at_once_into_one_folder_write_every_row_once(tmp_path, repo):
 
 HOLD = r"""
 import sys, time
-from orchestrator.lock import ExperimentLock
+from orchestrator.engine.lock import ExperimentLock
 lock = ExperimentLock(sys.argv[1], "tiny")
 lock.acquire()
 print("held", flush=True)
@@ -286,7 +286,7 @@ def test_a_live_holder_is_named_and_a_dead_holders_lock_is_taken_over(tmp_path, 
         holder.wait()
     note = json.loads((results / "tiny" / ".lock.owner").read_text())
     assert note["pid"] == holder.pid  # its note stays behind; the lock is free all the same
-    from orchestrator.lock import ExperimentLock
+    from orchestrator.engine.lock import ExperimentLock
 
     with ExperimentLock(results, "tiny"):
         assert json.loads((results / "tiny" / ".lock.owner").read_text())["pid"] == os.getpid()
@@ -316,7 +316,7 @@ def test_a_killed_driver_leaves_no_ray_process_and_its_lock_is_taken_over(tmp_pa
 
 def test_on_an_object_store_the_lock_is_an_owner_object(tmp_path):
     """pyarrow's in-memory store stands in for S3: no OS lock there, an owner object instead."""
-    from orchestrator.lock import ExperimentLock, LockHeld
+    from orchestrator.engine.lock import ExperimentLock, LockHeld
 
     first = ExperimentLock("mock:///bucket/R", "tiny")
     second = ExperimentLock("mock:///bucket/R", "tiny")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.report import TABLE_SUMMARIES
-from orchestrator.tables import Results
+from orchestrator.reporting.show import TABLE_SUMMARIES
+from orchestrator.store.tables import Results
 from tests.bad_inputs.harness import REPO, run_cli
 
 TINY = """
@@ -41,7 +41,7 @@ def run_root(tmp_path_factory) -> Path:
     root = base / "R"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNLEARN_AUDIT_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
                            "--results", f"file://{root}", "--num-cpus", "2", "--quiet"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                           check=False)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from orchestrator.spec import SpecError, expand, load_spec
+from orchestrator.spec.schema import SpecError, expand, load_spec
 
 BASE = {"experiment": "t", "dataset": {"name": "digits"}, "model": {"name": "mlp"},
         "unlearning": [{"method": "retrain"}, {"method": "gradient_ascent", "lr": 1.0}]}
@@ -77,7 +77,7 @@ def test_bad_joint_grid_keys_are_refused_naming_the_key(grid, message):
 def test_cli_exits_2_naming_the_misspelled_key(tmp_path, repo):
     spec = tmp_path / "bad.yaml"
     spec.write_text("experiment: bad\ndataset: {name: digits}\ntraining: {epohcs: 3}\n")
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
                           "--results", str(tmp_path / "R")], capture_output=True, text=True,
                          cwd=repo, check=False)
     assert out.returncode == 2
@@ -86,7 +86,7 @@ def test_cli_exits_2_naming_the_misspelled_key(tmp_path, repo):
 
 
 def test_cli_exits_2_naming_a_missing_dataset_path(tmp_path, repo):
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run",
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run",
                           str(repo / "search_spaces" / "quickstart.yaml"), "--set",
                           "dataset.name=mnist", "--data-root", str(tmp_path), "--dry-run"],
                          capture_output=True, text=True, cwd=repo, check=False)
@@ -128,7 +128,7 @@ def test_override_errors_name_the_override():
 def test_a_dotted_key_of_the_spec_is_set_whole():
     """A search space's keys are dotted paths ('attack.lr'): --set search.space.attack.lr=...
     replaces that entry rather than nesting a new 'attack' section beside it."""
-    from orchestrator.key_paths import set_path
+    from orchestrator.spec.key_paths import set_path
 
     data = {"search": {"space": {"attack.lr": {"loguniform": [1e-3, 0.3]},
                                  "attack.restarts": {"choice": [1, 2]}}}}

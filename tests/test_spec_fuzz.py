@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import orchestrator.stages  # noqa: F401  (fills STAGES: the attack sections)
-from orchestrator.plan import plan_run
-from orchestrator.spec import SpecError, available_devices, expand
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import SpecError, available_devices, expand
 from tasks.data import MissingDataError
 from tasks.params import to_dict
 from tasks.registry import UnknownComponentError

@@ -16,8 +16,8 @@ import torch
 import yaml
 from torch import nn
 
-from orchestrator import spec_folder
-from orchestrator.spec_folder import SpecFolderError, collect_code, resolve_paths
+from orchestrator.spec.folder import SpecFolderError, collect_code, resolve_paths
+from orchestrator.spec.schema import folder as spec_folder
 from tests.bad_inputs.harness import refused
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

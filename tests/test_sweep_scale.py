@@ -14,23 +14,23 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.lock import ExperimentLock
-from orchestrator.tables import Results, compact_tables
+from orchestrator.cli.main import main
+from orchestrator.engine.lock import ExperimentLock
+from orchestrator.store.tables import Results, compact_tables
 
 WINDOWED = r"""
 import json, os, sys
-from orchestrator.ray_session import LOCAL_ENV, stop_ray
+from orchestrator.engine.ray_session import LOCAL_ENV, stop_ray
 os.environ.update(LOCAL_ENV)
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
 ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
          log_to_driver=False, logging_level="ERROR")
-from orchestrator.execute import execute
-from orchestrator.plan import Unit
-from orchestrator.spec import ResourcesSpec
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.engine.execute import execute
+from orchestrator.engine.plan import Unit
+from orchestrator.spec.schema import ResourcesSpec
+from orchestrator.store.tables import Results
+from orchestrator.context import TaskContext
 
 def unit(i, deps=(), fail=False):
     key = f"u{i:03d}"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.store import ArtifactStore, artifact_key
-from orchestrator.tables import Results
+from orchestrator.store.artifacts import ArtifactStore, artifact_key
+from orchestrator.store.tables import Results
 
 
 def test_rewriting_the_same_rows_replaces_the_part(tmp_path):
@@ -75,3 +75,20 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
         pickle.dump({"x": _Evil()}, fh)
     with pytest.raises(pickle.UnpicklingError):
         store.load_torch("m-evil")
+
+
+def test_a_table_an_older_version_named_otherwise_is_read_and_moved_once(tmp_path):
+    # Results folders written before the `defenses` table became `defences` (issue 27).
+    old = Results(tmp_path, "exp")
+    old.write("defenses", [{"key": "a", "auc": 0.9}, {"key": "b", "auc": 0.6}])
+    results = Results(tmp_path, "exp")
+    assert results.tables() == ["defences"]
+    assert sorted(results.read("defences")["key"]) == ["a", "b"]
+    assert results.existing_keys("defences") == {"a", "b"}  # a rerun does not redo them
+    (part,) = (tmp_path / "exp" / "defenses").glob("part-*.parquet")
+    assert results.move_renamed_tables() == [f"defenses/{part.name}"]
+    assert not (tmp_path / "exp" / "defenses").exists()
+    assert len(list((tmp_path / "exp" / "defences").glob("part-*.parquet"))) == 1
+    results.write("defences", [{"key": "c", "auc": 0.5}])
+    assert sorted(Results(tmp_path, "exp").read("defences")["key"]) == ["a", "b", "c"]
+    assert results.move_renamed_tables() == []

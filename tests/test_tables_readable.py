@@ -34,7 +34,7 @@ def experiment(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("readable")
     spec = _reduced_quickstart(REPO, folder)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec),
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
                            "--results", str(folder / "R"), "--quiet"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,7 +86,7 @@ def test_parts_share_one_schema_when_later_rows_widen_a_column(tmp_path):
     import polars as pl
     import pyarrow.parquet as pq
 
-    from orchestrator.tables import Results
+    from orchestrator.store.tables import Results
 
     results = Results(tmp_path, "exp")
     results.write("models", [{"key": "a", "forget_size": None, "acc": 1}])

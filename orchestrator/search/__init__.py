@@ -31,9 +31,15 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and readers
     from orchestrator.search.cli import add_tune_parser, cmd_tune
     from orchestrator.search.evaluate import evaluate_config
     from orchestrator.search.figures import write_figures
-    from orchestrator.search.heldout import pareto_front, trial_rows, write_best, write_trials
     from orchestrator.search.membership import MembershipAttackConfig, MembershipObjective
     from orchestrator.search.objectives import ensure_models, load_cases, prepare_targets
+    from orchestrator.search.result_tables import (
+        chosen_rows,
+        pareto_front,
+        trial_rows,
+        write_chosen,
+        write_trials,
+    )
     from orchestrator.search.space import Dimension, parse_dimension, suggest_params
     from orchestrator.search.spec import (
         SearchPlan,
@@ -57,8 +63,9 @@ _EXPORTS = {
     "add_tune_parser": "cli", "cmd_tune": "cli",
     "evaluate_config": "evaluate",
     "write_figures": "figures",
-    "pareto_front": "heldout", "trial_rows": "heldout", "write_best": "heldout",
-    "write_trials": "heldout",
+    "chosen_rows": "result_tables", "pareto_front": "result_tables",
+    "trial_rows": "result_tables", "write_chosen": "result_tables",
+    "write_trials": "result_tables",
     "MembershipAttackConfig": "membership", "MembershipObjective": "membership",
     "ensure_models": "objectives", "load_cases": "objectives", "prepare_targets": "objectives",
     "Dimension": "space", "parse_dimension": "space", "suggest_params": "space",
@@ -81,6 +88,7 @@ __all__ = [
     "SearchStateError",
     "TargetSet",
     "add_tune_parser",
+    "chosen_rows",
     "cmd_tune",
     "ensure_models",
     "evaluate_config",
@@ -99,7 +107,7 @@ __all__ = [
     "run_search",
     "suggest_params",
     "trial_rows",
-    "write_best",
+    "write_chosen",
     "write_figures",
     "write_trials",
 ]

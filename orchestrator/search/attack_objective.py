@@ -15,12 +15,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchestrator.plan import training_set_size
-from orchestrator.provider import load_provider_pairs, load_torch_model
+from orchestrator.context import TaskContext
+from orchestrator.engine.plan import training_set_size
+from orchestrator.engine.provider import load_provider_pairs, load_torch_model
 from orchestrator.search.base import Objective, Report, TargetSet
-from orchestrator.stages.attack_units import scoring_context
-from orchestrator.stages.attacks import check_reference_target
-from orchestrator.units import TaskContext
+from orchestrator.stages.attacks.planning import check_reference_target
+from orchestrator.stages.attacks.units import scoring_context
 from tasks.analysis import SCORERS
 from tasks.attacks import ATTACKS, Attack
 

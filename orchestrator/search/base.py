@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchestrator.plan import CorePlan, ModelPair
-from orchestrator.spec import Spec
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.plan import CorePlan, ModelPair
+from orchestrator.spec.schema import Spec
 from tasks.registry import Registry, lacks_members
 
 __all__ = ["OBJECTIVES", "Objective", "Report", "TargetSet"]

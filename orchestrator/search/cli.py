@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.cli_support import (
+from orchestrator.cli.support import (
     check_outputs,
     data_root_problem,
     fail,
@@ -24,15 +24,15 @@ __all__ = ["add_tune_parser", "cmd_tune"]
 
 def cmd_tune(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES before the spec is parsed)
-    from orchestrator.capacity import CapacityError
-    from orchestrator.execute import start_ray, stop_ray
-    from orchestrator.lock import ExperimentLock
-    from orchestrator.ray_session import ClusterUnreachable
+    from orchestrator.engine.capacity import CapacityError
+    from orchestrator.engine.lock import ExperimentLock, LockHeld
+    from orchestrator.engine.ray_session import ClusterUnreachable
+    from orchestrator.engine.session import audit_session
     from orchestrator.search.spec import load_search_file
     from orchestrator.search.study import SearchStateError, open_study, search_dir
     from orchestrator.search.tune import run_search
-    from orchestrator.spec_folder import collect_code, runtime_env
-    from orchestrator.tables import Results
+    from orchestrator.spec.folder import collect_code
+    from orchestrator.store.tables import Results
 
     study_errors = (SearchStateError,)  # "--resume: nothing to resume ..." and the like
 
@@ -54,33 +54,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         results.check_parts()  # a damaged part is named before any work, not part-way
         search_dir(results)
-        from orchestrator.plan import plan_core
+        from orchestrator.engine.plan import plan_core
 
         plan_core(plan.base, data_root)  # fails early on missing data
         ctx = task_context(args, results, plan.base, data_root)
         # Refuse an existing study without --resume before starting anything.
         open_study(plan, results, args.resume)
         lock = ExperimentLock(args.results, plan.base.experiment)  # one writer per experiment
-        lock.acquire()
+        lock.check_free()  # a busy experiment is refused before Ray starts
     except Exception as err:
         if (line := refusal(err, as_is=study_errors)) is None:
             raise
         return fail(line)
     try:
-        with runtime_env(code) as env:
-            start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
-                      runtime_env=env)
-        outcome = run_search(plan, results, ctx, resume=args.resume,
-                             num_samples=args.num_samples, progress=not args.quiet)
-    except (SearchStateError, ClusterUnreachable, CapacityError) as err:
+        with audit_session(args, lock, code):
+            outcome = run_search(plan, results, ctx, resume=args.resume,
+                                 num_samples=args.num_samples, progress=not args.quiet)
+    except (SearchStateError, ClusterUnreachable, CapacityError, LockHeld) as err:
         return fail(refusal(err, as_is=study_errors) or str(err))
     except KeyboardInterrupt:
         print("\ninterrupted: the study is saved; rerun with --resume to continue",
               file=sys.stderr)
         return 130
-    finally:
-        stop_ray()  # also after an interrupted start: no Ray process of this run is left
-        lock.release()
     print(f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.ran} this run) "
           f"in {outcome.wall_s:.1f}s")
     for row in outcome.best:

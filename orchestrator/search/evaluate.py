@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.context import TaskContext
 from orchestrator.search.base import TargetSet
 from orchestrator.search.objectives import ensure_models, objective_class, prepare_targets
 from orchestrator.search.spec import SearchPlan
-from orchestrator.units import TaskContext
 
-__all__ = ["HELDOUT_SEED_OFFSET", "evaluate_config"]
+__all__ = ["HELDOUT_SEED_OFFSET", "evaluate_config", "rescore_heldout"]
 
 # Attack randomness of held-out target i is HELDOUT_SEED_OFFSET + i (search target i: i).
 HELDOUT_SEED_OFFSET = 100_000
@@ -81,3 +81,21 @@ def _evaluate_chunk(plan: SearchPlan, params: dict, ctx: TaskContext, data_root:
         for k, v in objective.evaluate(one, ctx, config, None).items():
             out.setdefault(k, []).append(np.asarray(v))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _heldout(plan: SearchPlan, params: dict, ctx: TaskContext) -> dict[str, float]:
+    res = plan.base.resources.trial
+    return evaluate_config(plan, params, ctx, ctx.data_root, heldout=True, cpus=res.cpus,
+                           attack_cpus=plan.base.resources.attack.cpus)
+
+
+def rescore_heldout(plan: SearchPlan, configs: list[dict], ctx: TaskContext) -> list[dict]:
+    """Held-out scores of the chosen configurations, one Ray task each (inline when Ray is
+    not running, or for a single configuration whose targets already fan out)."""
+    import ray
+
+    if not ray.is_initialized() or len(configs) == 1 and plan.search.fanout > 1:
+        return [_heldout(plan, c, ctx) for c in configs]
+    res = plan.base.resources.trial
+    remote = ray.remote(_heldout).options(num_cpus=res.cpus, num_gpus=res.gpus or None)
+    return ray.get([remote.remote(plan, c, ctx) for c in configs])

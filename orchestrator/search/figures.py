@@ -7,9 +7,9 @@ import io
 
 import numpy as np
 
-from orchestrator.search.heldout import pareto_front
+from orchestrator.search.result_tables import pareto_front
 from orchestrator.search.spec import SearchPlan
-from orchestrator.tables import FIGURES_DIR, Results
+from orchestrator.store.tables import FIGURES_DIR, Results
 
 __all__ = ["write_figures"]
 

@@ -1,5 +1,5 @@
 """The ``membership`` search objective: the strongest membership-inference attack against
-unlearning (Chen et al., CCS 2021; ``orchestrator/stages/membership.py``).
+unlearning (Chen et al., CCS 2021; ``orchestrator/stages/membership/``).
 
 What a trial is. The spec's ``membership:`` section fixes the shadow and target model pairs
 (set_num originals per side, unlearning_size unlearned models each). They are built once,
@@ -35,9 +35,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from orchestrator.context import TaskContext
 from orchestrator.search.base import OBJECTIVES, Objective
-from orchestrator.spec import Spec, stable_hash
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import Spec, stable_hash
 
 __all__ = ["MembershipAttackConfig", "MembershipObjective", "attack_classifier",
            "membership_layout", "model_params", "shadow_folds"]
@@ -135,7 +135,7 @@ def clear_caches() -> None:
 
 def membership_layout(spec: Spec, data_root: str | None) -> Layout:
     """Plan the membership stage for the spec's first seed and unlearning method (cached)."""
-    from orchestrator.plan import CorePlan
+    from orchestrator.engine.plan import CorePlan
     from orchestrator.stages.membership import plan_membership
 
     cache_key = (spec.config_hash, data_root)
@@ -158,22 +158,21 @@ def _missing(layout: Layout, ctx: TaskContext) -> list:
             if not all(ctx.store.has(k, ".npz") for k in u.row_keys)]
 
 
-def _side_rows(layout: Layout, scenario: str, side: str, ctx: TaskContext):
+def side_rows(layout: Layout, scenario: str, side: str, ctx: TaskContext):
     """PairRows of one side (loaded once per process). Reads only that side's models."""
-    from orchestrator.stages.membership import _Logits
-    from orchestrator.stages.membership import _side_rows as side_rows
+    from orchestrator.stages.membership.attack import StoredLogits, pair_rows
 
     key = (ctx.artifacts_uri, stable_hash(layout.keys(scenario, side), 24))
     if key not in _ROWS:  # the store is checked once per process, not on every trial
         _build_missing(layout, ctx)
-        _ROWS[key] = side_rows(_Logits(ctx), layout.pairs[scenario][side])
+        _ROWS[key] = pair_rows(StoredLogits(ctx), layout.pairs[scenario][side])
     return _ROWS[key]
 
 
 def _build_missing(layout: Layout, ctx: TaskContext) -> None:
     """Build, in this process, whatever model the store lacks (a trial without prepare)."""
-    from orchestrator.execute import execute_inline
-    from orchestrator.tables import Results
+    from orchestrator.engine.execute import execute_inline
+    from orchestrator.store.tables import Results
 
     todo = _missing(layout, ctx)
     if todo:
@@ -214,7 +213,7 @@ class MembershipObjective(Objective):
 
     def prepare(self, spec: Spec, results, ctx: TaskContext, progress: bool) -> None:
         """Build the shadow and target pairs on Ray (the artifact store skips what exists)."""
-        from orchestrator.execute import execute
+        from orchestrator.engine.execute import execute
 
         layout = membership_layout(spec, ctx.data_root)
         todo = _missing(layout, ctx)
@@ -240,9 +239,9 @@ class MembershipObjective(Objective):
         feature = config.feature or settings.features[0]
         seed = settings.attack_seed if config.seed is None else config.seed
         defence = (settings.output_defence, settings.output_defence_params)
-        shadow = _side_rows(layout, config.scenario, "shadow", ctx)
+        shadow = side_rows(layout, config.scenario, "shadow", ctx)
         if heldout:
-            target = _side_rows(layout, config.scenario, "target", ctx)
+            target = side_rows(layout, config.scenario, "target", ctx)
             split = [posterior_case(target, shadow, *defence)]
         else:
             split = []

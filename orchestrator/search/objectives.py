@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from orchestrator.plan import CorePlan, plan_core
+from orchestrator.context import TaskContext
+from orchestrator.engine.plan import CorePlan, plan_core
 
 # The membership objective lives in its own module and registers itself on import; importing
 # it here makes OBJECTIVES (imported from this module) hold every built-in objective.
@@ -47,8 +48,7 @@ from orchestrator.search.attack_objective import (
     load_cases,
 )
 from orchestrator.search.base import OBJECTIVES, Objective, TargetSet
-from orchestrator.spec import Spec
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import Spec
 
 __all__ = [
     "OBJECTIVES",
@@ -68,8 +68,8 @@ def ensure_models(spec: Spec, ctx: TaskContext, data_root: str | None,
                   results=None) -> CorePlan:
     """Plan the core (originals, unlearned models) and train what the store lacks, in this
     process. The artifact store is content-addressed, so equal settings train once."""
-    from orchestrator.execute import execute_inline
-    from orchestrator.tables import Results
+    from orchestrator.engine.execute import execute_inline
+    from orchestrator.store.tables import Results
 
     core = plan_core(spec, data_root)
     missing = [u for u in core.units

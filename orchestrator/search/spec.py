@@ -45,9 +45,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orchestrator.key_paths import set_path
 from orchestrator.search.space import Dimension, dimension_dict, order_conditions, parse_dimension
-from orchestrator.spec import (
+from orchestrator.spec.folder import resolve_paths
+from orchestrator.spec.key_paths import set_path
+from orchestrator.spec.schema import (
     Spec,
     SpecError,
     apply_overrides,
@@ -55,7 +56,6 @@ from orchestrator.spec import (
     read_spec_beside,
     stable_hash,
 )
-from orchestrator.spec_folder import resolve_paths
 from tasks.params import ParamError, build, check, check_seed, to_dict
 
 __all__ = ["ATTACK_PREFIX", "BudgetSpec", "Metric", "SamplerSpec", "SchedulerSpec", "SearchPlan",

@@ -15,9 +15,12 @@ replays them on a resume.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from orchestrator.search.spec import SearchPlan
-from orchestrator.tables import Results
+from orchestrator.store.tables import Results
+
+if TYPE_CHECKING:  # annotations only: importing the search spec validates objectives
+    from orchestrator.search.spec import SearchPlan
 
 __all__ = ["INTERRUPTED", "SEARCH_DIR", "SearchStateError", "drop_partial_record", "finished",
            "make_sampler", "open_study", "recover_stale", "search_dir"]

@@ -14,7 +14,7 @@ and fault handling. Every ``tune`` invocation starts a fresh Tune run under
   finished trials however often it was interrupted.
 
 After the trials: the ``trials`` table, the held-out re-score (``best`` or ``pareto``,
-:mod:`orchestrator.search.heldout`) and the figures (:mod:`orchestrator.search.figures`).
+:mod:`orchestrator.search.result_tables`) and the figures (:mod:`orchestrator.search.figures`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.search.evaluate import evaluate_config
+from orchestrator.context import TaskContext
+from orchestrator.search.evaluate import evaluate_config, rescore_heldout
 from orchestrator.search.figures import write_figures
-from orchestrator.search.heldout import write_best, write_trials
 from orchestrator.search.objectives import objective_class
+from orchestrator.search.result_tables import chosen_rows, write_chosen, write_trials
 from orchestrator.search.space import suggest_params
 from orchestrator.search.spec import SearchPlan
 from orchestrator.search.study import (
@@ -45,8 +46,7 @@ from orchestrator.search.study import (
     recover_stale,
     search_dir,
 )
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.store.tables import Results
 
 __all__ = ["SearchOutcome", "journal_searcher_class", "run_search"]
 
@@ -241,6 +241,23 @@ def _trial_body(config: dict, plan: SearchPlan, ctx: TaskContext, data_root: str
 
 # --- the search --------------------------------------------------------------------------------
 
+def _best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log) -> list[dict]:
+    """Re-score the chosen configuration(s) on the held-out targets, then write ``best`` or
+    ``pareto`` (scores a previous run wrote are reused, not recomputed)."""
+    chosen = chosen_rows(study, plan, results, objective_class(plan.search.objective).own_models)
+    if chosen is None:
+        log("no trial completed; nothing to re-score")
+        return []
+    if chosen.pending:
+        where = ("the held-out side" if objective_class(plan.search.objective).own_models
+                 else f"{plan.search.heldout} held-out targets")
+        log(f"re-scoring {len(chosen.pending)} configuration(s) on {where}")
+        scores = rescore_heldout(plan, [params for _, params in chosen.pending], ctx)
+        for (row, _), score in zip(chosen.pending, scores):
+            row.update({f"heldout.{k}": v for k, v in score.items()})
+    return write_chosen(plan, results, chosen)
+
+
 @dataclass
 class SearchOutcome:
     finished: int
@@ -253,8 +270,8 @@ class SearchOutcome:
 
 def _prepare_core(plan: SearchPlan, results: Results, ctx: TaskContext, progress: bool) -> None:
     """Train the base experiment's models on Ray before the trials need them."""
-    from orchestrator.execute import dedupe, execute, pending_units
-    from orchestrator.plan import plan_core
+    from orchestrator.engine.execute import dedupe, execute, pending_units
+    from orchestrator.engine.plan import plan_core
 
     objective = objective_class(plan.search.objective)()
     if objective.own_models:
@@ -357,7 +374,7 @@ def run_search(plan: SearchPlan, results: Results, ctx: TaskContext, *, resume: 
     write_trials(study, plan, results)
     best: list[dict[str, Any]] = []
     if not interrupted:
-        best = write_best(study, plan, results, ctx, log=log)
+        best = _best(study, plan, results, ctx, log)
     try:
         write_figures(study, plan, results, best)
     except Exception as err:  # noqa: BLE001  a figure never fails a search

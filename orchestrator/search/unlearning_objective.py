@@ -26,10 +26,10 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from orchestrator.provider import load_original, model_logits, provider_state
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import load_original, model_logits, provider_state
 from orchestrator.search.base import OBJECTIVES, Objective, TargetSet
-from orchestrator.spec import Spec
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import Spec
 from tasks.params import FieldError, check
 from tasks.training import accuracy, mean_loss
 
@@ -119,7 +119,7 @@ def _load(spec: Spec, ctx: TaskContext, key: str, state):
     """An unlearned model: torch weights, or a scikit-learn model's stored logits."""
     if spec.model.family == "sklearn":
         return ctx.store.load_arrays(key)
-    from orchestrator.provider import load_torch_model
+    from orchestrator.engine.provider import load_torch_model
 
     return load_torch_model(ctx, key, state)
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tasks.analysis.base import SCORERS, ScoredBatch, Scorer, ScoringContext
+from tasks.analysis.statistics import auc, check_scores, roc, tpr_at_fpr
 from tasks.attacks.membership_features import CLASSICAL
-from tasks.metrics_membership import accuracy, auc, degradation, roc, tpr_at_fpr
 
 LOW_FPRS = (0.01, 0.001, 0.0)
 
@@ -124,3 +124,36 @@ class MembershipScorer(Scorer):
                   "classical_score": np.concatenate(classical, axis=1) if classical
                   else np.zeros((len(entries), 0))}
         return ScoredBatch(rows, metrics, arrays)
+
+
+# --- metrics of membership inference against unlearning (ATTACKS.md 6.6) ---------------
+
+def accuracy(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
+    y, score = check_scores(y, score)
+    return float(((score >= threshold).astype(int) == y).mean()) if len(y) else float("nan")
+
+
+def true_label_confidence(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The attack's posterior on each row's true label: score for members, 1 - score else."""
+    y, score = check_scores(y, score)
+    return np.where(y == 1, score, 1.0 - score)
+
+
+def degradation(y: np.ndarray, score_new: np.ndarray,
+                score_classical: np.ndarray) -> tuple[float, float]:
+    """(DegCount, DegRate) of an unlearning attack against classical MIA (ATTACKS.md 6.6).
+
+    DegCount = fraction of rows where the new attack is strictly more confident of the true
+    label; DegRate = mean confidence gain on the true label. Both lie in [-1, 1] (DegCount in
+    [0, 1]); positive DegRate means unlearning leaks more than the original model alone.
+    """
+    conf_f = true_label_confidence(y, score_new)
+    conf_b = true_label_confidence(y, score_classical)
+    if len(conf_f) == 0:
+        return float("nan"), float("nan")
+    return float(np.mean(conf_f > conf_b)), float(np.mean(conf_f - conf_b))
+
+
+def generalisation_gap(train_acc: float, test_acc: float) -> float:
+    """Train accuracy minus held-out test accuracy of the original model."""
+    return float(train_acc - test_acc)

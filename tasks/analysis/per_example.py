@@ -6,7 +6,7 @@ record, Gaussians are fitted to phi under both hypotheses and model j's output i
 their likelihood ratio, leave-one-out: model j's own output never enters the fit that scores
 it, so every model serves once as the target and otherwise as a shadow.
 
-Pure numpy (scipy only for ranks); ROC quantities come from :mod:`tasks.metrics_membership`
+Pure numpy (scipy only for ranks); ROC quantities come from :mod:`tasks.analysis.statistics`
 so that every table uses the project's one TPR-at-FPR convention.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from tasks.metrics_membership import roc_summary
+from tasks.analysis.statistics import roc_summary
 
 # Floor on every fitted standard deviation. A record whose phi is the same under every model
 # (a saturated prediction, or float32 logits rounding to one value) would otherwise have a
@@ -160,7 +160,7 @@ def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUC and TPR at 1 %, 0.1 % and 0 % FPR over every (model, record) decision.
 
     NaN scores are dropped first (records lira_scores could not fit); ``n_positive`` and
-    ``n_negative`` count what remains. :func:`tasks.metrics_membership.roc_summary`: one
+    ``n_negative`` count what remains. :func:`tasks.analysis.statistics.roc_summary`: one
     sort for all four numbers, as the bootstraps and permutations call this thousands of
     times.
     """

@@ -31,7 +31,7 @@ import numpy as np
 
 from tasks.data.base import DATASETS, DataError, Dataset, DatasetInfo
 from tasks.data.formats import check_same_count, read_npz, reading
-from tasks.data.loaders import _image_dataset
+from tasks.data.loaders import image_dataset
 
 __all__ = ["NPZ_ARRAYS", "load_files_dataset"]
 
@@ -190,7 +190,7 @@ def _npz_dataset(path: str, arrays: dict[str, np.ndarray]) -> Dataset:
         return Dataset("files", "tabular", x_tr.astype(np.float32), y_tr,
                        x_te.astype(np.float32), y_te, num_classes, class_names=names)
     x_tr, x_te = _as_images(path, x_tr, x_te)
-    return _image_dataset("files", x_tr, y_tr, x_te, y_te, num_classes, names)
+    return image_dataset("files", x_tr, y_tr, x_te, y_te, num_classes, names)
 
 
 def _as_images(path: str, x_tr: np.ndarray, x_te: np.ndarray

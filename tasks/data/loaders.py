@@ -47,7 +47,7 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def _image_dataset(name, x_train, y_train, x_test, y_test, num_classes, class_names=()):
+def image_dataset(name, x_train, y_train, x_test, y_test, num_classes, class_names=()):
     mean, std = _channel_stats(x_train)
     return Dataset(name, "image", x_train, y_train.astype(np.int64), x_test,
                    y_test.astype(np.int64), num_classes, mean, std, tuple(class_names))
@@ -63,7 +63,7 @@ def load_digits(_root: Path | None) -> Dataset:
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
     tr, te = seeded_split(len(y), TEST_FRACTION, SPLIT_SEED)
-    return _image_dataset("digits", x[tr], y[tr], x[te], y[te], 10,
+    return image_dataset("digits", x[tr], y[tr], x[te], y[te], 10,
                           [str(i) for i in range(10)])
 
 
@@ -123,7 +123,7 @@ def load_cifar10(root: Path | None) -> Dataset:
         if not archive.exists():
             raise MissingDataError("cifar10", folder, list(info.expected))
         x_tr, y_tr, x_te, y_te = _read_cifar_npz(archive)
-    return _image_dataset("cifar10", _cifar_to_images(x_tr), y_tr, _cifar_to_images(x_te), y_te,
+    return image_dataset("cifar10", _cifar_to_images(x_tr), y_tr, _cifar_to_images(x_te), y_te,
                           10, names)
 
 
@@ -143,7 +143,7 @@ def _load_idx_dataset(name: str, root: Path | None, class_names) -> Dataset:
         y = check_labels(labels, read_idx(labels, 1), 10)
         check_same_count(labels, len(y), images, len(x))
         splits += [(x[:, None, :, :] / 255.0).astype(np.float32), y]
-    return _image_dataset(name, *splits, 10, class_names)
+    return image_dataset(name, *splits, 10, class_names)
 
 
 @_register("mnist", "image", "MNIST, 28x28 grey, 60k + 10k, 10 classes (IDX)",

@@ -30,7 +30,7 @@ its own (seed, removed records), so each release carries independent noise and t
 covered by composition.
 
 The epsilon of a released pair (theta, theta_u) (:func:`dp_epsilon_pair`, column
-``epsilon_pair`` of the ``mia`` and ``defenses`` rows): theta and the retrained theta_u each
+``epsilon_pair`` of the ``mia`` and ``defences`` rows): theta and the retrained theta_u each
 consume budget on the records they share, so the pair's epsilon (for the same ``delta``) is
 what opacus' accountant reports over *both* trainings: its history holds theta's steps and
 then theta_u's, and the RDP and PRV accountants compose the two. The GDP accountant reads only

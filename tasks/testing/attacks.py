@@ -42,7 +42,7 @@ def flat_outputs(result: Any) -> list[np.ndarray]:
             for v in values]
 
 
-def _assert_same(a: Any, b: Any, what: str) -> None:
+def assert_same(a: Any, b: Any, what: str) -> None:
     fa, fb = flat_outputs(a), flat_outputs(b)
     assert len(fa) == len(fb), what
     for x, y in zip(fa, fb):
@@ -173,7 +173,7 @@ class AttackConformance(Kit):
         """The same cases and seeds give the same outputs, run after run (the attack does not
         change its cases either: the second run reuses them)."""
         cases, _ = self.make_cases(state)
-        _assert_same(self.run_attack(cases), self.run_attack(cases), "same seeds, same cases")
+        assert_same(self.run_attack(cases), self.run_attack(cases), "same seeds, same cases")
 
     def test_seeds_fix_each_case(self, state: TrainingState) -> None:
         """``seeds[i]`` fixes case i: a case attacked alone gives its output in the batch (the
@@ -220,7 +220,7 @@ class AttackConformance(Kit):
             idx = list(truth.indices)
             private.x_train[idx] = rng.random(truth.x.shape, dtype=np.float32)
             private.y_train[idx] = (private.y_train[idx] + 1) % d.num_classes
-        _assert_same(before, self.run_attack(cases), "scrambled forgotten samples")
+        assert_same(before, self.run_attack(cases), "scrambled forgotten samples")
 
     def test_case_follows_the_threat_model(self, state: TrainingState) -> None:
         threat = self.threat()
@@ -291,4 +291,4 @@ class AttackConformance(Kit):
             stored = {k: npz[k] for k in npz.files}
         first = self.run_attack(cases, config, prepared=stored)
         self.check_result(first, cases, truths)
-        _assert_same(first, self.run_attack(cases, config, prepared=stored), "same prepared")
+        assert_same(first, self.run_attack(cases, config, prepared=stored), "same prepared")

@@ -27,7 +27,7 @@ from tasks.attacks import AttackConfigError
 from tasks.attacks.base import ThreatModel
 from tasks.attacks.membership import MembershipTruth, PairRows, PosteriorCase, posterior_case
 from tasks.cases import Case, PublicMetadata
-from tasks.testing.attacks import AttackConformance, _assert_same, flat_outputs
+from tasks.testing.attacks import AttackConformance, assert_same, flat_outputs
 from tasks.testing.states import digits, resolve
 
 Sides = tuple[PairRows, PairRows]  # (shadow, target)
@@ -163,7 +163,7 @@ class MembershipAttackConformance(AttackConformance):
         config = self.make_config()
         result = self.run_attack(cases, config)
         flipped = [MembershipTruth(1 - t.label, t.meta) for t in truths]
-        _assert_same(result, self.run_attack(cases, config), "same cases, other truth")
+        assert_same(result, self.run_attack(cases, config), "same cases, other truth")
         _, a = self.scored(cases, truths, result, config)
         _, b = self.scored(cases, flipped, result, config)
         assert a.rows != b.rows, "the scorer must read the truth it is given"

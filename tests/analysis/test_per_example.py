@@ -17,7 +17,7 @@ from tasks.analysis.per_example import (
     record_summary,
     roc_metrics,
 )
-from tasks.metrics_membership import tpr_at_fpr
+from tasks.analysis.statistics import tpr_at_fpr
 
 
 def _softmax_log_odds(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -220,7 +220,7 @@ def test_bad_arguments_name_what_is_allowed():
 
 
 def test_roc_summary_equals_the_scikit_learn_convention_with_ties():
-    from tasks.metrics_membership import auc, roc_summary
+    from tasks.analysis.statistics import auc, roc_summary
 
     rng = np.random.default_rng(12)
     for trial in range(20):

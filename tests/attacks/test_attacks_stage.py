@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import orchestrator.stages  # noqa: F401  (registers the spec sections)
-from orchestrator.plan import plan_run
-from orchestrator.spec import SpecError, expand
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import SpecError, expand
 
 BASE = yaml.safe_load("""
 experiment: atk

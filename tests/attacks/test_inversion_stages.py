@@ -7,11 +7,11 @@ import json
 import numpy as np
 import yaml
 
-from orchestrator.execute import execute_inline
-from orchestrator.plan import plan_run
-from orchestrator.spec import expand
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.execute import execute_inline
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import expand
+from orchestrator.store.tables import Results
 
 SPEC = """
 experiment: inv_tiny

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.analysis.membership import degradation, true_label_confidence
+from tasks.analysis.statistics import auc, tpr_at_fpr
 from tasks.attacks.membership import (
     ATTACK_MODELS,
     CLASSICAL,
@@ -16,7 +18,6 @@ from tasks.attacks.membership import (
     run_attacks,
     softmax,
 )
-from tasks.metrics_membership import auc, degradation, tpr_at_fpr, true_label_confidence
 from tasks.mia_splits import effective_set_size, paper_split, sample_sets
 from tasks.registry import UnknownComponentError
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.membership_figures import roc_figure
-from tasks.metrics_membership import roc
+from orchestrator.reporting.membership_figures import roc_figure
+from tasks.analysis.statistics import roc
 
 
 def test_roc_figure_is_log_log_with_a_true_chance_diagonal():
@@ -39,8 +39,8 @@ def test_roc_figure_is_log_log_with_a_true_chance_diagonal():
 
 def test_a_pairs_tables_redraw_as_your_pair_with_the_preregistered_curve_apart(
         tmp_path, monkeypatch):
-    from orchestrator import membership_figures as figs
-    from orchestrator.tables import Results
+    from orchestrator.reporting import membership_figures as figs
+    from orchestrator.store.tables import Results
 
     common = {"experiment": "pair", "dataset": "digits", "model": "torch_export",
               "unlearning_method": "retrain", "scenario": "single", "feature": "direct_diff",

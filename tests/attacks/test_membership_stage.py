@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import orchestrator.stages  # noqa: F401  (registers the spec sections)
-from orchestrator.execute import execute_inline
-from orchestrator.plan import plan_run
-from orchestrator.spec import SpecError, expand
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.execute import execute_inline
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import SpecError, expand
+from orchestrator.store.tables import Results
 from tasks.data import load_dataset
 from tasks.defences.dp import DPParams, dp_epsilon_pair
 from tasks.models import ModelConfig

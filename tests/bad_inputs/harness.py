@@ -77,11 +77,11 @@ def run_cli(argv: list[str], cwd: Path, *, in_process: bool = True,
     if not in_process:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
-        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=cwd,
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *argv], cwd=cwd,
                               env=env, capture_output=True, text=True, timeout=timeout,
                               check=False)
         return done.returncode, done.stdout, done.stderr
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     old = Path.cwd()

@@ -160,7 +160,7 @@ def test_object_store_probe_writes_and_deletes_one_object() -> None:
     """The non-local branch: pyarrow's in-memory mock filesystem stands in for S3."""
     import pyarrow.fs as pafs
 
-    from orchestrator.storage import Location, OutputError, _probe_store, check_writable
+    from orchestrator.store.location import Location, OutputError, _probe_store, check_writable
 
     check_writable("mock:///bucket/R", "exp")  # a fresh mock store each time: no error
     loc = Location("mock:///bucket/R")
@@ -185,7 +185,7 @@ def test_data_root_variable_naming_no_folder_is_refused(tmp: Path,
 def _damaged_results(tmp: Path) -> tuple[Path, Path]:
     """A results folder of experiment 'bad' (VALID's) whose one part is cut short, beside a
     good table: (the results folder, the damaged part)."""
-    from orchestrator.tables import Results
+    from orchestrator.store.tables import Results
 
     results = Results(tmp / "R", "bad")
     results.write("models", [{"key": "a", "value": 1.0}])

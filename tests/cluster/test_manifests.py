@@ -113,8 +113,8 @@ def test_kuberay_clusters_use_token_auth_private_services_and_gpu_workers():
 
 
 def test_rayjob_entrypoint_is_a_valid_run_of_a_spec_in_the_image():
-    from orchestrator.cli import build_parser
-    from orchestrator.spec import load_spec
+    from orchestrator.cli.main import build_parser
+    from orchestrator.spec.schema import load_spec
 
     entry = shlex.split(kind(RAYJOB, "RayJob")["spec"]["entrypoint"])
     assert entry[:2] == ["unlearn-audit", "run"]
@@ -154,8 +154,8 @@ def test_every_cluster_path_in_the_doc_exists():
 
 
 def test_every_unlearn_audit_command_in_the_doc_parses_and_its_overrides_validate():
-    from orchestrator.cli import build_parser
-    from orchestrator.spec import load_spec
+    from orchestrator.cli.main import build_parser
+    from orchestrator.spec.schema import load_spec
 
     commands = []
     for line in doc_blocks():

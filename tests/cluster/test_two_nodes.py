@@ -41,9 +41,9 @@ def hosts():
 
 
 def expected_model_keys(*sets: str) -> list[str]:
-    from orchestrator.execute import dedupe
-    from orchestrator.plan import plan_run
-    from orchestrator.spec import load_spec
+    from orchestrator.engine.execute import dedupe
+    from orchestrator.engine.plan import plan_run
+    from orchestrator.spec.schema import load_spec
 
     (spec,) = load_spec(SPEC, list(sets))
     _, units = plan_run(spec, None)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 import orchestrator.stages.defences  # noqa: F401  (registers the stage and the transforms)
-from orchestrator.execute import execute_inline
-from orchestrator.plan import plan_run
-from orchestrator.spec import SpecError, expand
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.execute import execute_inline
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import SpecError, expand
+from orchestrator.store.tables import Results
+from tasks.analysis.statistics import auc
 from tasks.attacks.membership import OUTPUT_TRANSFORMS, PairRows, run_attacks
 from tasks.data import load_dataset
 from tasks.defences import DEFENCES
-from tasks.metrics_membership import auc
 from tasks.unlearning import UnlearningMethod
 from tasks.unlearning.base import copy_model
 from tests.defences.tiny_spec import TINY
@@ -73,7 +73,7 @@ def test_tiny_recovery_sweep_end_to_end(tmp_path):
     ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
     report = execute_inline(units, results, ctx)
     assert report.failed == 0, report.errors
-    every = results.read("defenses")
+    every = results.read("defences")
     li = every[every.attack == "label_inference"]
     assert len(li) == 4  # none + pruning x2 + label_only
     li_none = li[li.defence == "none"].iloc[0]
@@ -136,7 +136,7 @@ def test_fine_tuning_on_test_records_measures_utility_on_the_others(tmp_path, mo
     for records in scored:  # the baseline row too: one sweep, one set of utility records
         assert not np.isin(records, np.concatenate(tuned)).any()
         assert len(records) + len(tuned[0]) == n_test
-    rows = results.read("defenses")
+    rows = results.read("defences")
     assert set(rows["utility_records"]) == {len(scored[0])}
 
 
@@ -163,7 +163,7 @@ def test_membership_sweep_runs_every_attack_model_on_shared_test_records(tmp_pat
     ctx = TaskContext(spec.experiment, str(tmp_path / "R"), str(tmp_path / "A"), None, "cpu")
     report = execute_inline(units, results, ctx)
     assert report.failed == 0, report.errors
-    rows = results.read("defenses")
+    rows = results.read("defences")
     assert len(rows) == 4 and rows["key"].is_unique  # (none, label_only) x (dt, lr)
     for _, g in rows.groupby("defence"):
         assert sorted(g["attack_model"]) == ["dt", "lr"]

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import orchestrator.stages.defences  # noqa: F401  (registers the stage and the transforms)
-from orchestrator.execute import execute_inline
-from orchestrator.plan import plan_run
-from orchestrator.spec import expand
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.execute import execute_inline
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import expand
+from orchestrator.store.tables import Results
 from tasks.cases import Case, QueryAccess, build_case
 from tasks.data import load_dataset
 from tasks.defences import output_transform
@@ -134,5 +134,5 @@ def test_black_box_probes_are_crafted_through_the_defended_access(tmp_path, monk
     assert sorted(seen) == [False, True]  # the baseline sees posteriors, label_only labels
     prepares = [u for u in units if u.fn == "attack_prepare"]
     assert sorted(u.params.get("defence", "none") for u in prepares) == ["label_only", "none"]
-    rows = results.read("defenses")
+    rows = results.read("defences")
     assert set(rows.defence) == {"none", "label_only"}

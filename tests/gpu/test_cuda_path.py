@@ -18,11 +18,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from orchestrator.execute import execute_inline
-from orchestrator.plan import plan_run
-from orchestrator.spec import expand
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.execute import execute_inline
+from orchestrator.engine.plan import plan_run
+from orchestrator.spec.schema import expand
+from orchestrator.store.tables import Results
 from tasks.attacks.precision import cuda_tf32
 from tasks.defences import DEFENCES, UpdateContext
 from tasks.training import TrainConfig, predict_logits, seed_everything
@@ -117,7 +117,7 @@ def test_quickstart_runs_on_cuda_end_to_end(tmp_path, repo):
     path = tmp_path / "qs.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path),
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(path),
                            "--results", str(tmp_path / "R"), "--quiet"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -411,7 +411,7 @@ def test_exported_pair_side_runs_on_cuda():
 STAGE_SPECS = {
     "defences": ({**TINY, "defences": {**TINY["defences"], "sweeps": [
         *TINY["defences"]["sweeps"], {"defence": "fine_tuning", "strengths": [1]}]}},
-        "defenses"),
+        "defences"),
     "membership": ({
         "experiment": "mia_cuda", "seed": 0, "dataset": {"name": "digits"},
         "model": {"name": "mlp", "hidden": [16]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
+from orchestrator.context import TaskContext
 from orchestrator.search.base import TargetSet
 from orchestrator.search.objectives import (
     OBJECTIVES,
@@ -12,8 +13,7 @@ from orchestrator.search.objectives import (
     objective_class,
     prepare_targets,
 )
-from orchestrator.spec import expand
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import expand
 
 SPEC = """
 experiment: objective

@@ -14,13 +14,13 @@ import numpy as np
 import optuna
 import pytest
 
+from orchestrator.context import TaskContext
 from orchestrator.search import evaluate_config, make_sampler, open_study, suggest_params
 from orchestrator.search import membership as sm
 from orchestrator.search.space import dimension_dict
 from orchestrator.search.spec import load_search
-from orchestrator.spec import SpecError
-from orchestrator.tables import Results
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import SpecError
+from orchestrator.store.tables import Results
 
 SPEC = {
     "experiment": "ms", "seed": 0, "dataset": {"name": "breast_cancer"},
@@ -149,13 +149,13 @@ def test_search_reads_only_shadow_models_and_heldout_reads_the_target(built, mon
     target_keys = set(layout.keys("single", "target"))
     assert shadow_keys and target_keys and not shadow_keys & target_keys
     loaded: list[str] = []
-    real_get = stage._Logits.get
+    real_get = stage.StoredLogits.get
 
     def spy(self, key):
         loaded.append(key)
         return real_get(self, key)
 
-    monkeypatch.setattr(stage._Logits, "get", spy)
+    monkeypatch.setattr(stage.StoredLogits, "get", spy)
     sm.clear_caches()
     search = evaluate_config(plan, {"attack.model": "lr"}, ctx, None, heldout=False)
     assert set(loaded) == shadow_keys  # every shadow model, no target model
@@ -165,14 +165,14 @@ def test_search_reads_only_shadow_models_and_heldout_reads_the_target(built, mon
     assert search["rows"] < held["rows"]  # a validation fold vs all 60 target rows
     assert held["rows"] == 3 * 10 * 2
     # Shadow and target rows never share a record (the paper split's disjoint halves).
-    shadow = sm._side_rows(layout, "single", "shadow", ctx)
-    target = sm._side_rows(layout, "single", "target", ctx)
+    shadow = sm.side_rows(layout, "single", "shadow", ctx)
+    target = sm.side_rows(layout, "single", "target", ctx)
     assert not set(shadow.meta["record"]) & set(target.meta["record"])
 
 
 def test_validation_folds_hold_out_whole_originals_and_shared_records(built, monkeypatch):
     plan, ctx, layout = built
-    shadow = sm._side_rows(layout, "single", "shadow", ctx)
+    shadow = sm.side_rows(layout, "single", "shadow", ctx)
     masks = sm.shadow_folds(shadow.meta["set_index"], 3)
     assert np.array_equal(np.sum(masks, axis=0), np.ones(len(shadow.label)))  # a partition
     for mask in masks:
@@ -198,12 +198,12 @@ def test_validation_folds_hold_out_whole_originals_and_shared_records(built, mon
 
 
 def test_heldout_default_is_the_papers_attack_as_the_stage_runs_it(built):
+    from tasks.analysis.statistics import auc
     from tasks.attacks.membership import run_attacks
-    from tasks.metrics_membership import auc
 
     plan, ctx, layout = built
-    shadow = sm._side_rows(layout, "single", "shadow", ctx)
-    target = sm._side_rows(layout, "single", "target", ctx)
+    shadow = sm.side_rows(layout, "single", "shadow", ctx)
+    target = sm.side_rows(layout, "single", "target", ctx)
     # The spec lists sorted_diff first: the unsearched default is DT (10 leaves) on it.
     (ref,) = [r for r in run_attacks(shadow, target, ("sorted_diff",), ("dt",))
               if r.feature == "sorted_diff"]
@@ -258,7 +258,7 @@ def test_tune_runs_a_conditional_membership_search_end_to_end(tmp_path):
     env = {**os.environ, "UNLEARN_AUDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "tune", str(spec), "--results",
+        [sys.executable, "-m", "orchestrator.cli.main", "tune", str(spec), "--results",
          str(tmp_path / "R"), "--num-cpus", "2", "--quiet"],
         check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from orchestrator.search.spec import load_search, parse_dimension
-from orchestrator.spec import SpecError
+from orchestrator.spec.schema import SpecError
 from tasks.params import ParamError
 
 BASE = {
@@ -169,8 +169,8 @@ def test_exact_reference_target_counts_steps_on_the_stages_training_set(dataset,
     # the dataset itself when neither train_size nor pool_size is set), so it accepts an
     # exact reference target exactly when the attacks stage does, and refuses it for the
     # stage's reason (no 2**30-record guess).
-    from orchestrator.plan import plan_run
-    from orchestrator.spec import expand
+    from orchestrator.engine.plan import plan_run
+    from orchestrator.spec.schema import expand
 
     attack = {"iterations": 20, "restarts": 1, "knowledge": "reference", "label_mode": "known"}
     data = spec(attack=attack)

@@ -21,7 +21,7 @@ from orchestrator.search import (
 )
 from orchestrator.search.spec import load_search
 from orchestrator.search.study import INTERRUPTED
-from orchestrator.tables import Results
+from orchestrator.store.tables import Results
 from tests.search.test_search_spec import BASE
 
 
@@ -145,7 +145,7 @@ def test_pareto_front_respects_directions():
 
 def test_importing_the_search_module_leaves_ray_unloaded():
     # start_ray must set the auth environment before Ray is imported; the CLI imports us.
-    code = ("import sys, orchestrator.cli as c; c.build_parser(); "
+    code = ("import sys, orchestrator.cli.main as c; c.build_parser(); "
             "assert 'ray' not in sys.modules, 'ray imported early'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -49,7 +49,7 @@ def _tune(spec: Path, results: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "UNLEARN_AUDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "tune", str(spec), "--results",
+        [sys.executable, "-m", "orchestrator.cli.main", "tune", str(spec), "--results",
          str(results), "--num-cpus", "2", "--quiet", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
@@ -103,7 +103,7 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
     assert resumed.returncode == 0, out
     assert f"{before} finished trial(s) in the study, {N_TRIALS - before} to run" in out
 
-    from orchestrator.tables import Results
+    from orchestrator.store.tables import Results
 
     tables = Results(results, "tiny-search")
     trials = tables.read("trials")
@@ -146,7 +146,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
     assert resumed.returncode == 0, out
     assert "5/5 trials finished (3 this run)" in out, out
 
-    from orchestrator.tables import Results
+    from orchestrator.store.tables import Results
 
     trials = Results(results, "tiny-search").read("trials")
     failed = trials[trials["state"] == "fail"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from orchestrator.context import TaskContext
 from orchestrator.search.objectives import OBJECTIVES, ensure_models, prepare_targets
-from orchestrator.spec import expand
-from orchestrator.units import TaskContext
+from orchestrator.spec.schema import expand
 
 SPEC = """
 experiment: tune-unlearning

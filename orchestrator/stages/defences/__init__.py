@@ -1,5 +1,5 @@
 """Stage ``defences``: every defence of both papers, swept over strengths, measured against the
-attack it targets, with the utility it costs (table ``defenses``, figure leakage vs utility).
+attack it targets, with the utility it costs (table ``defences``, figure leakage vs utility).
 
 Spec section::
 
@@ -36,7 +36,7 @@ Where each defence acts (``acts_on``) decides how it is measured:
   (:func:`tasks.defences.dp.dp_epsilon_pair`; inf with ``noise: shared``).
 
 Every sweep is preceded by one undefended row per attack (``defence = "none"``) unless
-``baseline: false``. One ``defenses`` row per (defence, strength, attack, seed, unlearning
+``baseline: false``. One ``defences`` row per (defence, strength, attack, seed, unlearning
 method, and for membership attack model - every one of ``membership.attack_models``): the
 attack metric (mean PSNR in dB for recovery, target AUC of ``primary_feature`` for membership,
 label accuracy for label inference), utility (originals and unlearned models on the same test
@@ -52,13 +52,13 @@ Recovery under output or training defences, membership under update defences and
 against label inference are not implemented: such a sweep is rejected at validation.
 
 Modules: :mod:`.settings` (the section), :mod:`.planning`, :mod:`.common` (row columns,
-held-out data, figure points), one unit module per attack (:mod:`.recovery_unit`,
-:mod:`.label_unit`, :mod:`.membership_unit`) and :mod:`.figure`.
+held-out data, figure points), :mod:`.attack_unit` (feature recovery and label inference
+under a defence), :mod:`.membership_unit` and :mod:`.figure`.
 """
 
 from __future__ import annotations
 
-from orchestrator.stage_registry import STAGES, StageEntry
+from orchestrator.spec.stage_registry import STAGES, StageEntry
 from orchestrator.stages.defences import attack_unit as _attack  # noqa: F401  (unit functions)
 from orchestrator.stages.defences import figure as _figure  # noqa: F401
 from orchestrator.stages.defences import membership_unit as _membership  # noqa: F401

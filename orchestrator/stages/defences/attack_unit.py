@@ -14,12 +14,13 @@ import time
 
 import numpy as np
 
-from orchestrator.provider import load_provider_pairs, load_torch_model
-from orchestrator.spec import Spec
-from orchestrator.stages.attack_units import scoring_context
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import load_provider_pairs, load_torch_model
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
+from orchestrator.stages.attacks.units import scoring_context
 from orchestrator.stages.defences.common import common, seed_of, test_acc, update_data, write_point
 from orchestrator.stages.defences.settings import TABLE
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.defences import DEFENCES, output_transform
 from tasks.training import accuracy, predict_logits
 

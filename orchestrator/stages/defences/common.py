@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.spec import Spec, stable_hash
+from orchestrator.context import TaskContext
+from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.defences.settings import TABLE
-from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR
-from orchestrator.units import TaskContext
+from orchestrator.store.location import Location
+from orchestrator.store.tables import ARRAYS_DIR
 from tasks.defences import DEFENCES, UpdateContext
 from tasks.splits import select_training_set
 from tasks.training import accuracy, predict_logits

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.defences.common import point_name
 from orchestrator.stages.defences.settings import TABLE
-from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.location import Location
+from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 
 
 def _group(point: dict) -> tuple[str, str]:

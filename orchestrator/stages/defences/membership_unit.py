@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.defences.common import common, write_point
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.stages.membership import (
     MembershipParams,
-    _Logits,
-    _side_accuracy,
-    _side_rows,
+    StoredLogits,
     attack_and_score,
     pair_privacy,
+    pair_rows,
     scenario,
+    side_accuracy,
 )
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
 from tasks.attacks.membership import CLASSICAL, UNLEARNING_FEATURES, posterior_case
 from tasks.defences import DPParams
 from tasks.params import build
@@ -30,9 +31,9 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
     base: Spec = params["base_spec"]
     settings: MembershipParams = params["settings"]
     start = time.perf_counter()
-    store = _Logits(ctx)
-    shadow = _side_rows(store, params["pairs"]["shadow"])
-    target = _side_rows(store, params["pairs"]["target"])
+    store = StoredLogits(ctx)
+    shadow = pair_rows(store, params["pairs"]["shadow"])
+    target = pair_rows(store, params["pairs"]["target"])
     features = tuple(dict.fromkeys((*settings.features, CLASSICAL)))
     # The defended case: both sides answer through the output defence (the adaptive attacker
     # defends its shadow models alike).
@@ -41,7 +42,7 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
                                                 "attack_models": settings.attack_models},
                               settings.attack_seed)
     tpairs = params["pairs"]["target"]
-    acc = _side_accuracy(store, tpairs, params["seed"], settings.unlearned_eval_size)
+    acc = side_accuracy(store, tpairs, params["seed"], settings.unlearned_eval_size)
     entry = spec.unlearning[params["method_index"]]
     shared = {
         "unlearning_method": entry.method, "scenario": params["scenario"],
@@ -49,7 +50,7 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
         "n_shadow_rows": len(shadow.label), "n_target_rows": len(target.label),
         "set_num": settings.set_num, "set_size": params["set_size"],
         "unlearning_size": settings.unlearning_size,
-        # originals and unlearned models on the same test records (see _side_accuracy)
+        # originals and unlearned models on the same test records (see side_accuracy)
         "test_acc_original": acc["test_acc"], "train_acc_original": acc["train_acc"],
         "test_acc_unlearned": acc["test_acc_unlearned"], "generalisation_gap": acc["gap"]}
     if params["dp"] is not None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.plan import CorePlan, Unit, plan_core
-from orchestrator.spec import Spec, UnlearningSpec, stable_hash
-from orchestrator.stages.attacks import AttackEntry, plan_entries
-from orchestrator.stages.defences.settings import TABLE, DefencesStage, _points
+from orchestrator.engine.plan import CorePlan, Unit, plan_core
+from orchestrator.spec.schema import Spec, UnlearningSpec, stable_hash
+from orchestrator.stages.attacks.planning import AttackEntry, plan_entries
+from orchestrator.stages.defences.settings import TABLE, DefencesStage, defence_points
 from orchestrator.stages.membership import MembershipParams, plan_membership
-from orchestrator.store import artifact_key
-from orchestrator.tables import FIGURE_INDEX
+from orchestrator.store.artifacts import artifact_key
+from orchestrator.store.tables import FIGURE_INDEX
 from tasks.defences import DEFENCES, DPParams, defend_outputs
 from tasks.params import to_dict
 
@@ -75,7 +75,7 @@ def _plan_case_attack(spec: Spec, core: CorePlan, stage: DefencesStage, attack: 
         pairs = [pair for b in batches for pair in b.params["pairs"]]
         deps = tuple(dict.fromkeys(d for b in batches for d in b.deps))
         black_box = not p["entry"].resolve().threat.white_box
-        for defence, strength, dparams in _points(spec, stage, attack):
+        for defence, strength, dparams in defence_points(spec, stage, attack):
             tparams: dict[str, Any] = {}
             prepared, unit_deps = p["prepared_key"], deps
             if defence != "none" and DEFENCES.get(defence).acts_on == "outputs":
@@ -159,7 +159,7 @@ def _plan_membership(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[U
     units: list[Unit] = []
     base_models, base_attacks = _membership_models(spec, core, mparams)
     used_base = False
-    for defence, strength, dparams in _points(spec, stage, "membership"):
+    for defence, strength, dparams in defence_points(spec, stage, "membership"):
         kind = "none" if defence == "none" else DEFENCES.get(defence).acts_on
         if kind == "training":
             d = DEFENCES.get(defence)()

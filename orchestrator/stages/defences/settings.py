@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orchestrator.spec import Spec
-from orchestrator.stages.attacks import AttackEntry
-from orchestrator.stages.label_inference import LabelInferenceStage
+from orchestrator.spec.schema import Spec
+from orchestrator.stages.attacks.label_inference import LabelInferenceStage
+from orchestrator.stages.attacks.planning import AttackEntry
 from orchestrator.stages.membership import MembershipParams
 from tasks.attacks.inversion import InversionConfig
 from tasks.attacks.membership import CLASSICAL
@@ -17,7 +17,7 @@ from tasks.defences.base import DefenceError
 from tasks.params import FieldError, ParamError, check
 from tasks.registry import UnknownComponentError
 
-TABLE = "defenses"
+TABLE = "defences"
 # Built-in attack names of a sweep; any name of the section's ``attacks:`` entries works too.
 ATTACKS = ("recovery", "label_inference", "membership")
 # Which attacks each kind of defence is measured against (see the package docstring): update
@@ -129,7 +129,7 @@ def _strength(value) -> float | None:
     return None if value is None else float(value)
 
 
-def _points(spec: Spec, stage: DefencesStage, attack: str):
+def defence_points(spec: Spec, stage: DefencesStage, attack: str):
     """(defence, strength, params) in sweep order, the baseline first."""
     out = [("none", None, {})] if stage.baseline else []
     for sw in stage.sweeps:

@@ -33,16 +33,16 @@ in the rows; ``pair_privacy``: epsilon of a DP pair), never from its name.
 
 from __future__ import annotations
 
-from orchestrator.stage_registry import STAGES, StageEntry
+from orchestrator.spec.stage_registry import STAGES, StageEntry
 from orchestrator.stages.membership import models as _models  # noqa: F401  (unit functions)
 from orchestrator.stages.membership.attack import (
-    _Logits,
-    _side_accuracy,
-    _side_rows,
+    StoredLogits,
     attack_and_score,
     mia_attack,
     pair_privacy,
+    pair_rows,
     privacy_columns,
+    side_accuracy,
 )
 from orchestrator.stages.membership.params import (
     SCENARIOS,
@@ -60,7 +60,20 @@ from orchestrator.stages.membership.planning import (
 STAGES.register("membership")(StageEntry(params=MembershipParams, planner=plan_membership,
                                          replaces_core=True))
 
-__all__ = ["SCENARIOS", "MembershipParams", "Scenario", "_Logits", "_side_accuracy",
-           "_side_rows", "attack_and_score", "eval_records", "mia_attack", "mia_original_key",
-           "mia_unlearned_key", "pair_privacy", "plan_membership", "privacy_columns",
-           "scenario"]
+__all__ = [
+    "SCENARIOS",
+    "MembershipParams",
+    "Scenario",
+    "StoredLogits",
+    "attack_and_score",
+    "eval_records",
+    "mia_attack",
+    "mia_original_key",
+    "mia_unlearned_key",
+    "pair_privacy",
+    "pair_rows",
+    "plan_membership",
+    "privacy_columns",
+    "scenario",
+    "side_accuracy",
+]

@@ -1,7 +1,7 @@
 """The attack unit of the ``membership`` stage (``mia_attack``), what the defences stage and the
 membership search share with it (the stored-logits reader, :func:`attack_and_score`: the
 registered ``membership`` attack and its scorer). Its tables' summaries are in
-:mod:`orchestrator.summaries`."""
+:mod:`orchestrator.reporting.summaries`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.membership.params import (
     MembershipParams,
     Scenario,
     eval_records,
     scenario,
 )
-from orchestrator.stages.membership.planning import _code_version, _mia_row_key
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.stages.membership.planning import code_version, mia_row_key
 from tasks.analysis import SCORERS, ScoredBatch, ScoringContext
 from tasks.analysis.membership import roc_curves
 from tasks.attacks import ATTACKS
@@ -26,7 +27,7 @@ from tasks.attacks.membership import MembershipTruth, PairRows, PosteriorCase, p
 from tasks.unlearning import UNLEARNING
 
 
-class _Logits:
+class StoredLogits:
     """Stored logits of many models, looked up by (model key, record id)."""
 
     def __init__(self, ctx: TaskContext) -> None:
@@ -48,7 +49,7 @@ class _Logits:
         return logits[[where[int(r)] for r in records]]
 
 
-def _side_rows(store: _Logits, pairs: list[dict]) -> PairRows:
+def pair_rows(store: StoredLogits, pairs: list[dict]) -> PairRows:
     p, q, label, meta = [], [], [], {"set_index": [], "pair_index": [], "record": []}
     for pair in pairs:
         for records, y in ((pair["positives"], 1), (pair["negatives"], 0)):
@@ -74,7 +75,7 @@ def attack_and_score(cases: list[PosteriorCase], truths: list[MembershipTruth],
 
 
 
-def _side_accuracy(store: _Logits, pairs: list[dict], seed: int,
+def side_accuracy(store: StoredLogits, pairs: list[dict], seed: int,
                    eval_size: int) -> dict[str, float]:
     """Mean accuracies of a side's originals and unlearned models. ``test_acc`` and
     ``test_acc_unlearned`` are read on the same test records (the unlearned models' eval
@@ -128,12 +129,12 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
     settings: MembershipParams = params["params"]
     entry = spec.unlearning[params["method_index"]]
     start = time.perf_counter()
-    store = _Logits(ctx)
-    shadow = _side_rows(store, params["pairs"]["shadow"])
-    target = _side_rows(store, params["pairs"]["target"])
-    acc_s = _side_accuracy(store, params["pairs"]["shadow"], params["seed"],
+    store = StoredLogits(ctx)
+    shadow = pair_rows(store, params["pairs"]["shadow"])
+    target = pair_rows(store, params["pairs"]["target"])
+    acc_s = side_accuracy(store, params["pairs"]["shadow"], params["seed"],
                            settings.unlearned_eval_size)
-    acc_t = _side_accuracy(store, params["pairs"]["target"], params["seed"],
+    acc_t = side_accuracy(store, params["pairs"]["target"], params["seed"],
                            settings.unlearned_eval_size)
     case, truth = posterior_case(target, shadow, settings.output_defence,
                                  settings.output_defence_params)
@@ -164,11 +165,11 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
               "train_acc_original": acc_t["train_acc"], "test_acc_original": acc_t["test_acc"],
               "generalisation_gap": acc_t["gap"], "shadow_generalisation_gap": acc_s["gap"],
               "test_acc_unlearned": acc_t["test_acc_unlearned"], **privacy_columns(privacy),
-              "code_version": _code_version()}
+              "code_version": code_version()}
     mia_rows, member_rows = [], []
     arrays = scored.arrays
     for e, scores in enumerate(scored.rows[0]):
-        row = {"key": _mia_row_key(akey, scores["feature"], scores["attack_model"],
+        row = {"key": mia_row_key(akey, scores["feature"], scores["attack_model"],
                                    scores["control"]), **common, **scores}
         row.update(spec.flat_config())
         mia_rows.append(row)
@@ -194,7 +195,7 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
         for row in member_rows:
             row.update(flat)
     if settings.figures:
-        from orchestrator import membership_figures as figs
+        from orchestrator.reporting import membership_figures as figs
 
         figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey,
                                     roc_curves(arrays), mia_rows)

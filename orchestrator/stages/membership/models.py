@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.provider import (
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import (
     has_artifacts,
     load_original,
     load_torch_model,
@@ -17,10 +18,10 @@ from orchestrator.provider import (
     provider_state,
     save_torch_model,
 )
-from orchestrator.spec import Spec
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.membership.params import eval_records
-from orchestrator.store import reuse
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.artifacts import reuse
 from tasks.models import SklearnModel
 from tasks.training import accuracy, seed_everything
 from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.plan import CorePlan, Unit
-from orchestrator.spec import Spec, stable_hash
+from orchestrator.engine.plan import CorePlan, Unit
+from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.membership.params import MembershipParams, Scenario, scenario
-from orchestrator.store import artifact_key
+from orchestrator.store.artifacts import artifact_key
 from tasks.attacks.membership import CLASSICAL
 from tasks.mia_splits import SIDES, SetPlan, effective_set_size, paper_split, sample_sets
 from tasks.params import to_dict
@@ -86,9 +86,9 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                 akey = "mia-attack-" + stable_hash(
                     {"pairs": pairs_by_side, "scenario": name, "settings": to_dict(params),
                      "seed": seed, "method": entry.method, "dataset": spec.dataset.identity(),
-                     "model": to_dict(spec.model), "code": _code_version()}, 24)
+                     "model": to_dict(spec.model), "code": code_version()}, 24)
                 attack_params["attack_key"] = akey
-                row_keys = tuple(_mia_row_key(akey, f, a, "none")
+                row_keys = tuple(mia_row_key(akey, f, a, "none")
                                  for f in dict.fromkeys((*params.features, CLASSICAL))
                                  for a in params.attack_models)
                 units.append(Unit(akey, "attack", "mia_attack", attack_params, "mia", row_keys,
@@ -127,7 +127,7 @@ def plan_side(spec: Spec, m: int, split, side: str, params: MembershipParams, sc
     return units, keys, side_pairs
 
 
-def _code_version() -> str:
+def code_version() -> str:
     from tasks import CODE_VERSION
 
     return CODE_VERSION
@@ -181,6 +181,6 @@ def _unlearn_units(spec: Spec, m: int, plan: SetPlan, okey: str, sc: Scenario,
     return units, pairs
 
 
-def _mia_row_key(akey: str, feature: str, model: str, control: str) -> str:
+def mia_row_key(akey: str, feature: str, model: str, control: str) -> str:
     return f"{akey}:{feature}:{model}:{control}"
 

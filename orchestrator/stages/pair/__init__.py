@@ -23,7 +23,7 @@ with ``forget: unknown`` the attacks' guesses land in ``guesses`` and ``membersh
 
 from __future__ import annotations
 
-from orchestrator.stage_registry import STAGES, StageEntry
+from orchestrator.spec.stage_registry import STAGES, StageEntry
 from orchestrator.stages.pair import attack_unit, membership_unit  # noqa: F401  (units)
 from orchestrator.stages.pair.params import PairParams
 from orchestrator.stages.pair.planning import plan_pair

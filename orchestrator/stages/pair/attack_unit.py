@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.spec import Spec, flatten, stable_hash
-from orchestrator.stages.attack_units import scoring_context
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec, flatten, stable_hash
+from orchestrator.stages.attacks.units import scoring_context
 from orchestrator.stages.pair.params import PairAttack, PairParams, read_forget_ids
 from orchestrator.stages.pair.planning import load_user_pair
-from orchestrator.storage import Location
-from orchestrator.tables import FIGURE_INDEX, FIGURES_DIR
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.location import Location
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 from tasks.analysis import SCORERS
 from tasks.attacks import ATTACKS, Attack
 from tasks.cases import Case, GroundTruth, PublicMetadata, QueryAccess

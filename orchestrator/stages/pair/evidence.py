@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.verdicts import auc, stratified_auc_ci
+from tasks.analysis.statistics import auc, stratified_auc_ci
 from tasks.attacks.membership import (
     NONE,
     MembershipConfig,
@@ -175,8 +175,7 @@ def preregistered_test(target: PairRows, shadow: PairRows, config: MembershipCon
     result = MembershipInference().run([case], typed, seeds=[seed])
     entries = [e for e, (_, _, c) in enumerate(result.entries) if c == NONE]
     val_label = np.asarray(val_rows.label)
-    val_auc = [auc(np.stack([val_label, result.scores[0][e, :n_val]], axis=1))
-               for e in entries]
+    val_auc = [auc(val_label, result.scores[0][e, :n_val]) for e in entries]
     best = entries[int(np.nanargmax(val_auc))]
     feature, model, _ = result.entries[best]
     scores = result.scores[0][best]

@@ -15,8 +15,10 @@ import time
 
 import numpy as np
 
-from orchestrator.spec import Spec
-from orchestrator.stages.membership.attack import _Logits, _side_rows, attack_and_score
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
+from orchestrator.stages.membership.attack import StoredLogits, attack_and_score, pair_rows
 from orchestrator.stages.pair.evidence import preregistered_test
 from orchestrator.stages.pair.params import PairAttack, PairParams, read_forget_ids
 from orchestrator.stages.pair.planning import (
@@ -24,8 +26,7 @@ from orchestrator.stages.pair.planning import (
     load_user_pair,
     negative_records,
 )
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from orchestrator.verdicts import stratified_auc_ci
+from tasks.analysis.statistics import stratified_auc_ci
 from tasks.attacks import ATTACKS
 from tasks.attacks.membership import PairRows, posterior_case
 from tasks.params import to_dict
@@ -84,7 +85,7 @@ def pair_membership(params: dict, ctx: TaskContext) -> Rows:
         method, shadow = "supplied", _supplied_shadow(pp, dataset, seed)
     else:
         method = spec.unlearning[params["method_index"]].method
-        shadow = _side_rows(_Logits(ctx), params["shadow_pairs"])
+        shadow = pair_rows(StoredLogits(ctx), params["shadow_pairs"])
     config = entry.typed_config(f"pair.attacks.{params['name']}.config")
     common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
               "paper": "chen2021", "dataset": spec.dataset.name, "model": pp.format,

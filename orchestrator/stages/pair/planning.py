@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.fingerprint import file_fingerprint
-from orchestrator.plan import CorePlan, Unit
-from orchestrator.spec import Spec, stable_hash
+from orchestrator.engine.plan import CorePlan, Unit
+from orchestrator.spec.fingerprint import file_fingerprint
+from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.membership.params import scenario
-from orchestrator.stages.membership.planning import plan_side
+from orchestrator.stages.membership.planning import code_version, plan_side
 from orchestrator.stages.pair.params import (
     PairAttack,
     PairParams,
@@ -126,7 +126,7 @@ def plan_pair(spec: Spec, core: CorePlan, params: PairParams) -> list[Unit]:
                 continue
             key = "pair-attack-" + stable_hash(
                 {"pair": identity, "attack": entry.attack, "config": entry.config,
-                 "name": name, "seed": seed, "code": _code_version()}, 24)
+                 "name": name, "seed": seed, "code": code_version()}, 24)
             table, row_keys = "guesses", (key,)
             if ids is not None:
                 scorer = SCORERS.get(cls.scorer)
@@ -198,7 +198,7 @@ def _membership_units(spec: Spec, params: PairParams, pair, dataset, identity: d
         key = "pair-mia-" + stable_hash(
             {"pair": identity, "config": entry.config, "shadow": pairs, "seed": seed,
              "settings": to_dict(settings), "method": method.method,
-             "code": _code_version()}, 24)
+             "code": code_version()}, 24)
         table, row_keys = _membership_rows(params, pair, dataset, entry, key, seed)
         units.append(Unit(key, "attack", "pair_membership",
                           {"spec": spec, "seed": seed, "method_index": m, "name": name,
@@ -228,16 +228,10 @@ def _supplied_shadow_unit(spec: Spec, params: PairParams, pair, dataset, identit
         check_membership_records(params, shadow, dataset, item["ids"])
     key = "pair-mia-" + stable_hash({"pair": identity, "config": entry.config, "seed": seed,
                                      "settings": to_dict(params.membership_params()),
-                                     "code": _code_version()}, 24)
+                                     "code": code_version()}, 24)
     table, row_keys = _membership_rows(params, pair, dataset, entry, key, seed)
     return Unit(key, "attack", "pair_membership",
                 {"spec": spec, "seed": seed, "method_index": None, "name": name,
                  "entry": entry, "params": params, "shadow_pairs": None, "attack_key": key,
                  "set_size": None}, table, row_keys,
                 label=f"pair membership (supplied shadow pairs) seed {seed}")
-
-
-def _code_version() -> str:
-    from tasks import CODE_VERSION
-
-    return CODE_VERSION

@@ -21,7 +21,7 @@ Designs and settings: :mod:`.params`; the statistics: :mod:`tasks.analysis.per_e
 
 from __future__ import annotations
 
-from orchestrator.stage_registry import STAGES, StageEntry
+from orchestrator.spec.stage_registry import STAGES, StageEntry
 from orchestrator.stages.per_example import analysis as _analysis  # noqa: F401  (unit functions)
 from orchestrator.stages.per_example import figures as _figures  # noqa: F401
 from orchestrator.stages.per_example import leaderboard as _leaderboard  # noqa: F401

@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.per_example.models import metrics_key
 from orchestrator.stages.per_example.params import PerExampleParams
 from orchestrator.stages.per_example.scoring import read_scores
-from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.location import Location
+from orchestrator.store.tables import ARRAYS_DIR
 from tasks.analysis.dp_bounds import attack_epsilon_lower_bound
 from tasks.analysis.epsilon import forget_score
 from tasks.analysis.null_control import (
@@ -44,8 +45,8 @@ from tasks.analysis.null_control import (
 )
 from tasks.analysis.per_example import lira_scores, record_summary, roc_metrics
 from tasks.analysis.record_tests import benjamini_hochberg, record_auc, record_pvalues
+from tasks.analysis.statistics import roc
 from tasks.attacks.membership_features import build_features, fit_and_score, softmax
-from tasks.metrics_membership import roc
 from tasks.params import to_dict
 from tasks.unlearning import UNLEARNING
 

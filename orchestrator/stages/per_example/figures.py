@@ -13,11 +13,12 @@ import io
 
 import numpy as np
 
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.per_example.analysis import read_points
-from orchestrator.storage import Location
-from orchestrator.tables import FIGURE_INDEX, FIGURES_DIR
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.location import Location
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 
 
 def _plt():

@@ -38,13 +38,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from orchestrator.spec import Spec
-from orchestrator.stages.attack_units import attack_batch
+from orchestrator.context import TaskContext
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
+from orchestrator.stages.attacks.units import attack_batch
 from orchestrator.stages.per_example.analysis import read_points
-from orchestrator.storage import Location
-from orchestrator.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR, Results
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
-from orchestrator.verdicts import bootstrap_ci
+from orchestrator.store.location import Location
+from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR, Results
+from tasks.analysis.statistics import bootstrap_ci
 
 TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.provider import load_torch_model, provider_state, save_torch_model
-from orchestrator.spec import Spec
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import load_torch_model, provider_state, save_torch_model
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
 from orchestrator.stages.per_example.planning import Member
-from orchestrator.store import reuse
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.store.artifacts import reuse
 from tasks.ensemble import ensemble_logits
 from tasks.training import accuracy
 from tasks.unlearning import UNLEARNING, ForgetRequest, TrainingState, UnlearningMethod

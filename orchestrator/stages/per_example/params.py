@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.stages.attacks import AttackEntry
+from orchestrator.stages.attacks.planning import AttackEntry
 from tasks.params import FieldError, check, check_seed
 
 VARIANTS = ("online", "offline")

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.plan import CorePlan, Unit
-from orchestrator.spec import Spec, stable_hash
-from orchestrator.stages.attacks import plan_entries
+from orchestrator.engine.plan import CorePlan, Unit
+from orchestrator.spec.schema import Spec, stable_hash
+from orchestrator.stages.attacks.planning import plan_entries
 from orchestrator.stages.per_example.params import PerExampleParams
-from orchestrator.store import artifact_key
-from orchestrator.tables import FIGURE_INDEX
+from orchestrator.store.artifacts import artifact_key
+from orchestrator.store.tables import FIGURE_INDEX
 from tasks.params import to_dict
 from tasks.splits import select_training_set
 from tasks.unlearning import UNLEARNING

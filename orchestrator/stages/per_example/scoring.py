@@ -29,11 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.provider import load_torch_model, provider_state
-from orchestrator.spec import Spec
-from orchestrator.storage import unreadable_file
-from orchestrator.store import missing
-from orchestrator.units import UNIT_FUNCTIONS, Rows, TaskContext
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import load_torch_model, provider_state
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec
+from orchestrator.store.artifacts import missing
+from orchestrator.store.location import unreadable_file
 from tasks.analysis.per_example import logit_confidence
 from tasks.ensemble import ensemble_logits
 

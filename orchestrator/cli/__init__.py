@@ -1,0 +1,2 @@
+"""The ``unlearn-audit`` command: argument parsing, one-line refusals, the run driver.
+"""

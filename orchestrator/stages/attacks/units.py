@@ -1,0 +1,192 @@
+"""Worker side of the generic ``attacks`` stage: prepare, attack a batch, draw the figure.
+
+A batch builds exactly the cases its attack's threat model asks for (white-box modules or
+only counted query access; paper or reference knowledge), runs the attack, and hands guesses
+and ground truth to the attack's scorer; the attack itself never sees the truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from orchestrator.context import TaskContext
+from orchestrator.engine.provider import (
+    load_original,
+    load_provider_pairs,
+    load_torch_model,
+    provider_state,
+)
+from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
+from orchestrator.spec.schema import Spec, flatten, stable_hash
+from orchestrator.stages.attacks.planning import row_key
+from orchestrator.store.artifacts import reuse
+from orchestrator.store.location import Location
+from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from tasks.analysis import SCORERS, ScoringContext
+from tasks.cases import Case, PublicMetadata, QueryAccess
+from tasks.params import key_settings, to_dict
+from tasks.splits import select_training_set
+from tasks.training import seed_everything
+
+
+def _private(model):
+    clone = copy.deepcopy(model).eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def _target_seed(seed: int, request_id: str, name: str) -> int:
+    return int(stable_hash([seed, request_id, name], 8), 16)
+
+
+def scoring_context(spec: Spec, dataset, seed: int) -> ScoringContext:
+    """The attacker's public baselines for scoring: the mean image of its public data (the
+    public split when the recipe has one, else the test split)."""
+    mean_image, source = None, None
+    if dataset.kind == "image":
+        sel = select_training_set(len(dataset.y_train), spec.dataset.pool_size,
+                                  spec.dataset.train_size, seed)
+        if len(sel.public):
+            mean_image, source = dataset.x_train[sel.public].mean(0), "public_split"
+        else:
+            mean_image, source = dataset.x_test.mean(0), "test_split"
+    return ScoringContext(num_classes=dataset.num_classes, std=dataset.std,
+                          mean_image=mean_image, mean_source=source, seed=seed)
+
+
+@UNIT_FUNCTIONS.register("attack_prepare")
+def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
+    """The attack's work against the original alone (e.g. probes), stored as arrays.
+
+    ``params["defence"]`` (the defences stage): an output defence the original's query access
+    answers through, so a black-box attacker crafts against the defended outputs it scores
+    with (``transform_params``: its typed settings)."""
+    spec: Spec = params["spec"]
+    entry, seed, key = params["entry"], params["seed"], params["prepared_key"]
+    attack = entry.attack_class()()
+    config = entry.typed_config()
+    threat = attack.threat_model(config)
+    state = provider_state(spec, seed, ctx, params.get("pretrain_key"))
+    seed_everything(seed)
+    theta = load_original(spec, seed, params["method_index"], params["original_key"], ctx,
+                          state)
+    private = _private(theta)
+    d = state.dataset
+    meta = PublicMetadata(dataset=d.name, kind=d.kind, input_shape=tuple(d.input_shape),
+                          num_classes=d.num_classes, mean=d.mean, std=d.std)
+    transform = None
+    if params.get("defence", "none") != "none":
+        from tasks.defences import output_transform
+
+        transform = output_transform(params["defence"], params.get("transform_params"))
+    case = Case(meta, theta=private if threat.white_box else None,
+                query_original=QueryAccess(private, state.device, transform),
+                device=state.device)
+    start = time.perf_counter()
+    arrays = reuse(partial(ctx.store.load_arrays, key)) if ctx.store.has(key, ".npz") else None
+    if arrays is None:
+        arrays = attack.prepare(case, config, seed) or {}
+        ctx.store.save_arrays(key, **arrays)
+    row = {"key": key, "experiment": spec.experiment, "config_hash": spec.config_hash,
+           "seed": seed, "attack": entry.attack, "attack_config": params["name"],
+           "original_key": params["original_key"], "queries": int(case.query_original.queries),
+           "arrays": sorted(arrays), "wall_s": time.perf_counter() - start,
+           "node_id": ctx.node_id}
+    row.update(spec.flat_config())
+    return {"prepared": [row]}
+
+
+@UNIT_FUNCTIONS.register("attack_batch")
+def attack_batch(params: dict, ctx: TaskContext) -> Rows:
+    spec: Spec = params["spec"]
+    entry, name, seed = params["entry"], params["name"], params["seed"]
+    attack, scorer, config, threat = entry.resolve()
+    provider = load_provider_pairs(params, ctx)
+    state = provider.state
+    cases, truths = [], []
+    for pair in params["pairs"]:
+        theta_u = load_torch_model(ctx, pair.unlearned_key, state)
+        case, truth = provider.case(theta_u, pair.request, threat.knowledge,
+                                    white_box=threat.white_box)
+        cases.append(case)
+        truths.append(truth)
+    prepared = (ctx.store.load_arrays(params["prepared_key"]) if params.get("prepared_key")
+                else None)
+    seeds = [_target_seed(seed, p.request.request_id, name) for p in params["pairs"]]
+    start = time.perf_counter()
+    result = attack.run(cases, config, seeds=seeds, prepared=prepared)
+    wall = time.perf_counter() - start
+    scored = scorer.score(result, truths, config, scoring_context(spec, state.dataset, seed))
+    settings = key_settings(config)
+    config_cols = flatten(to_dict(config), "attack")
+    common = {"experiment": spec.experiment, "config_hash": spec.config_hash, "seed": seed,
+              "dataset": spec.dataset.name, "model": spec.model.name,
+              "unlearning_method": provider.method, "exact": provider.exact,
+              "n_finetune": len(state.train_indices), "attack": entry.attack,
+              "attack_config": name, "attack_config_hash": stable_hash(settings, 12),
+              "knowledge": threat.knowledge, "white_box": threat.white_box,
+              "wall_s": wall / len(cases), "batch_wall_s": wall,
+              "batch_targets": len(cases), "node_id": ctx.node_id}
+    rows, labels = [], []
+    for pair, case_rows in zip(params["pairs"], scored.rows):
+        for row in case_rows:
+            part = row.get("sample_index") if scorer.per_sample else None
+            full = {"key": row_key(pair.unlearned_key, entry, settings, name, part),
+                    "request_id": pair.request.request_id, "forget_kind": pair.request.kind,
+                    **common, **row, **config_cols}
+            full.update(spec.flat_config())
+            rows.append(full)
+            labels.append(f"{provider.method} / {name}")
+    if scored.arrays:
+        path = _save_arrays(ctx, spec, scorer.table, params["unit_key"], scored.arrays, labels,
+                            scorer.per_sample, len(cases))
+        for row in rows:
+            row["arrays_path"] = path
+    return {scorer.table: rows}
+
+
+def _save_arrays(ctx: TaskContext, spec: Spec, table: str, unit: str,
+                 arrays: dict[str, np.ndarray], labels: list[str], per_sample: bool,
+                 n_cases: int) -> str:
+    """A batch's figure arrays beside (never inside) its table's folder."""
+    if not per_sample:
+        labels = labels[:n_cases]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, label=np.asarray(labels), **arrays)
+    return Location(ctx.results_uri).write_bytes(buf.getvalue(), spec.experiment, ARRAYS_DIR,
+                                                 table, f"{unit}.npz")
+
+
+@UNIT_FUNCTIONS.register("attack_figure")
+def attack_figure(params: dict, ctx: TaskContext) -> Rows:
+    spec: Spec = params["spec"]
+    table = params["table"]
+    loc = Location(ctx.results_uri)
+    arrays: list[dict[str, Any]] = []
+    for unit in params["units"]:
+        if not loc.exists(spec.experiment, ARRAYS_DIR, table, f"{unit}.npz"):
+            continue
+        data = np.load(io.BytesIO(loc.read_bytes(spec.experiment, ARRAYS_DIR, table,
+                                                 f"{unit}.npz")), allow_pickle=False)
+        arrays.append({k: data[k] for k in data.files})
+    fig = SCORERS.get(params["scorer"])().figure(arrays, f"{spec.experiment}: {table}")
+    path = None
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        path = loc.write_bytes(buf.getvalue(), spec.experiment, FIGURES_DIR,
+                               f"{table}-{spec.config_hash}.png")
+    row = {"key": params["key"], "experiment": spec.experiment, "config_hash": spec.config_hash,
+           "seed": spec.seeds[0], "figure": table, "path": path}
+    row.update(spec.flat_config())
+    return {FIGURE_INDEX: [row]}
