@@ -64,9 +64,14 @@ def _table_name(relative: str) -> str:
 
 
 def _merge_parts(tables: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Parts merged into their tables, under the tables' current names (``RENAMED_TABLES``)."""
+    from orchestrator.store.tables import RENAMED_TABLES
+
     merged: dict[str, list[str]] = {}
     for name, rows in tables.items():
-        merged.setdefault(_table_name(name + ".parquet"), []).extend(rows)
+        experiment, _, table = _table_name(name + ".parquet").rpartition("/")
+        table = RENAMED_TABLES.get(table, table)
+        merged.setdefault(f"{experiment}/{table}" if experiment else table, []).extend(rows)
     return {name: sorted(rows) for name, rows in sorted(merged.items())}
 
 

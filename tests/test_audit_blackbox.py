@@ -305,7 +305,7 @@ SHADOW_MODEL = {"model": {"name": "mlp", "hidden": [16]},
 
 
 def _check_mia(folder: Path, n_target: int, forget_size: int) -> pd.DataFrame:
-    mia = pd.read_parquet(folder / "mia")
+    mia = pd.read_parquet(folder / "membership_attacks")
     assert mia["auc"].between(0, 1).all()
     assert (mia["n_target_rows"] == n_target).all() and (mia["forget_size"] == forget_size).all()
     bounds = mia[["auc_low", "auc_high"]]
@@ -318,7 +318,7 @@ def _check_mia(folder: Path, n_target: int, forget_size: int) -> pd.DataFrame:
     # per-record scores.
     assert (mia["test"] == "preregistered").sum() == 1
     assert (mia["test"] == "exploratory").sum() == len(mia) - 1 >= 1
-    records = pd.read_parquet(folder / "membership")
+    records = pd.read_parquet(folder / "membership_records")
     for test in ("preregistered", "exploratory"):
         row = mia[(mia["control"] == "none") & (mia["test"] == test)].iloc[0]
         assert int(records[records["mia_key"] == row["key"]]["label"].sum()) == forget_size

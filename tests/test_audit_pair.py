@@ -166,7 +166,8 @@ def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_me
     folder = outside / "R" / "byo-unknown"
     tables = {p.name for p in folder.iterdir()}
     assert "guesses" in tables and "membership_ranking" in tables
-    assert not tables & {"recoveries", "label_inference", "mia", "membership"}
+    assert not tables & {"recoveries", "label_inference", "membership_attacks",
+                       "membership_records"}
     guesses = pd.read_parquet(folder / "guesses")
     assert list(guesses["attack"]) == ["inversion"]
     assert not any(c in guesses for c in ("psnr", "correct", "auc"))
@@ -217,7 +218,7 @@ def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
     _run(outside, _spec(outside, "byo-shadow", pair))
     folder = outside / "R" / "byo-shadow"
     assert not (folder / "models").exists()  # nothing trained
-    mia = pd.read_parquet(folder / "mia")
+    mia = pd.read_parquet(folder / "membership_attacks")
     row = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")
               & (mia["test"] == "exploratory")].iloc[0]
     assert row["unlearning_method"] == "your pair" and row["shadow_recipe"] == "supplied"
@@ -275,8 +276,8 @@ def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(ou
         "experiment": "byo-adult", "seed": 0, "dataset": {"name": "adult"}, "pair": pair,
         "model": {"name": "rf", "n_estimators": 30}}, sort_keys=False))
     _run(outside, spec)
-    mia = pd.read_parquet(outside / "R" / "byo-adult" / "mia")
-    records = pd.read_parquet(outside / "R" / "byo-adult" / "membership")
+    mia = pd.read_parquet(outside / "R" / "byo-adult" / "membership_attacks")
+    records = pd.read_parquet(outside / "R" / "byo-adult" / "membership_records")
     direct = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")]
     # The exploratory row (fitted on all shadow pairs): an interval over the 30 deleted and
     # 300 never-used records, resampled separately.

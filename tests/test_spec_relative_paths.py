@@ -16,8 +16,8 @@ import torch
 import yaml
 from torch import nn
 
+from orchestrator.spec import folder as spec_folder
 from orchestrator.spec.folder import SpecFolderError, collect_code, resolve_paths
-from orchestrator.spec.schema import folder as spec_folder
 from tests.bad_inputs.harness import refused
 
 REPO = Path(__file__).resolve().parents[1]

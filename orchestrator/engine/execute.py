@@ -31,6 +31,7 @@ from orchestrator.engine.ray_session import (
 )
 from orchestrator.engine.units import run_unit_inline
 from orchestrator.spec.schema import ResourcesSpec
+from orchestrator.spec.stage_registry import artifact_tables
 from orchestrator.store.tables import Results
 
 __all__ = ["LOCAL_ENV", "CapacityError", "ClusterUnreachable", "RunReport", "TransientError",
@@ -103,16 +104,13 @@ def dedupe(units: Iterable[Unit]) -> list[Unit]:
     return list(seen.values())
 
 
-# Tables whose units save, for each row key, an artifact under that key (a model; an attack's
-# work on the original; the per-example stage's members and scores): what other units load.
-ARTIFACT_TABLES = ("models", "prepared", "per_example_models", "per_example_scoring")
 ARTIFACT_SUFFIXES = (".pt", ".npz", ".parquet.d")
 
 
 def pending_units(units: list[Unit], results: Results, store=None,
                   needed: Iterable[str] = ()) -> list[Unit]:
     """The units whose rows are not all in their tables. With the artifact ``store``, also a
-    unit of an :data:`ARTIFACT_TABLES` table whose artifact is gone (deleted, or moved aside as
+    unit of an artifact table (``stage_registry.artifact_tables``) whose artifact is gone (deleted, or moved aside as
     damaged) where a pending unit depends on it, directly or through other such units, or
     where its key is in ``needed`` (models a search loads outside any unit): what is loaded
     is made again, and nothing is retrained only to be stored."""
@@ -125,10 +123,13 @@ def pending_units(units: list[Unit], results: Results, store=None,
             pending.add(u.key)
     needed = set(needed)
     if store is not None and (pending or needed):
+        import orchestrator.stages  # noqa: F401  (the stages declare their artifact tables)
+
+        saved = artifact_tables()
         present: set[str] | None = None
         lost: dict[str, Unit] = {}
         for u in units:
-            if u.key not in pending and u.table in ARTIFACT_TABLES:
+            if u.key not in pending and u.table in saved:
                 present = store.names() if present is None else present
                 if not all(any(k + x in present for x in ARTIFACT_SUFFIXES)
                            for k in u.row_keys):

@@ -18,9 +18,11 @@ import os
 
 import pandas as pd
 
+import orchestrator.reporting.summaries  # noqa: F401  (the built-in tables' summaries)
 from orchestrator.reporting import verdicts as vd
+from orchestrator.reporting.membership_figures import ATTACKS, RECORDS
 from orchestrator.reporting.show import TABLE_SUMMARIES, attack_table
-from orchestrator.store.tables import FIGURES_DIR, Results
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR, Results
 from tasks.analysis.statistics import RESAMPLES, SEED
 
 PACKAGES = ("unlearn-audit", "torch", "ray", "optuna", "numpy", "pyarrow", "scikit-learn")
@@ -123,13 +125,19 @@ def _read_all(results: Results) -> tuple[dict[str, pd.DataFrame], list[str]]:
     return frames, problems
 
 
+def _plugin(name: str) -> bool:
+    """A plug-in attack's table: one whose writer registered no summary of its own (every
+    built-in table has one, in :mod:`orchestrator.reporting.summaries` or its stage's)."""
+    return name not in TABLE_SUMMARIES and name != FIGURE_INDEX
+
+
 def _attack_tables(frames: dict[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
     out = []
     for name, df in frames.items():
         if df.empty or name in ("figure_index", "prepared"):
             continue
         fn = TABLE_SUMMARIES.get(name)
-        plugin = name not in vd.KNOWN_TABLES and {
+        plugin = _plugin(name) and {
             "attack", "attack_config", "unlearning_method"} <= set(df.columns)
         try:
             if plugin:
@@ -152,8 +160,8 @@ def collect_verdicts(frames: dict[str, pd.DataFrame]) -> list[vd.Verdict]:
         found += vd.recovery_verdicts(frames["recoveries"])
     if "label_inference" in frames:
         found += vd.label_verdicts(frames["label_inference"])
-    if "mia" in frames:
-        found += vd.mia_verdicts(frames["mia"], frames.get("membership"))
+    if ATTACKS in frames:
+        found += vd.mia_verdicts(frames[ATTACKS], frames.get(RECORDS))
     if "defences" in frames:
         found += vd.defence_verdicts(frames["defences"])
     return found
@@ -181,7 +189,7 @@ def render(results: Results) -> str:
         for attack, items in by_attack.items():
             parts.append(f"<h3>{_e(attack.capitalize())}</h3>")
             parts += [_verdict_html(v) for v in items]
-            note = (vd.exploratory_note(frames.get("mia"))
+            note = (vd.exploratory_note(frames.get(ATTACKS))
                     if attack == "membership inference" else None)
             if note:
                 parts.append(f"<p class='small'>{_e(note)}</p>")
@@ -191,9 +199,9 @@ def render(results: Results) -> str:
                      "training records ranked by membership score — and nothing is scored. "
                      "Name the deleted records to get verdicts.</p>")
     else:
-        parts.append("<p>No attack table with a verdict (recoveries, label_inference, mia, "
+        parts.append("<p>No attack table with a verdict (recoveries, label_inference, membership_attacks, "
                      "defences) in these results.</p>")
-    plugins = [(n, df) for n, df in frames.items() if n not in vd.KNOWN_TABLES and not df.empty
+    plugins = [(n, df) for n, df in frames.items() if _plugin(n) and not df.empty
                and {"attack", "attack_config", "unlearning_method"} <= set(df.columns)]
     for name, _ in plugins:
         parts.append(f"<p>Plug-in attack table <b>{_e(name)}</b>: the mean of each numeric "

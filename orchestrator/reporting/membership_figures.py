@@ -16,7 +16,6 @@ EXPERIMENT`` (e.g. after a run interrupted between an attack and its figure).
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from typing import Any
@@ -25,30 +24,22 @@ import numpy as np
 
 from orchestrator.store.location import Location
 from orchestrator.store.tables import ARRAYS_DIR, FIGURES_DIR
+from tasks.plotting import png_bytes, pyplot
 
+# The membership tables (tasks.analysis.membership: not imported, it loads torch).
+ATTACKS, RECORDS = "membership_attacks", "membership_records"
 YOUR_PAIR, PREREGISTERED = "your pair", "preregistered"  # as the pair's membership unit
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _save(fig, location: Location, *parts: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return location.write_bytes(buf.getvalue(), *parts)
+    return location.write_bytes(png_bytes(fig, dpi=110, tight=True), *parts)
 
 
 def roc_figure(curves: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], title: str):
     """curves: (feature, attack_model) -> (fpr, tpr). Both axes log-scaled (low-FPR regime,
     where membership attacks are judged); rates below the axis floor are drawn at it."""
-    plt = _plt()
+    plt = pyplot()
     models = list(dict.fromkeys(m for _, m in curves))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -89,7 +80,7 @@ def gain_figure(points: list[dict[str, Any]], title: str = ""):
     One panel per feature; colour = target (dataset/model/method/scenario), marker = attack
     model.
     """
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     features = sorted({p["feature"] for p in points}) or ["(none)"]
@@ -147,14 +138,14 @@ def write_scenario_figures(ctx, spec, scenario: str, method: str, attack_key: st
     title = f"{spec.dataset.name} / {spec.model.name} / {method} / {scenario}"
     written = [_save(roc_figure(curves, title), loc, exp, FIGURES_DIR, name)]
     points = _points_from_rows(mia_rows)
-    loc.write_bytes(json.dumps(points).encode(), exp, ARRAYS_DIR, "mia", f"gain-{short}.json")
+    loc.write_bytes(json.dumps(points).encode(), exp, ARRAYS_DIR, ATTACKS, f"gain-{short}.json")
     written.append(redraw_gain(loc, exp))
     return written
 
 
 def redraw_gain(loc: Location, experiment: str) -> str:
     points = []
-    for path in loc.list_files(experiment, ARRAYS_DIR, "mia", suffix=".json"):
+    for path in loc.list_files(experiment, ARRAYS_DIR, ATTACKS, suffix=".json"):
         with loc.fs.open_input_file(path) as fh:
             points.extend(json.loads(fh.read()))
     return _save(gain_figure(points), loc, experiment, FIGURES_DIR, "gain_vs_gap.png")
@@ -166,8 +157,8 @@ def redraw_from_tables(results_root: str, experiment: str) -> list[str]:
     from tasks.analysis.statistics import roc
 
     results = Results(results_root, experiment)
-    mia = results.read("mia")
-    members = results.read("membership")
+    mia = results.read(ATTACKS)
+    members = results.read(RECORDS)
     loc = Location(results_root)
     written = []
     if mia.empty:

@@ -26,7 +26,7 @@ def _defences(df):
     return df.groupby(cols, sort=True, dropna=False).agg(**agg).round(4)
 
 
-@summary("mia")
+@summary("membership_attacks")
 def _mia(df):
     df = df[df["control"] == "none"] if "control" in df else df
     cols = by(df, "dataset", "model", "unlearning_method", "scenario", "feature")
@@ -37,7 +37,7 @@ def _mia(df):
     return (pivot.join(df.groupby(cols).agg(**extra)) if extra else pivot).round(3)
 
 
-@summary("membership")
+@summary("membership_records")
 def _membership(df):
     return df.groupby(by(df, "scenario", "feature", "attack_model")).agg(**present(
         df, rows=("key", "count"), members=("label", "sum"),

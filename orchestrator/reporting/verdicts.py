@@ -19,10 +19,6 @@ from tasks.analysis.statistics import (
     stratified_auc_ci,
 )
 
-KNOWN_TABLES = {"models", "recoveries", "label_inference", "mia", "membership", "defences",
-                "guesses", "membership_ranking",
-                "prepared", "figure_index", "errors"}
-
 
 @dataclass
 class Verdict:

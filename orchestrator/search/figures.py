@@ -3,32 +3,23 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from orchestrator.search.result_tables import pareto_front
 from orchestrator.search.spec import SearchPlan
 from orchestrator.store.tables import FIGURES_DIR, Results
+from tasks.plotting import png_bytes, pyplot
 
 __all__ = ["write_figures"]
 
 
 def _save(fig, results: Results, name: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return results.location.write_bytes(buf.getvalue(), results.experiment, FIGURES_DIR,
+    return results.location.write_bytes(png_bytes(fig, dpi=110, tight=True), results.experiment, FIGURES_DIR,
                                              name)
 
 
 def write_figures(study, plan: SearchPlan, results: Results, best: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import optuna
 
     search = plan.search

@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.registry import Registry
 
-__all__ = ["STAGES", "StageEntry"]
+__all__ = ["CORE_ARTIFACT_TABLES", "STAGES", "StageEntry", "artifact_tables"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,17 @@ class StageEntry:
     # A stage that builds all its own models (membership inference's shadow/target sets)
     # turns off the core plan's originals and per-request unlearning.
     replaces_core: bool = False
+    # Tables of this stage whose row keys name artifacts that other units load (an attack's
+    # work on the original; the per-example members and scores): the engine remakes such a
+    # unit when its artifact is gone and a unit still to run needs it.
+    artifact_tables: tuple[str, ...] = ()
 
 
 STAGES: Registry[StageEntry] = Registry("spec section")
+CORE_ARTIFACT_TABLES = ("models",)  # the core plan's (and every stage's) trained models
+
+
+def artifact_tables() -> set[str]:
+    """Every table whose row keys name artifacts: the core's and each registered stage's."""
+    return set(CORE_ARTIFACT_TABLES).union(*(STAGES.get(n).artifact_tables
+                                             for n in STAGES.names()))

@@ -34,7 +34,8 @@ COMPACT_AT_PARTS = 32
 # Tables renamed since an earlier version: old folder -> current name. Readers take an old
 # folder's parts as the current table's; a run moves them (``move_renamed_tables``, under the
 # experiment's lock) so that readers of the folder itself (pandas, duckdb) see one table.
-RENAMED_TABLES = {"defenses": "defences"}
+RENAMED_TABLES = {"defenses": "defences", "mia": "membership_attacks",
+                  "membership": "membership_records"}
 
 
 class DamagedPart(ValueError):

@@ -6,16 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from tasks.plotting import pyplot
+
 MAX_COLUMNS = 16
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def recovery_figure(arrays: list[dict[str, np.ndarray]], title: str) -> Any:
@@ -31,7 +25,7 @@ def recovery_figure(arrays: list[dict[str, np.ndarray]], title: str) -> Any:
                 entry[2].append(p)
     if not by_label:
         return None
-    plt = _plt()
+    plt = pyplot()
     rows = 2 * len(by_label)
     cols = max(len(v[0]) for v in by_label.values())
     # Fixed cell size and explicit spacing: tight_layout shrinks the images to make room for

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.plotting import pyplot
+
 __all__ = ["PAGE_WIDTH", "draw_label_inference", "records_from_arrays"]
 
 PAGE_WIDTH = 7.5  # inches: a page's text width, so nothing is scaled down when printed
@@ -41,14 +43,6 @@ def _share_order(share: float | None) -> tuple[bool, float]:
 def _share_label(share: float | None) -> str:
     return _NO_SHARE if share is None else f"p={share:g}"
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 _Panels = dict[tuple[str, str, str], dict[float | None, dict[int, np.ndarray]]]
@@ -108,7 +102,7 @@ def draw_label_inference(deltas: list[dict[str, Any]]):
     Returns:
         A matplotlib Figure, at most :data:`PAGE_WIDTH` inches wide.
     """
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     panels = _panels(deltas)

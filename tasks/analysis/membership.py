@@ -76,6 +76,11 @@ def roc_curves(arrays: dict[str, np.ndarray], case: int | None = None
                                               arrays["control"])) if c == "none"}
 
 
+# Its tables: one row per attack (feature x attack model x scenario), and one per scored record.
+ATTACKS_TABLE = "membership_attacks"
+RECORDS_TABLE = "membership_records"
+
+
 @SCORERS.register("membership")
 class MembershipScorer(Scorer):
     """Rows: one per (feature, attack model, control) of each case, not one per case.
@@ -84,7 +89,7 @@ class MembershipScorer(Scorer):
     and attack model, without control (a search or defence sweep names one attack that way).
     """
 
-    table: ClassVar[str] = "mia"
+    table: ClassVar[str] = ATTACKS_TABLE
     metrics: ClassVar[dict[str, str]] = {"auc": "maximize", "acc": "maximize",
                                          "tpr_at_1pct": "maximize",
                                          "tpr_at_0_1pct": "maximize",

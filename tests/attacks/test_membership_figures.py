@@ -48,9 +48,9 @@ def test_a_pairs_tables_redraw_as_your_pair_with_the_preregistered_curve_apart(
     keys = {"exploratory": "pair-mia-abc:direct_diff:lr:none",
             "preregistered": "pair-mia-abc:preregistered"}
     results = Results(str(tmp_path), "pair")
-    results.write("mia", [{"key": key, **common, "test": test, "auc": 0.7}
+    results.write("membership_attacks", [{"key": key, **common, "test": test, "auc": 0.7}
                           for test, key in keys.items()])  # no generalisation gap
-    results.write("membership", [
+    results.write("membership_records", [
         {"key": f"{key}:{i}", "mia_key": key, **common, "test": test, "label": int(i < 2),
          "score": float(i % 3)} for test, key in keys.items() for i in range(6)])
     drawn = []

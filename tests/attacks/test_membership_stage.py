@@ -45,7 +45,7 @@ def test_every_scenario_runs_and_a_rerun_trains_nothing(tmp_path):
     data = _tabular_spec(scenarios=["single", "in_in", "group", "online", "chain"])
     _spec, _units, results, report = _run(data, tmp_path)
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     features = {"direct_diff", "sorted_diff", "direct_concat", "sorted_concat", "l2_distance",
                 "basic_mia"}
     main = mia[mia["control"] == "none"]
@@ -61,7 +61,7 @@ def test_every_scenario_runs_and_a_rerun_trains_nothing(tmp_path):
     assert main[main["scenario"] == "group"].iloc[0]["n_target_rows"] == 2 * 6 * 2 * 3
     assert {"config_hash", "experiment", "seed", "generalisation_gap",
             "cfg.membership.set_size"} <= set(mia.columns)
-    members = results.read("membership")
+    members = results.read("membership_records")
     assert len(members) == main["n_target_rows"].sum()
     assert set(members["label"]) == {0, 1}
     models = results.read("models")
@@ -85,7 +85,7 @@ def test_every_scenario_runs_and_a_rerun_trains_nothing(tmp_path):
     assert third.failed == 0
     models = results.read("models")
     assert not models["trained"].any()
-    np.testing.assert_allclose(results.read("mia").set_index("key").sort_index()["auc"],
+    np.testing.assert_allclose(results.read("membership_attacks").set_index("key").sort_index()["auc"],
                                mia.set_index("key").sort_index()["auc"])
 
 
@@ -98,7 +98,7 @@ def test_sisa_retrains_one_shard_per_deletion(tmp_path):
     unlearned = results.read("models").query("role == 'unlearned'")
     retrained = unlearned["shards_retrained"].map(lambda s: __import__("json").loads(s))
     assert (retrained.map(len) == 1).all()
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     assert set(mia["num_shard"]) == {4}
 
 
@@ -110,12 +110,12 @@ def test_sisa_shard_count_comes_from_the_typed_parameters(tmp_path):
     data["unlearning"] = [{"method": "sisa"}]
     _spec, _units, results, report = _run(data, tmp_path / "default")
     assert report.failed == 0, report.errors
-    assert set(results.read("mia")["num_shard"]) == {default}
+    assert set(results.read("membership_attacks")["num_shard"]) == {default}
     # 3.0 in the YAML is the integer 3 once typed; the raw value would record a float.
     data["unlearning"] = [{"method": "sisa", "shards": 3.0}]
     _spec, _units, results, report = _run(data, tmp_path / "float")
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     assert set(mia["num_shard"]) == {3} and pd.api.types.is_integer_dtype(mia["num_shard"])
 
 
@@ -149,7 +149,7 @@ def test_torch_image_path_end_to_end(tmp_path):
     }
     _spec, _units, results, report = _run(data, tmp_path)
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     assert set(mia["unlearning_method"]) == {"retrain", "sisa"}
     assert len(mia[mia["control"] == "none"]) == 2 * 2 * 6
 
@@ -167,7 +167,7 @@ def test_cifar10_simple_cnn_end_to_end(tmp_path):
     }
     _spec, _units, results, report = _run(data, tmp_path)
     assert report.failed == 0, report.errors
-    assert len(results.read("mia")) >= 6
+    assert len(results.read("membership_attacks")) >= 6
 
 
 def test_spec_errors_name_the_key():
@@ -224,7 +224,7 @@ def test_original_and_unlearned_accuracy_share_their_test_records(tmp_path):
     data["unlearning"] = [{"method": f"{__name__}:KeepOriginal"}]
     _spec, _units, results, report = _run(data, tmp_path)
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     # theta_u is theta: on the same 20 test records the accuracies agree exactly (before,
     # the originals were scored on the whole test split).
     np.testing.assert_allclose(mia["test_acc_original"], mia["test_acc_unlearned"],
@@ -249,7 +249,7 @@ def _dp_spec(noise: str) -> dict:
 def test_retrain_dp_rows_record_the_pairs_composed_epsilon(tmp_path):
     _spec, _units, results, report = _run(_dp_spec("fresh"), tmp_path)
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     n = int(mia["set_size"].iloc[0])
     expected = dp_epsilon_pair(n, n - 1, _spec.training, DPParams(noise_multiplier=1.0))
     assert mia["dp_epsilon"].notna().all() and mia["epsilon_pair"].notna().all()
@@ -264,6 +264,6 @@ def test_retrain_dp_rows_record_the_pairs_composed_epsilon(tmp_path):
 def test_retrain_dp_with_shared_noise_reports_an_unprotected_pair(tmp_path):
     _spec, _units, results, report = _run(_dp_spec("shared"), tmp_path)
     assert report.failed == 0, report.errors
-    mia = results.read("mia")
+    mia = results.read("membership_attacks")
     assert np.isinf(mia["epsilon_pair"]).all() and np.isfinite(mia["dp_epsilon"]).all()
     assert mia["dp_note"].str.contains("shared").all()

@@ -421,7 +421,7 @@ STAGE_SPECS = {
         "membership": {"set_num": 1, "set_size": 40, "unlearning_size": 2,
                        "attack_models": ["dt"], "scenarios": ["single", "chain"],
                        "shuffled_control": [], "membership_rows": False, "figures": False}},
-        "mia"),
+        "membership_attacks"),
     "per_example": ({
         "experiment": "pe_cuda", "seed": 0, "dataset": {"name": "digits"},
         "model": {"name": "mlp", "hidden": [16]},

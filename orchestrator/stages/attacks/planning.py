@@ -48,6 +48,8 @@ from tasks.params import FieldError, ParamError, build, check, key_settings
 from tasks.registry import UnknownComponentError
 from tasks.unlearning import UNLEARNING, ForgetConfig, make_requests
 
+PREPARED_TABLE = "prepared"  # one row per (attack, original): its prepare step's arrays
+
 
 class ResolvedEntry(NamedTuple):
     attack: Attack
@@ -271,7 +273,7 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
                                        "original_key": group[0].original_key,
                                        "pretrain_key": pkey, "entry": entry, "name": name,
                                        "prepared_key": prep},
-                                      "prepared", (prep,), deps=(group[0].original_key,),
+                                      PREPARED_TABLE, (prep,), deps=(group[0].original_key,),
                                       label=f"prepare {name}"))
             for start in range(0, len(group), entry.targets_per_task):
                 batch = group[start: start + entry.targets_per_task]
@@ -307,4 +309,5 @@ def plan_attacks(spec: Spec, core: CorePlan, section: AttacksSection) -> list[Un
     return plan_entries(spec, core, section)
 
 
-STAGES.register("attacks")(StageEntry(AttacksSection, plan_attacks))
+STAGES.register("attacks")(StageEntry(AttacksSection, plan_attacks,
+                                      artifact_tables=(PREPARED_TABLE,)))

@@ -24,13 +24,14 @@ from orchestrator.engine.provider import (
 )
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec, flatten, stable_hash
-from orchestrator.stages.attacks.planning import row_key
+from orchestrator.stages.attacks.planning import PREPARED_TABLE, row_key
 from orchestrator.store.artifacts import reuse
 from orchestrator.store.location import Location
 from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
 from tasks.analysis import SCORERS, ScoringContext
 from tasks.cases import Case, PublicMetadata, QueryAccess
 from tasks.params import key_settings, to_dict
+from tasks.plotting import png_bytes
 from tasks.splits import select_training_set
 from tasks.training import seed_everything
 
@@ -100,7 +101,7 @@ def attack_prepare(params: dict, ctx: TaskContext) -> Rows:
            "arrays": sorted(arrays), "wall_s": time.perf_counter() - start,
            "node_id": ctx.node_id}
     row.update(spec.flat_config())
-    return {"prepared": [row]}
+    return {PREPARED_TABLE: [row]}
 
 
 @UNIT_FUNCTIONS.register("attack_batch")
@@ -179,12 +180,7 @@ def attack_figure(params: dict, ctx: TaskContext) -> Rows:
     fig = SCORERS.get(params["scorer"])().figure(arrays, f"{spec.experiment}: {table}")
     path = None
     if fig is not None:
-        import matplotlib.pyplot as plt
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
-        path = loc.write_bytes(buf.getvalue(), spec.experiment, FIGURES_DIR,
+        path = loc.write_bytes(png_bytes(fig, dpi=120), spec.experiment, FIGURES_DIR,
                                f"{table}-{spec.config_hash}.png")
     row = {"key": params["key"], "experiment": spec.experiment, "config_hash": spec.config_hash,
            "seed": spec.seeds[0], "figure": table, "path": path}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 from orchestrator.context import TaskContext
@@ -12,6 +11,7 @@ from orchestrator.stages.defences.common import point_name
 from orchestrator.stages.defences.settings import TABLE
 from orchestrator.store.location import Location
 from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from tasks.plotting import png_bytes, pyplot
 
 
 def _group(point: dict) -> tuple[str, str]:
@@ -20,10 +20,7 @@ def _group(point: dict) -> tuple[str, str]:
 
 def draw_figure(points: list[dict], title: str):
     """Leakage (y) against utility (x): one curve per defence, strengths annotated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     attacks = list(dict.fromkeys(p["attack"] for p in points))
     fig, axes = plt.subplots(1, len(attacks), figsize=(6.0 * len(attacks), 4.6),
@@ -61,10 +58,7 @@ def draw_figure(points: list[dict], title: str):
         ax.set_title(f"{title}: {attack}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120)
 
 
 @UNIT_FUNCTIONS.register("defence_figure")

@@ -21,7 +21,7 @@ from orchestrator.stages.membership.params import (
 )
 from orchestrator.stages.membership.planning import code_version, mia_row_key
 from tasks.analysis import SCORERS, ScoredBatch, ScoringContext
-from tasks.analysis.membership import roc_curves
+from tasks.analysis.membership import ATTACKS_TABLE, RECORDS_TABLE, roc_curves
 from tasks.attacks import ATTACKS
 from tasks.attacks.membership import MembershipTruth, PairRows, PosteriorCase, posterior_case
 from tasks.unlearning import UNLEARNING
@@ -199,7 +199,7 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
 
         figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey,
                                     roc_curves(arrays), mia_rows)
-    return {"mia": mia_rows, "membership": member_rows}
+    return {ATTACKS_TABLE: mia_rows, RECORDS_TABLE: member_rows}
 
 
 # --- summaries --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from orchestrator.engine.plan import CorePlan, Unit
 from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.membership.params import MembershipParams, Scenario, scenario
 from orchestrator.store.artifacts import artifact_key
+from tasks.analysis.membership import ATTACKS_TABLE
 from tasks.attacks.membership import CLASSICAL
 from tasks.mia_splits import SIDES, SetPlan, effective_set_size, paper_split, sample_sets
 from tasks.params import to_dict
@@ -91,7 +92,7 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                 row_keys = tuple(mia_row_key(akey, f, a, "none")
                                  for f in dict.fromkeys((*params.features, CLASSICAL))
                                  for a in params.attack_models)
-                units.append(Unit(akey, "attack", "mia_attack", attack_params, "mia", row_keys,
+                units.append(Unit(akey, "attack", "mia_attack", attack_params, ATTACKS_TABLE, row_keys,
                                   deps=tuple(dict.fromkeys(model_units)),
                                   label=f"mia attack {name} {entry.method} seed {seed}"))
     return units

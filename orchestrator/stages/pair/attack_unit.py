@@ -5,7 +5,6 @@ unknown`` the attack's guesses land in ``guesses`` (recovered inputs as a figure
 from __future__ import annotations
 
 import copy
-import io
 import json
 import textwrap
 import time
@@ -26,6 +25,7 @@ from tasks.analysis import SCORERS
 from tasks.attacks import ATTACKS, Attack
 from tasks.cases import Case, GroundTruth, PublicMetadata, QueryAccess
 from tasks.params import to_dict
+from tasks.plotting import png_bytes, pyplot
 from tasks.training import seed_everything
 
 
@@ -143,10 +143,7 @@ def _plain(value: Any) -> Any:
 
 def _image_grid(images: np.ndarray, title: str):
     """Recovered inputs, one panel each (images: (k, C, H, W) in [0, 1])."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images = images.reshape((-1, *images.shape[-3:])) if images.ndim >= 3 else images
     k = min(len(images), 16)
@@ -165,12 +162,8 @@ def _image_grid(images: np.ndarray, title: str):
 def _figure_rows(spec: Spec, ctx: TaskContext, key: str, name: str, fig) -> list[dict]:
     if fig is None:
         return []
-    import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path = Location(ctx.results_uri).write_bytes(buf.getvalue(), spec.experiment, FIGURES_DIR,
+    path = Location(ctx.results_uri).write_bytes(png_bytes(fig, dpi=120), spec.experiment, FIGURES_DIR,
                                                  f"{name}-{spec.config_hash}.png")
     row = {"key": f"{key}:figure", "experiment": spec.experiment,
            "config_hash": spec.config_hash, "seed": spec.seeds[0], "figure": name, "path": path}

@@ -26,6 +26,7 @@ from orchestrator.stages.pair.planning import (
     load_user_pair,
     negative_records,
 )
+from tasks.analysis.membership import ATTACKS_TABLE, RECORDS_TABLE
 from tasks.analysis.statistics import stratified_auc_ci
 from tasks.attacks import ATTACKS
 from tasks.attacks.membership import PairRows, posterior_case
@@ -128,7 +129,7 @@ def pair_membership(params: dict, ctx: TaskContext) -> Rows:
     wall = time.perf_counter() - start
     for row in mia_rows:
         row["wall_s"] = wall
-    return {"mia": mia_rows, "membership": member_rows}
+    return {ATTACKS_TABLE: mia_rows, RECORDS_TABLE: member_rows}
 
 
 def _preregistered_row(target: PairRows, shadow: PairRows, config, settings, akey: str,

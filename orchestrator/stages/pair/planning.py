@@ -21,6 +21,7 @@ from orchestrator.stages.pair.params import (
     read_forget_ids,
 )
 from tasks.analysis import SCORERS
+from tasks.analysis.membership import ATTACKS_TABLE
 from tasks.attacks import ATTACKS, ThreatModel
 from tasks.mia_splits import effective_set_size, paper_split
 from tasks.params import ParamError, to_dict
@@ -213,7 +214,7 @@ def _membership_rows(params: PairParams, pair, dataset, entry: PairAttack, key: 
                      seed: int) -> tuple[str, tuple[str, ...]]:
     if params.forget_known:
         # Every (feature, attack model) as exploratory, and the one pre-registered test.
-        return "mia", (*(f"{key}:{f}:{a}:{c}" for f, a, c in entry.typed_config().entries()),
+        return ATTACKS_TABLE, (*(f"{key}:{f}:{a}:{c}" for f, a, c in entry.typed_config().entries()),
                        f"{key}:preregistered")
     return "membership_ranking", tuple(f"{key}:{r}" for r in candidate_records(
         params, pair.records("train", dataset), seed))

@@ -28,9 +28,10 @@ from orchestrator.stages.per_example import leaderboard as _leaderboard  # noqa:
 from orchestrator.stages.per_example import models as _models  # noqa: F401
 from orchestrator.stages.per_example import scoring as _scoring  # noqa: F401
 from orchestrator.stages.per_example.params import PerExampleParams
-from orchestrator.stages.per_example.planning import plan_per_example
+from orchestrator.stages.per_example.planning import MODELS_TABLE, SCORING_TABLE, plan_per_example
 
-STAGES.register("per_example")(StageEntry(params=PerExampleParams, planner=plan_per_example,
-                                          replaces_core=True))
+STAGES.register("per_example")(StageEntry(
+    params=PerExampleParams, planner=plan_per_example, replaces_core=True,
+    artifact_tables=(MODELS_TABLE, SCORING_TABLE)))
 
 __all__ = ["PerExampleParams", "plan_per_example"]

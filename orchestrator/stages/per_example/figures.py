@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from orchestrator.context import TaskContext
@@ -19,26 +17,15 @@ from orchestrator.spec.schema import Spec
 from orchestrator.stages.per_example.analysis import read_points
 from orchestrator.store.location import Location
 from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from tasks.plotting import png_bytes, pyplot
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110, tight=True)
 
 
 def epsilon_figure(points: list[dict]) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for p in points:
         eps = np.sort(np.asarray(p["epsilons"], dtype=float))
@@ -54,7 +41,7 @@ def epsilon_figure(points: list[dict]) -> bytes:
 
 
 def roc_figure(points: list[dict]) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.8), squeeze=False)
     for ax, p in zip(axes[0], points):
         fpr = np.asarray(p["fpr"])
@@ -75,7 +62,7 @@ def roc_figure(points: list[dict]) -> bytes:
 
 def exposed_figure(points: list[dict], x: np.ndarray) -> bytes:
     """Rows: methods; columns: their most exposed records, epsilon above each."""
-    plt = _plt()
+    plt = pyplot()
     cols = max(len(p["exposed"]) for p in points)
     fig, axes = plt.subplots(len(points), cols, figsize=(1.2 * cols, 1.45 * len(points)),
                              squeeze=False)

@@ -32,7 +32,6 @@ rely on reading them from the table yet). On tabular data these columns are empt
 
 from __future__ import annotations
 
-import io
 import json
 from collections import defaultdict
 
@@ -46,6 +45,7 @@ from orchestrator.stages.per_example.analysis import read_points
 from orchestrator.store.location import Location
 from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR, Results
 from tasks.analysis.statistics import bootstrap_ci
+from tasks.plotting import png_bytes, pyplot
 
 TABLE = "leaderboard"
 LEAK = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "median_epsilon")
@@ -246,10 +246,7 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
     retraining marks the reference. With image attacks, a second panel: the feature-recovery
     gain over the mean image (95 % interval) per method, in rank order, with the
     label-inference accuracy beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     image = [r for r in rows if _finite(r.get("recovery_gain_db"))]
     order = sorted(rows, key=lambda r: r["rank"])  # one colour per method in both panels
@@ -293,10 +290,7 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
         ax.set_xlabel("feature recovery: PSNR gain over the mean image (dB)")
         ax.set_title("Hu et al. attacks on single deletions (95 % intervals)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 @UNIT_FUNCTIONS.register("pe_leaderboard")
