@@ -97,9 +97,6 @@ class Finetune(UnlearningMethod):
 
     Params = EpochParams
 
-    # A distinct order seed: these epochs follow the original's, they do not replay them.
-    SEED_OFFSET = 1_000_003
-
     def _config(self, state: TrainingState, params: Params):
         return dataclasses.replace(
             state.train_cfg, epochs=params.epochs, lr_milestones=(),
@@ -111,11 +108,11 @@ class Finetune(UnlearningMethod):
         model = copy_model(state.original).to(state.device)
         d = state.dataset
         return train_model(model, d.x_train, d.y_train, state.train_indices,
-                           self._config(state, params), seed=state.seed + self.SEED_OFFSET,
+                           self._config(state, params), seed=state.seeds.seed("finetune"),
                            device=state.device, exclude=tuple(state.removed) + request.indices)
 
     def unlearn_members(self, states, requests, params: Params) -> list[nn.Module]:
         for state in states:
             self.check_family(state)
         return stacked.finetune_members(self, states, requests, params,
-                                        self._config(states[0], params), self.SEED_OFFSET)
+                                        self._config(states[0], params), "finetune")

@@ -32,15 +32,13 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
 
 def relabelled_finetune(state: TrainingState, request: ForgetRequest, *, epochs: int,
                         lr: float | None, batch_size: int | None, purpose: str = "random_label",
-                        seed_offset: int | None = None,
                         mask: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of theta trained ``epochs`` on U (wrong labels) plus the retained records (true
     labels), shuffled together. ``mask`` (parameter name -> 0/1 tensor): only weights where
     it is 1 move, the rest keep theta's values exactly. The wrong labels and the batch order
-    come from the member's ``purpose`` seeds (``seed_offset``, when given, is the key instead:
-    ``default_rng([seed, seed_offset])`` and order seed ``seed + seed_offset``)."""
+    come from the member's ``purpose`` seeds (SalUn draws its own: ``purpose="salun"``)."""
     seeds = state.seeds
-    key = seed_key(purpose) if seed_offset is None else seed_offset
+    key = seed_key(purpose)
     model = copy_model(state.original).to(state.device)
     d = state.dataset
     forget = np.asarray(request.indices, dtype=np.int64)

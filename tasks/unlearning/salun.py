@@ -81,9 +81,6 @@ class SalUn(UnlearningMethod):
             # 0 would freeze every weight and publish theta itself.
             check("saliency_share", self.saliency_share, low=0, low_open=True, high=1)
 
-    # Labels and batch order are drawn apart from random_label's, not only from theta's.
-    SEED_OFFSET = 5_000_011
-
     def mask(self, state: TrainingState, request: ForgetRequest,
              params: Params) -> dict[str, torch.Tensor]:
         """The saliency mask of theta for this request (parameter name -> 0/1 tensor)."""
@@ -97,5 +94,5 @@ class SalUn(UnlearningMethod):
     def unlearn(self, state: TrainingState, request: ForgetRequest, params: Params) -> nn.Module:
         self.check_family(state)
         return relabelled_finetune(state, request, epochs=params.epochs, lr=params.lr,
-                                   batch_size=params.batch_size, seed_offset=self.SEED_OFFSET,
+                                   batch_size=params.batch_size, purpose="salun",
                                    mask=self.mask(state, request, params))

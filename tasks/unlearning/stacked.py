@@ -98,8 +98,10 @@ def ascent_members(method, states: Sequence[TrainingState], requests: Sequence[F
 
 def finetune_members(method, states: Sequence[TrainingState],
                      requests: Sequence[ForgetRequest], params, cfg: TrainConfig,
-                     seed_offset: int) -> list[Model]:
-    """``cfg``'s epochs on each member's retained data, from its original, stacked."""
+                     purpose: str) -> list[Model]:
+    """``cfg``'s epochs on each member's retained data, from its original, stacked; each
+    member's batch order from its ``purpose`` seed (these epochs follow the original's, they
+    do not replay them)."""
     excludes = [tuple(s.removed) + r.indices for s, r in zip(states, requests, strict=True)]
     if any(s.original is None for s in states) or not _trainable_stacked(
             states, excludes, states[0].original):
@@ -107,7 +109,7 @@ def finetune_members(method, states: Sequence[TrainingState],
     d = states[0].dataset
     models = [copy.deepcopy(s.original).to(s.device) for s in states]
     return train_members(models, d.x_train, d.y_train, [s.train_indices for s in states], cfg,
-                         [s.seed + seed_offset for s in states], states[0].device, excludes)
+                         [s.seeds.seed(purpose) for s in states], states[0].device, excludes)
 
 
 def member_states(template: TrainingState, index_sets: Sequence[np.ndarray],
