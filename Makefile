@@ -17,9 +17,14 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/unlearn-audit run search_spaces/quickstart.yaml
 
+# Test files spread over worker processes (each file's tests stay in one, sharing its
+# fixtures); the few tests that bound a wall time run after, with the machine to themselves.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest -x -q -m alone
 
 clean:
 	rm -rf $(VENV) RESULTS .artifacts

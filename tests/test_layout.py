@@ -255,6 +255,7 @@ def test_help_imports_nothing_heavy(argv):
     assert _run(code).strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.alone  # a wall-time bound: make test runs it with the machine to itself
 def test_help_answers_within_a_second():
     walls = []
     for _ in range(3):
