@@ -32,6 +32,7 @@ from orchestrator.engine.ray_session import (
 from orchestrator.engine.units import run_unit_inline
 from orchestrator.spec.schema import ResourcesSpec
 from orchestrator.spec.stage_registry import artifact_tables
+from orchestrator.store.handoff import handed_on
 from orchestrator.store.tables import Results
 
 __all__ = ["LOCAL_ENV", "CapacityError", "ClusterUnreachable", "RunReport", "TransientError",
@@ -54,7 +55,9 @@ def _remote_runner():
 
     @ray.remote
     def run_unit(fn: str, params: dict, ctx: TaskContext, num_cpus: float, key: str,
-                 starts: Any, *deps: Any):
+                 starts: Any, dep_keys: tuple[str, ...], hands_on: bool, *deps: Any):
+        # ``deps``: the refs of dependencies in flight, so that Ray starts this task after
+        # them; what they hand on is read from the store (``dep_keys``), wherever they ran.
         # First thing (imports take seconds): the driver tells queueing behind this run's own
         # units from a stall by these marks.
         starts.mark.remote(key)
@@ -65,7 +68,7 @@ def _remote_runner():
         torch.set_num_threads(max(1, int(num_cpus)))
         node = ray.get_runtime_context().get_node_id()
         ctx = TaskContext(**{**ctx.__dict__, "node_id": node})
-        return run_unit_inline(fn, params, ctx)
+        return run_unit_inline(fn, params, ctx, key, dep_keys, hands_on)
 
     @ray.remote(num_cpus=0)
     class Starts:
@@ -109,11 +112,13 @@ ARTIFACT_SUFFIXES = (".pt", ".npz", ".parquet.d")
 
 def pending_units(units: list[Unit], results: Results, store=None,
                   needed: Iterable[str] = ()) -> list[Unit]:
-    """The units whose rows are not all in their tables. With the artifact ``store``, also a
-    unit of an artifact table (``stage_registry.artifact_tables``) whose artifact is gone (deleted, or moved aside as
-    damaged) where a pending unit depends on it, directly or through other such units, or
-    where its key is in ``needed`` (models a search loads outside any unit): what is loaded
-    is made again, and nothing is retrained only to be stored."""
+    """The units whose rows are not all in their tables. Also a unit whose output is gone
+    where a pending unit depends on it, directly or through other such units, or where its key
+    is in ``needed`` (models a search loads outside any unit): what is loaded is made again,
+    and nothing is retrained only to be stored. Outputs: a ``hands_on`` unit's handoff
+    (:mod:`orchestrator.store.handoff`) and, with the artifact ``store``, the artifacts of a
+    unit of an artifact table (``stage_registry.artifact_tables``), deleted or moved aside as
+    damaged."""
     done: dict[str, set[str]] = {}
     pending: set[str] = set()
     for u in units:
@@ -122,12 +127,15 @@ def pending_units(units: list[Unit], results: Results, store=None,
         if not all(k in done[u.table] for k in u.row_keys):
             pending.add(u.key)
     needed = set(needed)
-    if store is not None and (pending or needed):
+    if pending or needed:
         import orchestrator.stages  # noqa: F401  (the stages declare their artifact tables)
 
-        saved = artifact_tables()
+        saved = artifact_tables() if store is not None else set()
         present: set[str] | None = None
-        lost: dict[str, Unit] = {}
+        handing = [u.key for u in units if u.hands_on and u.key not in pending]
+        kept = handed_on(results.location, results.experiment, handing) if handing else set()
+        lost: dict[str, Unit] = {u.key: u for u in units if u.key in handing and
+                                 u.key not in kept}
         for u in units:
             if u.key not in pending and u.table in saved:
                 present = store.names() if present is None else present
@@ -357,7 +365,8 @@ class _Flight:
                 num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
                 max_retries=self.resources.max_retries, retry_exceptions=RETRY_EXCEPTIONS,
                 name=f"{u.fn}:{u.label}"[:100],
-            ).remote(u.fn, u.params, self.ctx, res.cpus, u.key, self.starts, *deps)
+            ).remote(u.fn, u.params, self.ctx, res.cpus, u.key, self.starts, u.deps, u.hands_on,
+                      *deps)
             self.refs[u.key] = ref
             self.unit_of[ref] = u
             watch.track(u)
@@ -449,7 +458,7 @@ def execute_inline(units: list[Unit], results: Results, ctx: TaskContext,
         try:
             if failed & set(u.deps):
                 raise RuntimeError("a unit it depends on failed")
-            results_rows = run_unit_inline(u.fn, u.params, ctx)
+            results_rows = run_unit_inline(u.fn, u.params, ctx, u.key, u.deps, u.hands_on)
             for table, rows in results_rows.items():
                 results.write(table, rows)
             report.succeeded += 1

@@ -29,6 +29,9 @@ class Unit:
     row_keys: tuple[str, ...]
     deps: tuple[str, ...] = ()
     label: str = ""
+    # Its function hands an output on to its dependants (orchestrator.store.handoff): one
+    # whose output is gone runs again where a unit still to run needs it.
+    hands_on: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ outputs, return table rows. Each runs inside one Ray task (or inline, in tests).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from orchestrator.engine.provider import (
 )
 from orchestrator.spec.schema import Spec
 from orchestrator.store.artifacts import reuse
+from orchestrator.store.handoff import HANDOFF, Handoff, UnitInputs, save_handoff
 from tasks.registry import Registry
 from tasks.splits import select_training_set
 from tasks.training import (
@@ -167,10 +169,32 @@ def _forget_loss(model: Any, state: TrainingState, request: ForgetRequest) -> fl
     return mean_loss(model_logits(model, d.x_train[idx], state.device), d.y_train[idx])
 
 
-def run_unit_inline(fn: str, params: dict, ctx: TaskContext) -> Rows:
+def run_unit_inline(fn: str, params: dict, ctx: TaskContext, key: str | None = None,
+                    deps: tuple[str, ...] = (), hands_on: bool = False) -> Rows:
     """Run one unit in this process (tests, and the body of every Ray task). The stage units
-    are registered by importing ``orchestrator.stages`` (``orchestrator.engine.execute`` does)."""
+    are registered by importing ``orchestrator.stages`` (``orchestrator.engine.execute`` does).
+
+    A function that takes ``inputs`` gets the handoffs of the units ``deps`` names; what it
+    returns under ``HANDOFF`` is kept under ``key`` for its own dependants (and an empty one
+    where ``hands_on`` and it had nothing: see :mod:`orchestrator.store.handoff`)."""
     threads = os.environ.get("UNLEARN_AUDIT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    return UNIT_FUNCTIONS.get(fn)(params, ctx)
+    function = UNIT_FUNCTIONS.get(fn)
+    if _takes_inputs(function):
+        rows = function(params, ctx, inputs=UnitInputs(ctx, deps))
+    else:
+        rows = function(params, ctx)
+    handoff = rows.pop(HANDOFF, None)
+    if handoff is None and hands_on:
+        handoff = Handoff()
+    if handoff is not None:
+        if key is None:
+            raise ValueError(f"unit function {fn} hands on an output: its unit needs a key")
+        save_handoff(ctx, key, handoff)
+    return rows
+
+
+@functools.cache
+def _takes_inputs(function: Callable[..., Rows]) -> bool:
+    return "inputs" in inspect.signature(function).parameters

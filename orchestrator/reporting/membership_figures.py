@@ -4,8 +4,8 @@
   one panel per attack model, one curve per feature, classical MIA dashed.
 - ``gain_vs_gap.png``: AUC gain of each unlearning feature over classical MIA (same attack
   model) against the target originals' generalisation gap, one point per (variant, attack
-  model). Each attack unit adds its points (``_arrays/mia/gain-<key>.json``, beside the
-  tables) and redraws it.
+  model). Each attack unit hands its points on to the stage's figure unit
+  (``mia_gain_figure``), which draws it once every attack is done.
 
 A pair from outside draws no figure while it runs; the redraw below draws its ROC curves
 (titled "your pair", its pre-registered test's curve named so) and no gain figure.
@@ -16,14 +16,13 @@ EXPERIMENT`` (e.g. after a run interrupted between an attack and its figure).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import numpy as np
 
 from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR, FIGURES_DIR
+from orchestrator.store.tables import FIGURES_DIR
 from tasks.plotting import png_bytes, pyplot
 
 # The membership tables (tasks.analysis.membership: not imported, it loads torch).
@@ -128,27 +127,24 @@ def _curve_name(feature: str, test: Any) -> str:
     return f"{feature} (pre-registered)" if test == PREREGISTERED else feature
 
 
-def write_scenario_figures(ctx, spec, scenario: str, method: str, attack_key: str,
-                           curves, mia_rows: list[dict[str, Any]]) -> list[str]:
-    """Called by the attack unit: its ROC figure, its gain points, the redrawn gain figure."""
-    loc = Location(ctx.results_uri)
-    exp = ctx.experiment
+def write_roc_figure(ctx, spec, scenario: str, method: str, attack_key: str, curves) -> str:
+    """Called by the attack unit: its ROC figure."""
     short = attack_key.rsplit("-", 1)[-1][:8]
     name = f"roc_{spec.dataset.name}_{spec.model.name}_{method}_{scenario}_{short}.png"
     title = f"{spec.dataset.name} / {spec.model.name} / {method} / {scenario}"
-    written = [_save(roc_figure(curves, title), loc, exp, FIGURES_DIR, name)]
-    points = _points_from_rows(mia_rows)
-    loc.write_bytes(json.dumps(points).encode(), exp, ARRAYS_DIR, ATTACKS, f"gain-{short}.json")
-    written.append(redraw_gain(loc, exp))
-    return written
+    return _save(roc_figure(curves, title), Location(ctx.results_uri), ctx.experiment,
+                 FIGURES_DIR, name)
 
 
-def redraw_gain(loc: Location, experiment: str) -> str:
-    points = []
-    for path in loc.list_files(experiment, ARRAYS_DIR, ATTACKS, suffix=".json"):
-        with loc.fs.open_input_file(path) as fh:
-            points.extend(json.loads(fh.read()))
-    return _save(gain_figure(points), loc, experiment, FIGURES_DIR, "gain_vs_gap.png")
+def gain_points(mia_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an attack unit hands on to the gain figure."""
+    return _points_from_rows(mia_rows)
+
+
+def write_gain_figure(ctx, points: list[dict[str, Any]]) -> str:
+    """The gain figure of every attack's points (the membership stage's figure unit)."""
+    return _save(gain_figure(points), Location(ctx.results_uri), ctx.experiment, FIGURES_DIR,
+                 "gain_vs_gap.png")
 
 
 def redraw_from_tables(results_root: str, experiment: str) -> list[str]:

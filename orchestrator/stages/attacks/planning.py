@@ -292,7 +292,8 @@ def plan_entries(spec: Spec, core: CorePlan, section: AttacksSection,
                                    "pretrain_key": pkey, "prepared_key": prep,
                                    "unit_key": key},
                                   scorer.table, row_keys, deps=deps,
-                                  label=f"{name} {aspec.unlearning[m].method} x{len(batch)}"))
+                                  label=f"{name} {aspec.unlearning[m].method} x{len(batch)}",
+                                  hands_on=True))
                 if entry.figure and scorer.figure is not Scorer.figure:  # it draws one
                     figures.setdefault(attack_cls.scorer, []).append(key)
     for scorer_name, deps in figures.items():

@@ -8,10 +8,8 @@ and ground truth to the attack's scorer; the attack itself never sees the truth.
 from __future__ import annotations
 
 import copy
-import io
 import time
 from functools import partial
-from typing import Any
 
 import numpy as np
 
@@ -26,8 +24,9 @@ from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec, flatten, stable_hash
 from orchestrator.stages.attacks.planning import PREPARED_TABLE, row_key
 from orchestrator.store.artifacts import reuse
+from orchestrator.store.handoff import HANDOFF, Handoff, UnitInputs, handoff_path
 from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 from tasks.analysis import SCORERS, ScoringContext
 from tasks.cases import Case, PublicMetadata, QueryAccess
 from tasks.params import key_settings, to_dict
@@ -145,38 +144,23 @@ def attack_batch(params: dict, ctx: TaskContext) -> Rows:
             full.update(spec.flat_config())
             rows.append(full)
             labels.append(f"{provider.method} / {name}")
-    if scored.arrays:
-        path = _save_arrays(ctx, spec, scorer.table, params["unit_key"], scored.arrays, labels,
-                            scorer.per_sample, len(cases))
+    out: Rows = {scorer.table: rows}
+    if scored.arrays:  # the figure's arrays, handed on to the figure unit
+        if not scorer.per_sample:
+            labels = labels[:len(cases)]
+        out[HANDOFF] = Handoff(arrays={"label": np.asarray(labels), **scored.arrays})
+        path = handoff_path(ctx, params["unit_key"])
         for row in rows:
             row["arrays_path"] = path
-    return {scorer.table: rows}
-
-
-def _save_arrays(ctx: TaskContext, spec: Spec, table: str, unit: str,
-                 arrays: dict[str, np.ndarray], labels: list[str], per_sample: bool,
-                 n_cases: int) -> str:
-    """A batch's figure arrays beside (never inside) its table's folder."""
-    if not per_sample:
-        labels = labels[:n_cases]
-    buf = io.BytesIO()
-    np.savez_compressed(buf, label=np.asarray(labels), **arrays)
-    return Location(ctx.results_uri).write_bytes(buf.getvalue(), spec.experiment, ARRAYS_DIR,
-                                                 table, f"{unit}.npz")
+    return out
 
 
 @UNIT_FUNCTIONS.register("attack_figure")
-def attack_figure(params: dict, ctx: TaskContext) -> Rows:
+def attack_figure(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
     spec: Spec = params["spec"]
     table = params["table"]
     loc = Location(ctx.results_uri)
-    arrays: list[dict[str, Any]] = []
-    for unit in params["units"]:
-        if not loc.exists(spec.experiment, ARRAYS_DIR, table, f"{unit}.npz"):
-            continue
-        data = np.load(io.BytesIO(loc.read_bytes(spec.experiment, ARRAYS_DIR, table,
-                                                 f"{unit}.npz")), allow_pickle=False)
-        arrays.append({k: data[k] for k in data.files})
+    arrays = [h.arrays for h in inputs.handoffs(params["units"]) if h.arrays]
     fig = SCORERS.get(params["scorer"])().figure(arrays, f"{spec.experiment}: {table}")
     path = None
     if fig is not None:

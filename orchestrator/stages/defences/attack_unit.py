@@ -19,8 +19,7 @@ from orchestrator.engine.provider import load_provider_pairs, load_torch_model
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec
 from orchestrator.stages.attacks.units import scoring_context
-from orchestrator.stages.defences.common import common, seed_of, test_acc, update_data, write_point
-from orchestrator.stages.defences.settings import TABLE
+from orchestrator.stages.defences.common import common, seed_of, test_acc, update_data, with_points
 from tasks.defences import DEFENCES, output_transform
 from tasks.training import accuracy, predict_logits
 
@@ -87,5 +86,4 @@ def defence_attack(params: dict, ctx: TaskContext) -> Rows:
         "epsilon": None, "delta": None, "defend_wall_s": defend_wall,
         "wall_s": time.perf_counter() - start, "node_id": ctx.node_id})
     row.update(base.flat_config())
-    write_point(ctx, base, row, utility="test_acc_unlearned")
-    return {TABLE: [row]}
+    return with_points([row], utility="test_acc_unlearned")

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.context import TaskContext
+from orchestrator.engine.units import Rows
 from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.defences.settings import TABLE
-from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR
+from orchestrator.store.handoff import HANDOFF, Handoff
 from tasks.defences import DEFENCES, UpdateContext
 from tasks.splits import select_training_set
 from tasks.training import accuracy, predict_logits
@@ -67,8 +66,8 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def write_point(ctx: TaskContext, spec: Spec, row: dict, utility: str) -> None:
-    """A small JSON beside the table, so the figure unit never waits for buffered rows."""
+def figure_point(row: dict, utility: str) -> dict:
+    """What the figure unit draws of one row (handed on: it never waits for buffered rows)."""
     point = {k: row.get(k) for k in ("key", "attack", "defence", "strength", "strength_name",
                                      "attack_metric", "attack_metric_name", "epsilon",
                                      "epsilon_pair", "unlearning_method", "attack_model",
@@ -77,9 +76,10 @@ def write_point(ctx: TaskContext, spec: Spec, row: dict, utility: str) -> None:
     point["utility_name"] = utility
     point["epsilon"] = _finite(point["epsilon"])
     point["epsilon_pair"] = _finite(point["epsilon_pair"])
-    Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
-                                          ARRAYS_DIR, TABLE, point_name(row["key"]))
+    return point
 
 
-def point_name(row_key: str) -> str:
-    return row_key.replace(":", "_") + ".json"  # membership row keys end in ":<attack model>"
+def with_points(rows: list[dict], utility: str) -> Rows:
+    """A defence unit's rows, its figure points handed on."""
+    return {TABLE: rows,
+            HANDOFF: Handoff({"points": [figure_point(r, utility) for r in rows]})}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from orchestrator.context import TaskContext
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec
-from orchestrator.stages.defences.common import point_name
-from orchestrator.stages.defences.settings import TABLE
+from orchestrator.store.handoff import UnitInputs
 from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 from tasks.plotting import png_bytes, pyplot
 
 
@@ -62,16 +59,11 @@ def draw_figure(points: list[dict], title: str):
 
 
 @UNIT_FUNCTIONS.register("defence_figure")
-def defence_figure(params: dict, ctx: TaskContext) -> Rows:
+def defence_figure(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
-    points = []
-    for key in params["row_keys"]:
-        try:
-            points.append(json.loads(loc.read_bytes(spec.experiment, ARRAYS_DIR, TABLE,
-                                                    point_name(key))))
-        except FileNotFoundError:
-            continue  # a failed unit: its row is in the errors table
+    # The sweep units' points, in plan order; a failed unit has none (see the errors table).
+    points = [p for unit_points in inputs.values("points") for p in unit_points]
     path = None
     if points:
         png = draw_figure(points, spec.experiment)

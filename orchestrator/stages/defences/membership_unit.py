@@ -8,8 +8,7 @@ import time
 from orchestrator.context import TaskContext
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec
-from orchestrator.stages.defences.common import common, write_point
-from orchestrator.stages.defences.settings import TABLE
+from orchestrator.stages.defences.common import common, with_points
 from orchestrator.stages.membership import (
     MembershipParams,
     StoredLogits,
@@ -90,5 +89,4 @@ def defence_membership(params: dict, ctx: TaskContext) -> Rows:
     for row in rows:
         row.update({"wall_s": wall, "node_id": ctx.node_id})
         row.update(base.flat_config())
-        write_point(ctx, base, row, utility="test_acc_unlearned")
-    return {TABLE: rows}
+    return with_points(rows, utility="test_acc_unlearned")

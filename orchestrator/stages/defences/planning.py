@@ -13,6 +13,7 @@ from orchestrator.spec.schema import Spec, UnlearningSpec, stable_hash
 from orchestrator.stages.attacks.planning import AttackEntry, plan_entries
 from orchestrator.stages.defences.settings import TABLE, DefencesStage, defence_points
 from orchestrator.stages.membership import MembershipParams, plan_membership
+from orchestrator.stages.membership.planning import GAIN_FIGURE
 from orchestrator.store.artifacts import artifact_key
 from orchestrator.store.tables import FIGURE_INDEX
 from tasks.defences import DEFENCES, DPParams, defend_outputs
@@ -101,7 +102,8 @@ def _plan_case_attack(spec: Spec, core: CorePlan, stage: DefencesStage, attack: 
                                "transform_params": tparams,
                                "finetune_source": stage.finetune_source, "key": key},
                               TABLE, (key,), deps=unit_deps,
-                              label=f"defence {defence} {strength} {attack} {p['name']}"))
+                              label=f"defence {defence} {strength} {attack} {p['name']}",
+                              hands_on=True))
     # The undefended prepare units only where some sweep point still reads them.
     needed = {d for u in units for d in u.deps}
     kept = [u for u in kept if u.fn != "attack_prepare" or u.key in needed]
@@ -149,7 +151,7 @@ def _dp_spec(spec: Spec, dparams: DPParams) -> Spec:
 def _membership_models(spec: Spec, core: CorePlan, mparams: MembershipParams):
     """The membership stage's model units and, per attack unit, its pairs and dependencies."""
     planned = plan_membership(spec, core, mparams)
-    models = [u for u in planned if u.fn != "mia_attack"]
+    models = [u for u in planned if u.fn not in ("mia_attack", GAIN_FIGURE)]
     attacks = [u for u in planned if u.fn == "mia_attack"]
     return models, attacks
 
@@ -196,7 +198,7 @@ def _plan_membership(spec: Spec, core: CorePlan, stage: DefencesStage) -> list[U
                                "primary_feature": stage.primary_feature, "key": key},
                               TABLE, rkeys, deps=au.deps,
                               label=f"defence {defence} {strength} membership "
-                                    f"{p['scenario']}"))
+                                    f"{p['scenario']}", hands_on=True))
     if used_base:
         units = base_models + units
     return units

@@ -19,7 +19,9 @@ from orchestrator.stages.membership.params import (
     eval_records,
     scenario,
 )
-from orchestrator.stages.membership.planning import code_version, mia_row_key
+from orchestrator.stages.membership.planning import GAIN_FIGURE, code_version, mia_row_key
+from orchestrator.store.handoff import HANDOFF, Handoff, UnitInputs
+from orchestrator.store.tables import FIGURE_INDEX
 from tasks.analysis import SCORERS, ScoredBatch, ScoringContext
 from tasks.analysis.membership import ATTACKS_TABLE, RECORDS_TABLE, roc_curves
 from tasks.attacks import ATTACKS
@@ -194,12 +196,28 @@ def mia_attack(params: dict, ctx: TaskContext) -> Rows:
         flat = spec.flat_config()
         for row in member_rows:
             row.update(flat)
+    out: Rows = {ATTACKS_TABLE: mia_rows, RECORDS_TABLE: member_rows}
     if settings.figures:
         from orchestrator.reporting import membership_figures as figs
 
-        figs.write_scenario_figures(ctx, spec, params["scenario"], entry.method, akey,
-                                    roc_curves(arrays), mia_rows)
-    return {ATTACKS_TABLE: mia_rows, RECORDS_TABLE: member_rows}
+        figs.write_roc_figure(ctx, spec, params["scenario"], entry.method, akey,
+                              roc_curves(arrays))
+        out[HANDOFF] = Handoff({"gain_points": figs.gain_points(mia_rows)})
+    return out
+
+
+@UNIT_FUNCTIONS.register(GAIN_FIGURE)
+def mia_gain_figure(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
+    """Every attack's gain over classical MIA against the originals' generalisation gap."""
+    from orchestrator.reporting import membership_figures as figs
+
+    spec: Spec = params["spec"]
+    points = [p for found in inputs.values("gain_points", params["attacks"]) for p in found]
+    path = figs.write_gain_figure(ctx, points) if points else None
+    return {FIGURE_INDEX: [{"key": params["key"], "experiment": spec.experiment,
+                            "config_hash": spec.config_hash, "seed": spec.seeds[0],
+                            "figure": "gain_vs_gap", "path": path, "points": len(points),
+                            **spec.flat_config()}]}
 
 
 # --- summaries --------------------------------------------------------------------------------

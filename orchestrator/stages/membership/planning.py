@@ -8,11 +8,14 @@ from orchestrator.engine.plan import CorePlan, Unit
 from orchestrator.spec.schema import Spec, stable_hash
 from orchestrator.stages.membership.params import MembershipParams, Scenario, scenario
 from orchestrator.store.artifacts import artifact_key
+from orchestrator.store.tables import FIGURE_INDEX
 from tasks.analysis.membership import ATTACKS_TABLE
 from tasks.attacks.membership import CLASSICAL
 from tasks.mia_splits import SIDES, SetPlan, effective_set_size, paper_split, sample_sets
 from tasks.params import to_dict
 from tasks.unlearning import UNLEARNING
+
+GAIN_FIGURE = "mia_gain_figure"  # the unit drawing every attack's gain in one figure
 
 
 def _members_hash(members: np.ndarray) -> str:
@@ -92,9 +95,17 @@ def plan_membership(spec: Spec, core: CorePlan, params: MembershipParams) -> lis
                 row_keys = tuple(mia_row_key(akey, f, a, "none")
                                  for f in dict.fromkeys((*params.features, CLASSICAL))
                                  for a in params.attack_models)
-                units.append(Unit(akey, "attack", "mia_attack", attack_params, ATTACKS_TABLE, row_keys,
-                                  deps=tuple(dict.fromkeys(model_units)),
-                                  label=f"mia attack {name} {entry.method} seed {seed}"))
+                units.append(Unit(akey, "attack", "mia_attack", attack_params, ATTACKS_TABLE,
+                                  row_keys, deps=tuple(dict.fromkeys(model_units)),
+                                  label=f"mia attack {name} {entry.method} seed {seed}",
+                                  hands_on=params.figures))
+    attacks = [u.key for u in units if u.fn == "mia_attack"]
+    if params.figures and attacks:  # one figure of every attack's gain over classical MIA
+        fkey = "mia-gain-figure-" + stable_hash([spec.config_hash, attacks], 24)
+        units.append(Unit(fkey, "attack", GAIN_FIGURE, {"spec": spec, "key": fkey,
+                                                        "attacks": attacks},
+                          FIGURE_INDEX, (fkey,), deps=tuple(attacks),
+                          label="membership gain figure"))
     return units
 
 

@@ -17,7 +17,8 @@ every requested variant, and writes
   leaks), its permutation p-value, whether it is named at the false-discovery rate, its
   epsilon and its exposure rank;
 
-and the curves and epsilons its figures need (``_arrays/per_example/<key>.json``).
+and, handed on to the figures and the leaderboard (:mod:`orchestrator.store.handoff`), the
+curves and epsilons they need.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from orchestrator.spec.schema import Spec
 from orchestrator.stages.per_example.models import metrics_key
 from orchestrator.stages.per_example.params import PerExampleParams
 from orchestrator.stages.per_example.scoring import read_scores
-from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR
+from orchestrator.store.handoff import HANDOFF, Handoff
 from tasks.analysis.dp_bounds import attack_epsilon_lower_bound
 from tasks.analysis.epsilon import forget_score
 from tasks.analysis.null_control import (
@@ -50,7 +50,6 @@ from tasks.attacks.membership_features import build_features, fit_and_score, sof
 from tasks.params import to_dict
 from tasks.unlearning import UNLEARNING
 
-ARRAYS = "per_example"
 FPR_GRID = np.logspace(-4, 0, 121)
 # LiRA (Carlini et al. 2022) fits one variance for all records below about 64 shadow models
 # a side: per-record variances from fewer are too noisy.
@@ -311,9 +310,9 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
                          **{k: float(v[r]) for k, v in summary.items()},
                          **spec.flat_config()})
     main_row = next(r for r in rows if r.get("main"))
-    _write_arrays(ctx, spec, params, method, curves, eps, targets, stats["exposure"],
-                  _summary_point(spec, params, rows, main_row))
-    return {"ulira": rows, "per_example": per_rows}
+    point = figure_point(spec, params, method, curves, eps, targets, stats["exposure"],
+                         _summary_point(spec, params, rows, main_row))
+    return {"ulira": rows, "per_example": per_rows, HANDOFF: Handoff({"point": point})}
 
 
 CHEN_SUMMARY = ("auc", "auc_low", "auc_high", "tpr_at_0_1pct", "epsilon_lb")
@@ -334,9 +333,11 @@ def _summary_point(spec: Spec, params: dict, rows: list[dict], main_row: dict) -
     return point
 
 
-def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,
-                  curves: dict[str, list[float]], eps: np.ndarray, targets: np.ndarray,
-                  exposure: np.ndarray, main_row: dict[str, Any]) -> None:
+def figure_point(spec: Spec, params: dict, method: str, curves: dict[str, list[float]],
+                 eps: np.ndarray, targets: np.ndarray, exposure: np.ndarray,
+                 main_row: dict[str, Any]) -> dict[str, Any]:
+    """What an analysis hands on to the figures and the leaderboard: its curves, epsilons,
+    most exposed records and summary."""
     settings: PerExampleParams = params["params"]
     top = exposure[: settings.exposed]
     point = {"key": params["key"], "method": method, "seed": params["seed"],
@@ -345,18 +346,5 @@ def _write_arrays(ctx: TaskContext, spec: Spec, params: dict, method: str,
              "exposed": [int(targets[i]) for i in top],
              "exposed_epsilon": [float(eps[i]) for i in top],
              "auc": main_row["auc"], "summary": main_row}
-    Location(ctx.results_uri).write_bytes(json.dumps(point).encode(), spec.experiment,
-                                          ARRAYS_DIR, ARRAYS, f"{params['key']}.json")
+    return point
 
-
-def read_points(loc: Location, experiment: str, analyses: list[str]) -> list[dict]:
-    """The summary points the analyses left for the figures and the leaderboard; a failed
-    analysis has none (its row is in the errors table)."""
-    points = []
-    for key in analyses:
-        try:
-            points.append(json.loads(loc.read_bytes(experiment, ARRAYS_DIR, ARRAYS,
-                                                    f"{key}.json")))
-        except FileNotFoundError:
-            continue
-    return points

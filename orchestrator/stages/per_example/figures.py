@@ -14,7 +14,7 @@ import numpy as np
 from orchestrator.context import TaskContext
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec
-from orchestrator.stages.per_example.analysis import read_points
+from orchestrator.store.handoff import UnitInputs
 from orchestrator.store.location import Location
 from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 from tasks.plotting import png_bytes, pyplot
@@ -80,10 +80,10 @@ def exposed_figure(points: list[dict], x: np.ndarray) -> bytes:
 
 
 @UNIT_FUNCTIONS.register("pe_figures")
-def pe_figures(params: dict, ctx: TaskContext) -> Rows:
+def pe_figures(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
-    points = read_points(loc, spec.experiment, params["analyses"])
+    points = inputs.values("point", params["analyses"])  # a failed analysis has none
     figures = {}
     if points:
         figures["per_example_epsilon"] = epsilon_figure(points)

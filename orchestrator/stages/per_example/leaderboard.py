@@ -32,7 +32,6 @@ rely on reading them from the table yet). On tabular data these columns are empt
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -41,9 +40,9 @@ from orchestrator.context import TaskContext
 from orchestrator.engine.units import UNIT_FUNCTIONS, Rows
 from orchestrator.spec.schema import Spec
 from orchestrator.stages.attacks.units import attack_batch
-from orchestrator.stages.per_example.analysis import read_points
+from orchestrator.store.handoff import HANDOFF, Handoff, UnitInputs
 from orchestrator.store.location import Location
-from orchestrator.store.tables import ARRAYS_DIR, FIGURE_INDEX, FIGURES_DIR, Results
+from orchestrator.store.tables import FIGURE_INDEX, FIGURES_DIR
 from tasks.analysis.statistics import bootstrap_ci
 from tasks.plotting import png_bytes, pyplot
 
@@ -89,34 +88,13 @@ def attack_points(rows: list[dict], table: str) -> list[dict]:
 
 @UNIT_FUNCTIONS.register("pe_attack_batch")
 def pe_attack_batch(params: dict, ctx: TaskContext) -> Rows:
-    """The attacks stage's batch, whose points are also written for the leaderboard."""
+    """The attacks stage's batch, which also hands its points on to the leaderboard."""
     out = attack_batch(params, ctx)
-    spec: Spec = params["spec"]
-    points = [p for table, rows in out.items() for p in attack_points(rows, table)]
-    Location(ctx.results_uri).write_bytes(json.dumps(points).encode(), spec.experiment,
-                                          ARRAYS_DIR, TABLE, f"{params['unit_key']}.json")
+    handoff = out.pop(HANDOFF, None) or Handoff()
+    handoff.values["points"] = [p for table, rows in out.items()
+                                for p in attack_points(rows, table)]
+    out[HANDOFF] = handoff
     return out
-
-
-def read_attack_points(ctx: TaskContext, experiment: str, units: list[dict]) -> list[dict]:
-    """The points of every attack unit; for a unit that left none (its rows predate this
-    module) the rows of its table, which a skipped unit has written by then."""
-    loc, points, frames = Location(ctx.results_uri), [], {}
-    for unit in units:
-        try:
-            points.extend(json.loads(loc.read_bytes(experiment, ARRAYS_DIR, TABLE,
-                                                    f"{unit['key']}.json")))
-            continue
-        except FileNotFoundError:
-            pass
-        table = unit["table"]
-        if table not in frames:
-            frames[table] = Results(ctx.results_uri, experiment).read(table)
-        df = frames[table]
-        if not df.empty:
-            rows = df[df["key"].isin(set(unit["row_keys"]))].to_dict("records")
-            points.extend(attack_points(rows, table))
-    return points
 
 
 def _interval(values: list[float]) -> tuple:
@@ -294,13 +272,13 @@ def leaderboard_figure(rows: list[dict]) -> bytes:
 
 
 @UNIT_FUNCTIONS.register("pe_leaderboard")
-def pe_leaderboard(params: dict, ctx: TaskContext) -> Rows:
+def pe_leaderboard(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
     spec: Spec = params["spec"]
     loc = Location(ctx.results_uri)
-    points = read_points(loc, spec.experiment, params["analyses"])
-    units = params.get("attack_units", [])
-    image = image_columns(read_attack_points(ctx, spec.experiment, units),
-                          params.get("data_kind", "image"), bool(units))
+    points = inputs.values("point", params["analyses"])  # a failed analysis has none
+    units = [u["key"] for u in params.get("attack_units", [])]
+    attack = [p for unit_points in inputs.values("points", units) for p in unit_points]
+    image = image_columns(attack, params.get("data_kind", "image"), bool(units))
     rows = leaderboard_rows(points, image)
     for r in rows:
         r.update({"key": f"{params['key']}:{r['analysis']}", "experiment": spec.experiment,

@@ -227,7 +227,8 @@ def plan_per_example(spec: Spec, core: CorePlan, params: PerExampleParams) -> li
                              for s in params.variances)
             units.append(Unit(akey, "attack", "pe_analyse", {**common, "key": akey}, "ulira",
                               row_keys, deps=(skey,),
-                              label=f"per_example analysis {entry.method} seed {seed}"))
+                              label=f"per_example analysis {entry.method} seed {seed}",
+                              hands_on=True))
             analyses.append(akey)
     attack_units = attack_plan(spec, core, params)
     units.extend(attack_units)
