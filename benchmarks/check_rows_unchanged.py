@@ -71,7 +71,9 @@ def _merge_parts(tables: dict[str, list[str]]) -> dict[str, list[str]]:
     for name, rows in tables.items():
         experiment, _, table = _table_name(name + ".parquet").rpartition("/")
         table = RENAMED_TABLES.get(table, table)
-        merged.setdefault(f"{experiment}/{table}" if experiment else table, []).extend(rows)
+        kept = [json.dumps({k: v for k, v in json.loads(r).items() if not _volatile(k)},
+                           sort_keys=True) for r in rows]  # recorded under an older filter
+        merged.setdefault(f"{experiment}/{table}" if experiment else table, []).extend(kept)
     return {name: sorted(rows) for name, rows in sorted(merged.items())}
 
 
