@@ -121,7 +121,7 @@ def test_local_ray_listens_on_loopback_only_with_token_auth():
     before = _listening()
     code = (
         "import json, os\n"
-        "from orchestrator.engine.execute import start_ray, stop_ray\n"
+        "from orchestrator.engine.ray_session import start_ray, stop_ray\n"
         "start_ray(num_cpus=1)\n"
         "import ray\n"
         "@ray.remote\n"

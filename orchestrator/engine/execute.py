@@ -20,23 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.context import TaskContext
-from orchestrator.engine.capacity import CapacityError, StallWatch, check_capacity
+from orchestrator.engine.capacity import StallWatch, check_capacity
 from orchestrator.engine.plan import Unit
-from orchestrator.engine.ray_session import (
-    LOCAL_ENV,
-    ClusterUnreachable,
-    embedded,
-    start_ray,
-    stop_ray,
-)
+from orchestrator.engine.ray_session import embedded
 from orchestrator.engine.units import run_unit_inline
 from orchestrator.spec.schema import ResourcesSpec
 from orchestrator.spec.stage_registry import artifact_tables
 from orchestrator.store.handoff import handed_on
 from orchestrator.store.tables import Results
 
-__all__ = ["LOCAL_ENV", "CapacityError", "ClusterUnreachable", "RunReport", "TransientError",
-           "dedupe", "execute", "execute_inline", "pending_units", "start_ray", "stop_ray"]
+# Starting and stopping Ray: orchestrator.engine.ray_session (and engine.session for commands).
+__all__ = ["RunReport", "TransientError", "dedupe", "execute", "execute_inline", "pending_units"]
 
 DEFAULT_RESOURCE_WAIT_S = 600.0
 DEFAULT_WINDOW = 2000  # units in flight at once: bounds driver memory and each wait's cost

@@ -244,12 +244,13 @@ def _trial_body(config: dict, plan: SearchPlan, ctx: TaskContext, data_root: str
 def _best(study, plan: SearchPlan, results: Results, ctx: TaskContext, log) -> list[dict]:
     """Re-score the chosen configuration(s) on the held-out targets, then write ``best`` or
     ``pareto`` (scores a previous run wrote are reused, not recomputed)."""
-    chosen = chosen_rows(study, plan, results, objective_class(plan.search.objective).own_models)
+    own_models = objective_class(plan.search.objective).own_models
+    chosen = chosen_rows(study, plan, results, own_models)
     if chosen is None:
         log("no trial completed; nothing to re-score")
         return []
     if chosen.pending:
-        where = ("the held-out side" if objective_class(plan.search.objective).own_models
+        where = ("the held-out side" if own_models
                  else f"{plan.search.heldout} held-out targets")
         log(f"re-scoring {len(chosen.pending)} configuration(s) on {where}")
         scores = rescore_heldout(plan, [params for _, params in chosen.pending], ctx)

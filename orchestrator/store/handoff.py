@@ -35,6 +35,8 @@ FOLDER = "units"  # RESULTS/<experiment>/_arrays/units/
 
 @dataclass
 class Handoff:
+    """One unit's output for its dependants: JSON-able ``values`` and numpy ``arrays``."""
+
     values: dict[str, Any] = field(default_factory=dict)  # JSON-able
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
