@@ -41,6 +41,20 @@ def repo() -> Path:
     return REPO
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One embedded Ray per test process, for the tests that run the CLI in this process: each
+    run attaches to it and leaves it running (``start_ray`` finds it), instead of paying about
+    10 CPU-seconds to start and stop its own; its workers stay warm between runs. Tests of
+    Ray's start, stop, signals and user code shipped with the spec run the CLI in a process
+    of their own."""
+    from orchestrator.engine.ray_session import start_ray, stop_ray
+
+    info = start_ray(num_cpus=2)
+    yield info
+    stop_ray()
+
+
+@pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits", None)
 
@@ -55,6 +69,30 @@ def digits_state(digits):
     tc = TrainConfig(epochs=5, lr=0.05, batch_size=64)
     train_model(model, digits.x_train, digits.y_train, idx, tc, 0)
     return TrainingState(digits, cfg, tc, idx, 0, original=model)
+
+
+@pytest.fixture(scope="session")
+def quickstart_results(tmp_path_factory, local_ray) -> Path:
+    """RESULTS of the reduced quickstart run through the CLI, for the tests that only read it:
+    made once per test session, also when several worker processes ask (``pytest -n``): the
+    first builds it under a file lock, the others wait for it and read the same folder."""
+    import yaml
+    from filelock import FileLock
+
+    from tests.bad_inputs.harness import run_cli
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, shared by its workers
+    folder = base / "shared-quickstart"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".complete").is_file():
+            folder.mkdir(exist_ok=True)
+            (folder / "qs.yaml").write_text(yaml.safe_dump(reduced_quickstart(), sort_keys=False))
+            code, out, err = run_cli(["run", "qs.yaml", "--results", "R", "--quiet"], folder)
+            assert code == 0, out + err
+            (folder / ".complete").touch()
+    return folder / "R"
 
 
 def reduced_quickstart() -> dict:

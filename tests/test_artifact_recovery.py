@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,6 +26,7 @@ from orchestrator.engine.execute import pending_units
 from orchestrator.engine.plan import Unit
 from orchestrator.store.artifacts import ArtifactStore, DamagedArtifact, MissingArtifact, reuse
 from orchestrator.store.tables import Results
+from tests.bad_inputs.harness import run_cli
 from tests.conftest import reduced_quickstart
 
 
@@ -125,16 +125,15 @@ def _tables(results: Path) -> dict[str, list[tuple]]:
     return out
 
 
-def test_a_run_whose_artifacts_were_damaged_remakes_them_in_one_rerun(tmp_path, repo):
+def test_a_run_whose_artifacts_were_damaged_remakes_them_in_one_rerun(tmp_path, repo,
+                                                                       local_ray):
     spec = tmp_path / "qs.yaml"
     spec.write_text(yaml.safe_dump(reduced_quickstart()))
     results = tmp_path / "R"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
-                               "--results", str(results), "--quiet"], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=600, check=False)
+    def run() -> SimpleNamespace:
+        code, out, err = run_cli(["run", str(spec), "--results", str(results), "--quiet"], repo)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     first = run()
     assert first.returncode == 0, first.stdout + first.stderr

@@ -11,9 +11,6 @@ theta_u retrained without the forgotten rows.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from torch import nn
 from orchestrator.stages.pair.params import PairParams
 from orchestrator.stages.pair.planning import chosen_attacks, load_user_pair
 from tasks.data.files import load_files_dataset
-from tests.bad_inputs.harness import refused
+from tests.bad_inputs.harness import refused, run_cli
 
 FORGOTTEN = 7
 N_TRAIN = 1400
@@ -274,16 +271,10 @@ def test_a_listed_attack_that_does_not_fit_is_refused_in_one_line(digits, fmt, a
 
 # --- end to end: the CLI, an embedded Ray, the result tables ------------------------------------
 
-def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-
-
 def _run(root: Path, spec: Path) -> None:
-    done = _cli(root, "run", spec.name, "--results", "R", "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, out, err = run_cli(["run", spec.name, "--results", "R", "--num-cpus", "2", "--quiet"],
+                             root)
+    assert code == 0, out + err
 
 
 def _tables(folder: Path) -> dict[str, int]:
@@ -326,7 +317,7 @@ def _check_mia(folder: Path, n_target: int, forget_size: int) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_an_onnx_pair_gets_label_inference_and_membership_and_resumes(digits):
+def test_an_onnx_pair_gets_label_inference_and_membership_and_resumes(digits, local_ray):
     pair = {"original": "img_theta.onnx", "unlearned": "img_theta_u.onnx", "format": "onnx",
             "forget": "forget.txt", "negatives": 100, "membership": SHADOWS, "attacks": [
                 {"attack": "probing", "config": {"box": "black", "probes_per_class": 2,
@@ -346,7 +337,7 @@ def test_an_onnx_pair_gets_label_inference_and_membership_and_resumes(digits):
 
 
 @pytest.mark.slow
-def test_stored_posteriors_get_membership_scored_on_the_records_they_hold(digits):
+def test_stored_posteriors_get_membership_scored_on_the_records_they_hold(digits, local_ray):
     # One Parquet file, both models: the forgotten record and STORED_TEST test records. No
     # attacks listed: membership inference is the one that fits stored posteriors.
     pair = {"original": "img_posteriors.parquet", "unlearned": "img_posteriors.parquet",
@@ -359,7 +350,7 @@ def test_stored_posteriors_get_membership_scored_on_the_records_they_hold(digits
 
 
 @pytest.mark.slow
-def test_a_skops_pair_on_csv_uris_gets_membership_with_the_tools_shadow_pairs(cancer):
+def test_a_skops_pair_on_csv_uris_gets_membership_with_the_tools_shadow_pairs(cancer, local_ray):
     def uri(name: str) -> str:
         return (cancer / name).as_uri()
 

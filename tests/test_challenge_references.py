@@ -12,9 +12,6 @@ it reads as none.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +21,7 @@ import yaml
 from orchestrator.engine.plan import Unit, plan_run
 from orchestrator.spec.schema import expand
 from orchestrator.stages.per_example.planning import draw_records, references
+from tests.bad_inputs.harness import run_cli
 
 PLAN_SPEC = {
     "experiment": "pe_refs", "seed": 0, "dataset": {"name": "digits"},
@@ -148,14 +146,10 @@ E2E_SPEC = {
 
 
 def _run(root: Path) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", "spec.yaml",
-                           "--results", "R", "--artifacts", "A", "--num-cpus", "2", "--quiet"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    code, out, err = run_cli(["run", "spec.yaml", "--results", "R", "--artifacts", "A",
+                              "--num-cpus", "2", "--quiet"], root)
+    assert code == 0, out + err
+    return out + err
 
 
 def _main_row(ulira: pd.DataFrame) -> pd.Series:
@@ -170,7 +164,7 @@ def _main_row(ulira: pd.DataFrame) -> pd.Series:
 
 
 @pytest.mark.slow
-def test_exact_dp_retraining_reads_as_no_leak_in_the_challenge_design(tmp_path):
+def test_exact_dp_retraining_reads_as_no_leak_in_the_challenge_design(tmp_path, local_ray):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(E2E_SPEC))
     _run(tmp_path)
     folder = tmp_path / "R" / "pe_dp"

@@ -21,28 +21,9 @@ from orchestrator.cli.main import main
 from orchestrator.reporting import verdicts as vd
 
 
-def _reduced_quickstart() -> dict:
-    from tests.conftest import reduced_quickstart
-
-    return reduced_quickstart()
-
-
 @pytest.fixture(scope="module")
-def results_dir(tmp_path_factory) -> Path:
-    import orchestrator.stages  # noqa: F401  (registers the attack sections and stages)
-    from orchestrator.context import TaskContext
-    from orchestrator.engine.execute import execute_inline
-    from orchestrator.engine.plan import plan_run
-    from orchestrator.spec.schema import expand
-    from orchestrator.store.tables import Results
-
-    root = tmp_path_factory.mktemp("report") / "R"
-    (spec,) = expand(_reduced_quickstart())
-    _, units = plan_run(spec, None)
-    ctx = TaskContext(spec.experiment, str(root), str(root / "_artifacts"), None, "cpu")
-    report = execute_inline(units, Results(root, spec.experiment), ctx)
-    assert report.failed == 0, report.errors
-    return root
+def results_dir(quickstart_results) -> Path:
+    return quickstart_results
 
 
 @pytest.fixture(scope="module")

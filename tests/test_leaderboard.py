@@ -28,7 +28,7 @@ IMAGE = ("recovery_gain_db", "recovery_gain_db_low", "recovery_gain_db_high",
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory) -> pd.DataFrame:
+def board(tmp_path_factory, local_ray) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("leaderboard")
     spec = {"experiment": "lb", "seed": 0, "dataset": {"name": "digits"},
             "model": {"name": "mlp", "hidden": [64]},

@@ -13,9 +13,6 @@ rescores nothing it does not need and trains no model either.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +20,7 @@ import pytest
 import yaml
 
 from tasks.analysis.epsilon import null_epsilon_quantiles
+from tests.bad_inputs.harness import run_cli
 
 MODELS = 24
 SPEC = {
@@ -36,18 +34,11 @@ SPEC = {
 }
 
 
-def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-
-
 def _run(root: Path, *extra: str) -> str:
-    done = _cli(root, "run", "spec.yaml", "--results", "R", "--artifacts", "A",
-                "--num-cpus", "2", "--quiet", *extra)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    code, out, err = run_cli(["run", "spec.yaml", "--results", "R", "--artifacts", "A",
+                              "--num-cpus", "2", "--quiet", *extra], root)
+    assert code == 0, out + err
+    return out + err
 
 
 def _weights(root: Path) -> set[str]:
@@ -55,7 +46,7 @@ def _weights(root: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory) -> Path:
+def audited(tmp_path_factory, local_ray) -> Path:
     root = tmp_path_factory.mktemp("per_example")
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     _run(root)
@@ -207,8 +198,6 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, setting, expect):
 
 
 def test_the_report_has_the_leaderboard_section(audited):
-    from tests.bad_inputs.harness import run_cli
-
     code, out, err = run_cli(["report", "R/pe", "--out", "report.html"], audited)
     assert code == 0, out + err
     page = (audited / "report.html").read_text()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tests.bad_inputs.harness import run_cli
+
 TINY = """
 experiment: tiny
 seed: 0
@@ -71,12 +73,11 @@ def _is_loopback(hex_addr: str) -> bool:
         host.startswith("0000000000000000FFFF0000") and host.endswith("7F"))
 
 
-def test_run_writes_models_and_a_rerun_reuses_everything(tmp_path, repo):
+def test_run_writes_models_and_a_rerun_reuses_everything(tmp_path, repo, local_ray):
     spec = _write_spec(tmp_path)
     results = tmp_path / "R"
-    proc = _cli("run", str(spec), "--results", str(results), "--quiet", cwd=repo)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    code, out, err = run_cli(["run", str(spec), "--results", str(results), "--quiet"], repo)
+    assert code == 0, out + err
     keys = _keys(results)
     assert len(keys) == 1 + 2 * 4 and len(set(keys)) == len(keys)
     import pandas as pd
@@ -88,9 +89,8 @@ def test_run_writes_models_and_a_rerun_reuses_everything(tmp_path, repo):
     assert (df["seed"] == 0).all() and df["config_hash"].nunique() == 1
     assert "cfg.training.epochs" in df.columns
 
-    again = _cli("run", str(spec), "--results", str(results), "--quiet", cwd=repo)
-    out2, _ = again.communicate(timeout=300)
-    assert again.returncode == 0 and "already done" in out2
+    code, out2, _ = run_cli(["run", str(spec), "--results", str(results), "--quiet"], repo)
+    assert code == 0 and "already done" in out2
     assert sorted(_keys(results)) == sorted(keys)
 
 
@@ -149,14 +149,13 @@ def test_local_ray_listens_on_loopback_only_with_token_auth():
         proc.communicate("\n", timeout=60)
 
 
-def test_a_failing_unit_becomes_an_error_row_and_the_run_goes_on(tmp_path, repo):
+def test_a_failing_unit_becomes_an_error_row_and_the_run_goes_on(tmp_path, repo, local_ray):
     spec = tmp_path / "tiny.yaml"
     spec.write_text((TINY % {"epochs": 2, "count": 2, "per_task": 1, "n": 200}).replace(
         "  - method: gradient_ascent\n", "  - method: refit\n  - method: gradient_ascent\n"))
     results = tmp_path / "R"
-    proc = _cli("run", str(spec), "--results", str(results), "--quiet", cwd=repo)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, out
+    code, out, err = run_cli(["run", str(spec), "--results", str(results), "--quiet"], repo)
+    assert code == 1, out + err
     assert len(_keys(results)) == 1 + 2 + 2  # original, retrain x2, gradient_ascent x2
     errors = _keys(results, "errors")
     assert len(errors) == 2

@@ -7,9 +7,6 @@ in this process.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,20 +30,16 @@ unlearning:
 
 
 @pytest.fixture(scope="module")
-def run_root(tmp_path_factory) -> Path:
+def run_root(tmp_path_factory, local_ray) -> Path:
     """RESULTS of a real run whose --results was given as a file:// URI."""
     base = tmp_path_factory.mktemp("show")
     spec = base / "tiny.yaml"
     spec.write_text(TINY)
     root = base / "R"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "UNLEARN_AUDIT_THREADS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
-                           "--results", f"file://{root}", "--num-cpus", "2", "--quiet"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "== tiny/models" in done.stdout  # the run's own summary read the URI too
+    code, out, err = run_cli(["run", str(spec), "--results", f"file://{root}", "--num-cpus", "2",
+                              "--quiet"], REPO)
+    assert code == 0, out + err
+    assert "== tiny/models" in out  # the run's own summary read the URI too
     return root
 
 

@@ -7,38 +7,16 @@ label_inference, prepared, figure_index; about 20 s), run through the CLI.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 EXPECTED = {"models", "recoveries", "label_inference", "prepared", "figure_index"}
 
 
-def _reduced_quickstart(repo: Path, folder: Path) -> Path:
-    from tests.conftest import reduced_quickstart
-
-    spec = reduced_quickstart()
-    path = folder / "qs.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    from tests.conftest import REPO
-
-    folder = tmp_path_factory.mktemp("readable")
-    spec = _reduced_quickstart(REPO, folder)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "run", str(spec),
-                           "--results", str(folder / "R"), "--quiet"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return folder / "R" / "qs"
+def experiment(quickstart_results) -> Path:
+    return quickstart_results / "qs"
 
 
 def _table_folders(experiment: Path) -> list[Path]:

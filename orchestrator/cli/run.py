@@ -106,7 +106,7 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
     from orchestrator.engine.capacity import CapacityError
     from orchestrator.engine.execute import dedupe, pending_units
     from orchestrator.engine.lock import ExperimentLock, LockHeld
-    from orchestrator.engine.ray_session import ClusterUnreachable, embedded
+    from orchestrator.engine.ray_session import ClusterUnreachable, CodeNotShipped, embedded
     from orchestrator.engine.session import audit_session
     from orchestrator.reporting.show import describe
 
@@ -132,7 +132,7 @@ def drive(args: argparse.Namespace, units: list, results: Any, spec: Any,
             try:
                 info = stack.enter_context(audit_session(args, lock, code, check=lambda: (
                     _check_capacity(todo, spec.resources, embedded(), args.resource_wait))))
-            except (ClusterUnreachable, CapacityError, LockHeld) as err:
+            except (ClusterUnreachable, CodeNotShipped, CapacityError, LockHeld) as err:
                 return fail(refusal(err) or str(err))
             print(header)
             for part in results.move_renamed_tables():  # an older version's table names

@@ -27,8 +27,8 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["LOCAL_ENV", "ClusterUnreachable", "embedded", "ray_leftovers", "start_ray",
-           "stop_ray"]
+__all__ = ["LOCAL_ENV", "ClusterUnreachable", "CodeNotShipped", "embedded", "ray_leftovers",
+           "start_ray", "stop_ray"]
 
 LOCAL_ENV = {
     # Ray 2.60 on Linux binds to every interface unless this is 0; then a local Ray listens on
@@ -48,6 +48,17 @@ class ClusterUnreachable(ConnectionError):
         super().__init__(f"--address {address}: {text}")
 
 
+class CodeNotShipped(RuntimeError):
+    """Ray was already running in this process, so the job's code cannot be shipped with it."""
+
+    def __init__(self, modules: list[str]) -> None:
+        super().__init__(
+            f"Ray was started in this process before the run, so the spec's own code "
+            f"({', '.join(modules)}) cannot reach its workers; call ray.init with "
+            f"runtime_env={{'py_modules': [...]}} naming it, or run unlearn-audit in a process "
+            f"of its own")
+
+
 # The embedded Ray this process started: what stop_ray must leave nothing of.
 _local: dict[str, Any] = {}
 
@@ -62,6 +73,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, auth: boo
     ``orchestrator.spec.folder.runtime_env``); ``ray.init`` uploads what it names.
     Raises :class:`ClusterUnreachable` when no cluster answers at ``address`` in time.
     """
+    attached = _attach(runtime_env)
+    if attached is not None:
+        return attached
     address = address or os.environ.get("RAY_ADDRESS")
     init_kwargs = {"log_to_driver": not quiet, "logging_level": "ERROR" if quiet else "INFO"}
     if runtime_env:
@@ -78,8 +92,6 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, auth: boo
         os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
-    if ray.is_initialized():
-        return {"mode": "attached"}
     _local.update(pid=os.getpid(), since=_boot_ticks(), subreaper=_set_subreaper(True),
                   watchdog=_start_watchdog(os.path.dirname(ray.__file__)))
     with _keep_sigterm():
@@ -88,13 +100,33 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, auth: boo
     return {"mode": "local", "auth": auth}
 
 
+def _attach(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A Ray that this process already runs (``ray.init`` before the run: a notebook, a test
+    session) is used as it is, and left running by :func:`stop_ray`; None when there is none.
+    Its job's ``runtime_env`` was fixed when it started, so code to ship is refused."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    if runtime_env:
+        raise CodeNotShipped([os.path.basename(m).removesuffix(".py")
+                              for m in runtime_env.get("py_modules", [])])
+    return {"mode": "attached"}
+
+
 def embedded() -> bool:
     """Whether this process runs the embedded Ray (its nodes never change), not a cluster's."""
     return _local.get("pid") == os.getpid()
 
 
-def stop_ray() -> None:
-    """Disconnect; for the embedded Ray, also stop every process of it that is left."""
+def stop_ray(info: dict[str, Any] | None = None) -> None:
+    """Disconnect; for the embedded Ray, also stop every process of it that is left.
+    ``info``: what :func:`start_ray` returned; a Ray it found running ("attached") is left
+    as it was."""
+    if info is not None and info.get("mode") == "attached":
+        return
     import ray
 
     # Cleanup must not be cut short by a second Ctrl-C or SIGTERM: that is what leaves
@@ -198,8 +230,6 @@ def _stop_watchdog(proc: subprocess.Popen | None) -> None:
 def _join(address: str, timeout: float, init_kwargs: dict, quiet: bool) -> dict[str, Any]:
     import ray
 
-    if ray.is_initialized():
-        return {"mode": "attached"}
     deadline = time.monotonic() + timeout
     target = _host_port(address)
     if target is not None:

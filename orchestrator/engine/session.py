@@ -25,7 +25,8 @@ def audit_session(args: argparse.Namespace, lock: ExperimentLock, code: SpecCode
                   check: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """Ray up (``args.address``, ``num_cpus``, ``no_auth``, ``connect_timeout``), ``check()``
     passed, ``lock`` held: yields ``start_ray``'s information. Errors of the start
-    (``ClusterUnreachable``), of ``check`` and of the lock propagate after the tear-down."""
+    (``ClusterUnreachable``, ``CodeNotShipped``), of ``check`` and of the lock propagate after the tear-down."""
+    info: dict[str, Any] | None = None
     try:
         with runtime_env(code) as env:
             info = start_ray(args.address, num_cpus=args.num_cpus, auth=not args.no_auth,
@@ -37,5 +38,7 @@ def audit_session(args: argparse.Namespace, lock: ExperimentLock, code: SpecCode
         lock.acquire()
         yield info
     finally:
-        stop_ray()  # also after an interrupted start: no Ray process of the session is left
+        # Also after an interrupted start: no Ray process of the session is left (a Ray this
+        # process ran before the session, "attached", stays).
+        stop_ray(info)
         lock.release()

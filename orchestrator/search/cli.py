@@ -26,7 +26,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import orchestrator.stages  # noqa: F401  (fills STAGES before the spec is parsed)
     from orchestrator.engine.capacity import CapacityError
     from orchestrator.engine.lock import ExperimentLock, LockHeld
-    from orchestrator.engine.ray_session import ClusterUnreachable
+    from orchestrator.engine.ray_session import ClusterUnreachable, CodeNotShipped
     from orchestrator.engine.session import audit_session
     from orchestrator.search.spec import load_search_file
     from orchestrator.search.study import SearchStateError, open_study, search_dir
@@ -70,7 +70,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         with audit_session(args, lock, code):
             outcome = run_search(plan, results, ctx, resume=args.resume,
                                  num_samples=args.num_samples, progress=not args.quiet)
-    except (SearchStateError, ClusterUnreachable, CapacityError, LockHeld) as err:
+    except (SearchStateError, ClusterUnreachable, CodeNotShipped, CapacityError,
+            LockHeld) as err:
         return fail(refusal(err, as_is=study_errors) or str(err))
     except KeyboardInterrupt:
         print("\ninterrupted: the study is saved; rerun with --resume to continue",

@@ -242,26 +242,20 @@ def json_key(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-@pytest.mark.slow  # one local Ray start: about a minute on 2 busy CPUs
-def test_tune_runs_a_conditional_membership_search_end_to_end(tmp_path):
-    import os
-    import subprocess
-    import sys
-
+@pytest.mark.slow
+def test_tune_runs_a_conditional_membership_search_end_to_end(tmp_path, local_ray):
     import yaml
+
+    from tests.bad_inputs.harness import run_cli
 
     data = copy.deepcopy(SPEC)
     data["search"]["budget"] = {"trials": 4}
     data["search"]["concurrency"] = 2
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "UNLEARN_AUDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "tune", str(spec), "--results",
-         str(tmp_path / "R"), "--num-cpus", "2", "--quiet"],
-        check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, out, err = run_cli(["tune", str(spec), "--results", str(tmp_path / "R"),
+                              "--num-cpus", "2", "--quiet"], tmp_path)
+    assert code == 0, out + err
     tables = Results(tmp_path / "R", "ms")
     trials = tables.read("trials")
     assert int(trials["finished"].sum()) == 4 and set(trials["state"]) == {"complete"}
