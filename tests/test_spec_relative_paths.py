@@ -242,3 +242,18 @@ def test_tune_runs_the_users_unlearning_method_beside_the_spec_in_its_trials(bes
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert "2/2 trials finished" in out, out
+
+
+def test_code_beside_the_spec_is_refused_on_a_ray_started_before_the_run(beside, tmp_path,
+                                                                       local_ray):
+    """A Ray this process already runs (a notebook's, the test session's) took its job's code
+    when it started: the spec's own code cannot reach its workers, so the run is refused in
+    one line before any work, and the Ray it found is left running."""
+    import ray
+
+    spec = _spec(beside, "attached")
+    refused(["run", str(spec), "--results", str(tmp_path / "R")], tmp_path,
+            "Ray was started in this process before the run, so the spec's own code "
+            "(byo_layers, byo_models) cannot reach its workers")
+    assert ray.is_initialized()
+    assert not [p for p in (tmp_path / "R").rglob("*") if p.is_file()], "nothing written"

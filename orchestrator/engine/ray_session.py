@@ -51,7 +51,9 @@ class ClusterUnreachable(ConnectionError):
 class CodeNotShipped(RuntimeError):
     """Ray was already running in this process, so the job's code cannot be shipped with it."""
 
-    def __init__(self, modules: list[str]) -> None:
+    def __init__(self, runtime_env: dict[str, Any]) -> None:
+        modules = [os.path.basename(m).removesuffix(".py")
+                   for m in runtime_env.get("py_modules", [])]
         super().__init__(
             f"Ray was started in this process before the run, so the spec's own code "
             f"({', '.join(modules)}) cannot reach its workers; call ray.init with "
@@ -66,14 +68,16 @@ _local: dict[str, Any] = {}
 def start_ray(address: str | None = None, num_cpus: int | None = None, auth: bool = True,
               quiet: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
               runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Join ``address`` (or $RAY_ADDRESS), else start an embedded loopback-only Ray.
+    """Join ``address`` (or $RAY_ADDRESS), else start an embedded loopback-only Ray; a Ray this
+    process already runs is used as it is (mode "attached": ``runtime_env`` is not applied, and
+    :func:`stop_ray` given this information leaves that Ray running).
 
     The environment is set before ``import ray``: Ray reads its auth mode once, when loaded.
     ``runtime_env``: the job's, for every task and actor (the user's code beside the spec:
     ``orchestrator.spec.folder.runtime_env``); ``ray.init`` uploads what it names.
     Raises :class:`ClusterUnreachable` when no cluster answers at ``address`` in time.
     """
-    attached = _attach(runtime_env)
+    attached = _attach()
     if attached is not None:
         return attached
     address = address or os.environ.get("RAY_ADDRESS")
@@ -100,20 +104,15 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, auth: boo
     return {"mode": "local", "auth": auth}
 
 
-def _attach(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+def _attach() -> dict[str, Any] | None:
     """A Ray that this process already runs (``ray.init`` before the run: a notebook, a test
     session) is used as it is, and left running by :func:`stop_ray`; None when there is none.
-    Its job's ``runtime_env`` was fixed when it started, so code to ship is refused."""
+    Its job's ``runtime_env`` was fixed when it started: the caller refuses code to ship."""
     if "ray" not in sys.modules:
         return None
     import ray
 
-    if not ray.is_initialized():
-        return None
-    if runtime_env:
-        raise CodeNotShipped([os.path.basename(m).removesuffix(".py")
-                              for m in runtime_env.get("py_modules", [])])
-    return {"mode": "attached"}
+    return {"mode": "attached"} if ray.is_initialized() else None
 
 
 def embedded() -> bool:

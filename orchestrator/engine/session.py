@@ -14,7 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from orchestrator.engine.lock import ExperimentLock
-from orchestrator.engine.ray_session import DEFAULT_CONNECT_TIMEOUT, start_ray, stop_ray
+from orchestrator.engine.ray_session import (
+    DEFAULT_CONNECT_TIMEOUT,
+    CodeNotShipped,
+    start_ray,
+    stop_ray,
+)
 from orchestrator.spec.folder import SpecCode, runtime_env
 
 __all__ = ["audit_session"]
@@ -33,6 +38,8 @@ def audit_session(args: argparse.Namespace, lock: ExperimentLock, code: SpecCode
                              connect_timeout=getattr(args, "connect_timeout",
                                                      DEFAULT_CONNECT_TIMEOUT),
                              runtime_env=env)
+            if env and info["mode"] == "attached":
+                raise CodeNotShipped(env)
         if check is not None:
             check()
         lock.acquire()
