@@ -1,6 +1,6 @@
 """A real two-node Ray cluster in two network namespaces: placement, faults, resume, auth.
 
-Each test builds two hosts (see ``tests/cluster/netns.py``), starts a head in one and a worker in
+The module builds two hosts (see ``tests/cluster/netns.py``), starts a head in one and a worker in
 the other with ``ray start`` and token authentication, and runs the core of the quickstart
 (``two_nodes.yaml``) through ``unlearn-audit run --address``. Needs root and iproute2 (CI has
 both); skipped otherwise.
@@ -27,14 +27,18 @@ EXPERIMENT = "cluster2n"
 DRIVER_TIMEOUT = 240
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def hosts():
+    """Two hosts with a head and a worker node formed, for the module's tests in turn (one
+    cluster start, not one a test); the last test replaces the worker node."""
     net = new_two_hosts()
     try:
         net.create()
     except NetnsUnavailable as err:
         pytest.skip(str(err))
     try:
+        formed = net.form({"head_node": 1}, {"worker_node": 1})
+        print(f"\ntwo-node cluster formed in {formed:.1f}s")
         yield net
     finally:
         net.destroy()
@@ -96,9 +100,6 @@ def assert_exact_rows(results: Path, expected: list[str], output: str) -> pd.Dat
 
 
 def test_both_nodes_work_token_is_required_and_an_interrupted_driver_resumes(hosts, tmp_path):
-    formed = hosts.form({"head_node": 1}, {"worker_node": 1})
-    print(f"\ntwo-node cluster formed in {formed:.1f}s")
-
     # Joining takes the cluster's token: a wrong one is refused at once.
     refused = hosts.status(token="0" * 64, host=hosts.worker)
     assert refused.returncode != 0
@@ -150,8 +151,6 @@ def test_a_node_and_a_worker_process_dying_mid_run_lose_no_rows(hosts, tmp_path)
     when it dies; its lost and pending tasks wait until a replacement node with the same
     resource joins (as an autoscaler would start one), and there a worker process running a
     task is killed too. Every task is retried; each expected row lands exactly once."""
-    formed = hosts.form({"head_node": 1}, {"worker_node": 1})
-    print(f"\ntwo-node cluster formed in {formed:.1f}s")
     sets = ("resources.train.custom.head_node=0.01", "resources.unlearn.custom.worker_node=0.01")
     expected = expected_model_keys(*sets)
     results, log = tmp_path / "results", tmp_path / "run.log"
