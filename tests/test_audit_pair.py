@@ -12,7 +12,6 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import yaml
 from torch import nn
 
 from tests.bad_inputs.harness import refused
+from tests.cli_server import CliServer
 
 REPO = Path(__file__).resolve().parents[1]
 FORGOTTEN = 7
@@ -112,20 +112,23 @@ def _spec(root: Path, name: str, pair: dict, **extra) -> Path:
     return path
 
 
-def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(root / "site"), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+@pytest.fixture(scope="module")
+def server(outside):
+    """The CLI in a process of its own with the user's code folder on its PYTHONPATH (so also
+    on its Ray's workers), serving the module's runs on one Ray."""
+    cli = CliServer({"PYTHONPATH": str(outside / "site")})
+    yield cli
+    cli.close()
 
 
-def _run(root: Path, spec: Path) -> None:
-    done = _cli(root, "run", spec.name, "--results", "R", "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+def _run(server: CliServer, root: Path, spec: Path) -> None:
+    code, out, err = server.run(["run", spec.name, "--results", "R", "--num-cpus", "2",
+                                 "--quiet"], root)
+    assert code == 0, out + err
 
 
 @pytest.mark.slow
-def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside):
+def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside, server):
     """The same pair as a state dict (architecture: the user's function) and as a torch.export
     program (no user code): two variants of one spec (a grid over the pair section)."""
     state_dict = {"original": "theta.pt", "unlearned": "theta_u.pt",
@@ -137,7 +140,7 @@ def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside):
     data = yaml.safe_load(spec.read_text())
     data["grid"] = {"pair": [state_dict, exported]}
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    _run(outside, spec)
+    _run(server, outside, spec)
     folder = outside / "R" / "byo-formats"
     rec = pd.read_parquet(folder / "recoveries").set_index("pair_format")
     assert sorted(rec.index) == ["torch_export", "torch_state_dict"]
@@ -153,14 +156,14 @@ def test_a_pair_trained_outside_is_recovered_and_its_label_inferred(outside):
 
 
 @pytest.mark.slow
-def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_method(outside):
+def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_method(outside, server):
     pair = {"original": "theta.pt2", "unlearned": "theta_u.pt2", "format": "torch_export",
             "forget": "unknown", "candidates": 300, "attacks": [
                 ATTACKS[0], {"attack": "membership", "config": {
                     "features": ["direct_diff"], "attack_models": ["lr"]}}],
             "membership": {"set_num": 1, "set_size": 150, "unlearning_size": 4,
                            "deletions_per_task": 4}}
-    _run(outside, _spec(outside, "byo-unknown", pair, model={"name": "mlp", "hidden": [16]},
+    _run(server, outside, _spec(outside, "byo-unknown", pair, model={"name": "mlp", "hidden": [16]},
                         training={"epochs": 5, "lr": 0.05, "batch_size": 32},
                         unlearning=[{"method": "toy_plugins:LastLayerAscent", "lr": 0.5}]))
     folder = outside / "R" / "byo-unknown"
@@ -179,8 +182,8 @@ def test_forget_unknown_gives_guesses_and_a_ranking_with_the_users_unlearning_me
     models = pd.read_parquet(folder / "models")
     assert set(models["unlearning_method"].dropna()) == {"toy_plugins:LastLayerAscent"}
     assert (models["role"] == "unlearned").sum() == 4
-    done = _cli(outside, "report", "R/byo-unknown")
-    assert done.returncode == 0, done.stderr
+    code, _, err = server.run(["report", "R/byo-unknown"], outside)
+    assert code == 0, err
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "forget set is unknown" in page and "guesses-inversion" in page
 
@@ -192,7 +195,7 @@ def _export(model: nn.Module, path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
+def test_membership_inference_on_shadow_pairs_the_user_supplies(outside, server):
     """No shadow model is trained: the user's own pairs (theta with one other record each
     unlearned by the same gradient-ascent step) fit the attack."""
     theta = torch.export.load(outside / "theta.pt2").module()
@@ -215,7 +218,7 @@ def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
             "forget": "forget.txt", "negatives": 100, "shadow": shadow,
             "attacks": [{"attack": "membership", "config": {"features": ["direct_diff"],
                                                              "attack_models": ["lr"]}}]}
-    _run(outside, _spec(outside, "byo-shadow", pair))
+    _run(server, outside, _spec(outside, "byo-shadow", pair))
     folder = outside / "R" / "byo-shadow"
     assert not (folder / "models").exists()  # nothing trained
     mia = pd.read_parquet(folder / "membership_attacks")
@@ -231,7 +234,7 @@ def test_membership_inference_on_shadow_pairs_the_user_supplies(outside):
     assert pre["forget_size"] == 1 and pre["min_p"] == pytest.approx(1 / 101)
     assert pre["fpr_trials"] == 300 and pre["power_trials"] == 3
     assert pre["identifiable"] and pre["combined_p"] <= 0.05
-    assert _cli(outside, "report", "R/byo-shadow").returncode == 0
+    assert server.run(["report", "R/byo-shadow"], outside)[0] == 0
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "your pair, pre-registered: direct_diff / lr" in page
     assert "false-positive rate" in page and "Exploratory, not verdicts" in page
@@ -257,7 +260,7 @@ def _skops_pair(root: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(outside):
+def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(outside, server):
     from tests.conftest import require_shared
 
     require_shared("adult")
@@ -275,7 +278,7 @@ def test_an_adult_random_forest_pair_from_skops_gets_an_auc_with_its_interval(ou
     spec.write_text(yaml.safe_dump({
         "experiment": "byo-adult", "seed": 0, "dataset": {"name": "adult"}, "pair": pair,
         "model": {"name": "rf", "n_estimators": 30}}, sort_keys=False))
-    _run(outside, spec)
+    _run(server, outside, spec)
     mia = pd.read_parquet(outside / "R" / "byo-adult" / "membership_attacks")
     records = pd.read_parquet(outside / "R" / "byo-adult" / "membership_records")
     direct = mia[(mia["feature"] == "direct_diff") & (mia["control"] == "none")]

@@ -6,14 +6,13 @@ entry points of an installed distribution — and no file of the package changes
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.cli_server import CliServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,11 +100,13 @@ def outside(tmp_path_factory) -> Path:
     return root
 
 
-def _cli(outside: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(outside / "site"), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=outside,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+@pytest.fixture(scope="module")
+def server(outside):
+    """The CLI in a process of its own with the plug-ins' folder on its PYTHONPATH (so also on
+    its Ray's workers), serving the module's runs on one Ray."""
+    cli = CliServer({"PYTHONPATH": str(outside / "site")})
+    yield cli
+    cli.close()
 
 
 def _table(outside: Path, experiment: str, table: str) -> pd.DataFrame:
@@ -113,18 +114,20 @@ def _table(outside: Path, experiment: str, table: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_outside_plugins_run_defend_and_tune(outside):
+def test_outside_plugins_run_defend_and_tune(outside, server):
     before = _package_digest()
 
-    done = _cli(outside, "run", "run.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+    def cli(*args: str) -> None:
+        code, out, err = server.run(list(args), outside)
+        assert code == 0, out + err
+
+    cli("run", "run.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
     guesses = _table(outside, "outside", "toy_guesses")
     assert len(guesses) == 4
     assert set(guesses["unlearning_method"]) == {"toy_plugins:LastLayerAscent"}
     assert guesses["correct"].mean() >= 0.75  # the last-layer bias gives the label away
 
-    done = _cli(outside, "run", "defend.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+    cli("run", "defend.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
     rows = _table(outside, "outside-defended", "defences").set_index("strength",
                                                                       drop=False)
     assert sorted(rows["defence"]) == ["none", "obfuscation", "obfuscation"]
@@ -135,8 +138,7 @@ def test_outside_plugins_run_defend_and_tune(outside):
     assert rows.loc[1.0, "attack_metric"] < undefended
     assert rows.loc[1.0e-6, "attack_metric"] == undefended
 
-    done = _cli(outside, "tune", "tune.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+    cli("tune", "tune.yaml", "--results", "R", "--num-cpus", "2", "--quiet")
     trials = _table(outside, "outside-search", "trials")
     assert len(trials) == 3 and trials["finished"].all(), trials.get("error")
     assert trials["value.accuracy"].between(0, 1).all()
@@ -151,10 +153,10 @@ def test_outside_plugins_run_defend_and_tune(outside):
     ("toy_plugins:Nope", "'toy_plugins' has no attribute 'Nope'"),
     ("no_such_plugins:X", "cannot import 'no_such_plugins'"),
 ])
-def test_an_object_that_does_not_fit_is_refused_with_the_key(outside, method, message):
+def test_an_object_that_does_not_fit_is_refused_with_the_key(outside, server, method, message):
     spec = outside / f"bad-{abs(hash(method))}.yaml"
     spec.write_text(RUN.replace("toy_plugins:LastLayerAscent", method))
-    done = _cli(outside, "run", spec.name, "--results", "R", "--dry-run")
-    assert done.returncode == 2
-    lines = (done.stdout + done.stderr).strip().splitlines()
+    code, out, err = server.run(["run", spec.name, "--results", "R", "--dry-run"], outside)
+    assert code == 2
+    lines = (out + err).strip().splitlines()
     assert len(lines) == 1 and "unlearning[0].method" in lines[0] and message in lines[0], lines

@@ -50,11 +50,11 @@ def _state():
 @pytest.mark.parametrize("method", sorted(PINNED))
 def test_outputs_are_pinned(method: str) -> None:
     params, logits, l1 = PINNED[method]
-    state, request = _state()
     cls = UNLEARNING.get(method)
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the original too: its sums' order follows the thread count
     try:
+        state, request = _state()
         model = cls().unlearn(state, request, cls.Params(**params))
     finally:
         torch.set_num_threads(before)

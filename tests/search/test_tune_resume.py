@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.bad_inputs.harness import run_cli
+
 N_TRIALS = 8
 SPEC = {
     "experiment": "tiny-search",
@@ -71,7 +73,7 @@ def _complete_trials(results: Path) -> int:
 
 
 @pytest.mark.slow  # two local Ray starts: about 2-3 minutes on 2 busy CPUs
-def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
+def test_kill_then_resume_ends_with_the_requested_trials(tmp_path, local_ray):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     results = tmp_path / "R"
@@ -93,14 +95,15 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
     assert before < N_TRIALS, "the search finished before it could be killed"
 
     # Without --resume the existing study is refused (exit 2), untouched.
-    refused = _tune(spec, results)
-    out, _ = refused.communicate(timeout=60)
-    assert refused.returncode == 2, out
-    assert "--resume" in out
+    code, out, err = run_cli(["tune", str(spec), "--results", str(results), "--quiet"],
+                             tmp_path)
+    assert code == 2, out + err
+    assert "--resume" in err
 
-    resumed = _tune(spec, results, "--resume")
-    out, _ = resumed.communicate(timeout=200)
-    assert resumed.returncode == 0, out
+    code, out, err = run_cli(["tune", str(spec), "--results", str(results), "--num-cpus", "2",
+                              "--quiet", "--resume"], tmp_path)
+    out += err
+    assert code == 0, out
     assert f"{before} finished trial(s) in the study, {N_TRIALS - before} to run" in out
 
     from orchestrator.store.tables import Results
@@ -121,7 +124,7 @@ def test_kill_then_resume_ends_with_the_requested_trials(tmp_path):
     assert not (Path.home() / "ray_results" / "run-000").exists()
 
 
-def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
+def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path, local_ray):
     """With ASHA, a trial's error report carries no scheduler metric; Tune's strict check used
     to end the whole search on it (a TuneError traceback). Here the models' artifacts are cut
     short between two runs, so the first resumed trials raise (DamagedArtifact); the search
@@ -136,14 +139,13 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_data))
     results = tmp_path / "R"
-    first = _tune(spec, results)
-    out, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, out
+    argv = ["tune", str(spec), "--results", str(results), "--num-cpus", "2", "--quiet"]
+    code, out, err = run_cli(argv, tmp_path)
+    assert code == 0, out + err
     for path in (results / "_artifacts").rglob("*.pt"):
         path.write_bytes(path.read_bytes()[:100])
-    resumed = _tune(spec, results, "--resume", "--num-samples", "5")
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out
+    code, out, err = run_cli([*argv, "--resume", "--num-samples", "5"], tmp_path)
+    assert code == 0, out + err
     assert "5/5 trials finished (3 this run)" in out, out
 
     from orchestrator.store.tables import Results
