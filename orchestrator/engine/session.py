@@ -30,7 +30,8 @@ def audit_session(args: argparse.Namespace, lock: ExperimentLock, code: SpecCode
                   check: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """Ray up (``args.address``, ``num_cpus``, ``no_auth``, ``connect_timeout``), ``check()``
     passed, ``lock`` held: yields ``start_ray``'s information. Errors of the start
-    (``ClusterUnreachable``, ``CodeNotShipped``), of ``check`` and of the lock propagate after the tear-down."""
+    (``ClusterUnreachable``, ``CodeNotShipped``), of ``check`` and of the lock propagate after
+    the tear-down."""
     info: dict[str, Any] | None = None
     try:
         with runtime_env(code) as env:

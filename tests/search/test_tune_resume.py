@@ -72,7 +72,7 @@ def _complete_trials(results: Path) -> int:
     return sum(finished(t) for t in study.trials)
 
 
-@pytest.mark.slow  # two local Ray starts: about 2-3 minutes on 2 busy CPUs
+@pytest.mark.slow  # the killed search starts a Ray of its own; the resume uses the session's
 def test_kill_then_resume_ends_with_the_requested_trials(tmp_path, local_ray):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
