@@ -23,6 +23,16 @@ class TestInversion(AttackConformance):
             assert img.shape == truth.x.shape and img.min() >= 0 and img.max() <= 1
 
 
+class TestAnalytic(AttackConformance):
+    attack = "analytic"
+    request_kind = "single"
+
+    def check_outputs(self, out, cases, truths):
+        for img, cos, truth in zip(out["images"], out["cosine"], truths):
+            assert img.shape == truth.x.shape and img.min() >= 0 and img.max() <= 1
+            assert 0.999 < cos <= 1 + 1e-9  # one record, one ascent step: exactly rank one
+
+
 class TestProbing(AttackConformance):
     attack = "probing"
     config: ClassVar[dict] = {"probes_per_class": 1, "iterations_per_call": 3, "max_calls": 1, "box": "black"}
