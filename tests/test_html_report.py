@@ -205,3 +205,23 @@ def test_report_out_a_folder_or_nowhere(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out" in err[0] and "no folder" in err[0]
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_budget_sentences_say_what_a_number_of_shadow_models_buys():
+    from orchestrator.reporting.html_report import budget_sentences
+
+    def rows(method, attack, tprs):
+        return [{"unlearning_method": method, "attack": attack, "shadow_models": m,
+                 "tpr_at_1pct": t, "seed": 0, "config_hash": "h"}
+                for m, t in zip((4, 8, 16, 32), tprs)]
+
+    board = pd.DataFrame(rows("gradient_ascent", "ulira_online", (0.05, 0.10, 0.17, 0.20))
+                         + rows("gradient_ascent", "chen_direct_diff", (0.02, 0.04, 0.05, 0.06))
+                         + rows("retrain", "ulira_online", (0.012, 0.009, 0.01, 0.008)))
+    leak, null = budget_sentences(board)
+    assert leak == ("gradient_ascent: U-LiRA (online) with 32 shadow models a record finds TPR "
+                    "0.200; chen_direct_diff at most 30% (with 32); ulira_online finds 85% "
+                    "of it with 16.")
+    assert null.startswith("retrain: U-LiRA (online) with 32 shadow models a record finds "
+                           "nothing above chance")
+    assert budget_sentences(None) == [] and budget_sentences(pd.DataFrame()) == []

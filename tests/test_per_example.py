@@ -205,3 +205,27 @@ def test_the_report_has_the_leaderboard_section(audited):
     section = page.split("Leaderboard: unlearning methods")[1].split("<h2>")[0]
     assert section.index("retrain") < section.index("gradient_ascent")  # rank 1 first
     assert "TPR@1%FPR" in section and "per_example_roc" in page
+
+
+def test_the_budget_table_says_what_each_number_of_shadow_models_buys(audited):
+    budget = pd.read_parquet(audited / "R" / "pe" / "budget")
+    ulira = budget[budget["design"] == "ulira"]
+    assert len(ulira) and set(budget["design"]) == {"ulira"}  # the challenge design has none
+    assert {"ulira_offline", "ulira_online"} <= set(ulira["attack"])
+    assert any(a.startswith("chen_") for a in ulira["attack"])
+    for (method, attack), rows in ulira.groupby(["unlearning_method", "attack"]):
+        rows = rows.sort_values("per_side")
+        assert rows["per_side"].iloc[0] == 2 and rows["shadow_models"].is_monotonic_increasing
+        assert (rows["n_target_models"] == MODELS // 2).all()
+        assert ((rows["auc_low"] <= rows["auc"]) & (rows["auc"] <= rows["auc_high"])).all()
+    top = ulira[ulira["attack"] == "ulira_online"].sort_values("per_side").groupby(
+        "unlearning_method").last()
+    # Retraining reads as no leak to U-LiRA (which sees theta_u only) at every budget, one
+    # ascent step as a leak at the largest. (Chen et al. sees the pair, and the pair does show
+    # that retraining removed a record: not asserted here.)
+    retrain = ulira[(ulira["unlearning_method"] == "retrain")
+                    & ulira["attack"].str.startswith("ulira_")]
+    assert (retrain["auc_low"] <= 0.5 + 0.02).all(), retrain[["attack", "per_side", "auc_low"]]
+    assert top.loc["gradient_ascent", "auc_low"] > 0.5
+    figures = pd.read_parquet(audited / "R" / "pe" / "figure_index")
+    assert "per_example_budget" in set(figures["figure"])

@@ -217,6 +217,13 @@ def render(results: Results) -> str:
                      "models.</p>" + _frame_html(rank))
     if not frames.get("leaderboard", pd.DataFrame()).empty:
         parts.append(_leaderboard_html(frames["leaderboard"]))
+    sentences = budget_sentences(frames.get("budget"))
+    if sentences:
+        parts.append("<h2>What a shadow budget buys</h2><p class='small'>TPR at 1 % FPR on "
+                     "the same target models, each attack fitted on a growing number of "
+                     "shadow models (table <code>budget</code>, figure "
+                     "<code>per_example_budget</code>).</p><ul>"
+                     + "".join(f"<li>{_e(t)}</li>" for t in sentences) + "</ul>")
     figures = _figures(results)
     if figures:
         parts.append("<h2>Figures</h2>")
@@ -272,6 +279,40 @@ def _calibration_html(board: pd.DataFrame | None) -> list[str]:
                    f"{_e(row['unlearning_method'])}):</b> {_e(text)} ({_e(where)})."
                    + (" Read no method's per-example verdict from this run." if cls == "bad"
                       else "") + "</p>")
+    return out
+
+
+def budget_sentences(df: pd.DataFrame | None, share: float = 0.8) -> list[str]:
+    """Per method (first seed and design): how many shadow models each attack needs to find
+    ``share`` of what online U-LiRA finds with the most (TPR at 1 % FPR)."""
+    if df is None or df.empty or "shadow_models" not in df:
+        return []
+    out = []
+    first = df[(df["seed"] == df["seed"].min()) & (df["config_hash"] == df["config_hash"].iloc[0])]
+    for method, rows in first.groupby("unlearning_method", sort=False):
+        online = rows[rows["attack"] == "ulira_online"].sort_values("shadow_models")
+        if online.empty:
+            continue
+        ref = online.iloc[-1]
+        most, best = int(ref["shadow_models"]), float(ref["tpr_at_1pct"])
+        if not best > 0.01:
+            out.append(f"{method}: U-LiRA (online) with {most} shadow models a record finds "
+                       f"nothing above chance at 1 % FPR (TPR {best:.3f}); no budget compares.")
+            continue
+        parts = []
+        for attack, own in rows.groupby("attack", sort=True):
+            own = own.sort_values("shadow_models")
+            reached = own[own["tpr_at_1pct"] >= share * best]
+            if len(reached):
+                r = reached.iloc[0]
+                parts.append(f"{attack} finds {r['tpr_at_1pct'] / best:.0%} of it with "
+                             f"{int(r['shadow_models'])}")
+            else:
+                r = own.loc[own["tpr_at_1pct"].idxmax()]
+                parts.append(f"{attack} at most {r['tpr_at_1pct'] / best:.0%} "
+                             f"(with {int(r['shadow_models'])})")
+        out.append(f"{method}: U-LiRA (online) with {most} shadow models a record finds TPR "
+                   f"{best:.3f}; " + "; ".join(parts) + ".")
     return out
 
 

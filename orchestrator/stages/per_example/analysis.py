@@ -16,6 +16,9 @@ every requested variant, and writes
   that unlearned it against models that never saw it: 0.5 in expectation when nothing
   leaks), its permutation p-value, whether it is named at the false-discovery rate, its
   epsilon and its exposure rank;
+- ``budget`` (design ``ulira``): what a shadow budget buys, U-LiRA and Chen et al. fitted on
+  2, 4, 8, ... of the even members and scored on the odd ones, with intervals
+  (:mod:`tasks.analysis.budget`);
 
 and, handed on to the figures and the leaderboard (:mod:`orchestrator.store.handoff`), the
 curves and epsilons they need.
@@ -35,6 +38,7 @@ from orchestrator.stages.per_example.models import metrics_key
 from orchestrator.stages.per_example.params import PerExampleParams
 from orchestrator.stages.per_example.scoring import read_scores
 from orchestrator.store.handoff import HANDOFF, Handoff
+from tasks.analysis.budget import budget_scores, per_side_budgets
 from tasks.analysis.dp_bounds import attack_epsilon_lower_bound
 from tasks.analysis.epsilon import forget_score
 from tasks.analysis.null_control import (
@@ -115,6 +119,42 @@ def _chen_rows(params: PerExampleParams, logits_o: np.ndarray, logits_u: np.ndar
         metrics = {**roc_metrics(scores, labels), **_intervals(scores, labels, None, seed),
                    **_bound(scores, labels, odd_index % 2 == 0, odd_index % 2 == 1)}
         out.append((feature, metrics, _curve(labels.ravel(), scores.ravel())))
+    return out
+
+
+def _budget_rows(settings: PerExampleParams, phi: np.ndarray, member_in: np.ndarray,
+                 logits_o: np.ndarray, logits_u: np.ndarray, seed: int) -> list[dict]:
+    """What a shadow budget buys (table ``budget``): U-LiRA (offline, online) and Chen et
+    al.'s attack fitted on a growing number of the even members, all scored on the odd ones
+    (the pairs the ``ulira`` table's ``odd_`` columns and Chen et al.'s rows are scored on)."""
+    shadow = np.arange(len(phi)) % 2 == 0
+    labels = member_in[~shadow]
+    order = np.random.default_rng([seed, 59]).permutation(int(shadow.sum()))
+    p, q = softmax(logits_o), softmax(logits_u)
+    n, r, c = p.shape
+    out = []
+    for per_side in per_side_budgets(member_in[shadow]):
+        found: list[tuple[str, int, np.ndarray]] = [
+            (f"ulira_{variant}", per_side * (2 if variant == "online" else 1),
+             budget_scores(phi[shadow], member_in[shadow], phi[~shadow], per_side, variant,
+                           seed))
+            for variant in ("offline", "online")]
+        models = min(2 * per_side, len(order))  # Chen et al.: whole shadow pairs
+        fit_on = np.flatnonzero(shadow)[order[:models]]
+        for feature in settings.chen_features:
+            x = build_features(feature, p.reshape(n * r, c), q.reshape(n * r, c)).reshape(
+                n, r, -1)
+            fitted = fit_and_score(x[fit_on].reshape(-1, x.shape[-1]),
+                                   member_in[fit_on].ravel(),
+                                   x[~shadow].reshape(-1, x.shape[-1]),
+                                   settings.chen_attack_model, seed)
+            found.append((f"chen_{feature}", models,
+                          np.asarray(fitted.test).reshape(labels.shape)))
+        for attack, models_used, scores in found:
+            out.append({"attack": attack, "shadow_models": models_used, "per_side": per_side,
+                        "n_target_models": len(labels),
+                        "n_records_scored": int((~np.isnan(scores).all(0)).sum()),
+                        **roc_metrics(scores, labels), **_intervals(scores, labels, None, seed)})
     return out
 
 
@@ -284,9 +324,13 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
             row["below_chance"] = below_chance(row["auc"], null)
             row["calibration"] = _calibration(method, row["within_null"], settings.design,
                                               per_side, main_key[1])
+    budget_rows = []
     if settings.design == "ulira":
         logits_o = _matrix(table, "original", n, n_records, "logits")
         logits_u = _matrix(table, "unlearned", n, n_records, "logits")
+        for row in _budget_rows(settings, phi, member_in, logits_o, logits_u, seed):
+            budget_rows.append({**base, **row, **spec.flat_config(),
+                                "key": f"{params['key']}:{row['attack']}:{row['per_side']}"})
         for feature, metrics, curve in _chen_rows(settings, logits_o, logits_u, member_in,
                                                   seed):
             rows.append({**base, "key": f"{params['key']}:chen:{feature}",
@@ -312,9 +356,13 @@ def pe_analyse(params: dict, ctx: TaskContext) -> Rows:
     main_row = next(r for r in rows if r.get("main"))
     point = figure_point(spec, params, method, curves, eps, targets, stats["exposure"],
                          _summary_point(spec, params, rows, main_row))
-    return {"ulira": rows, "per_example": per_rows, HANDOFF: Handoff({"point": point})}
+    point["budget"] = [{k: row.get(k) for k in BUDGET_POINT} for row in budget_rows]
+    return {"ulira": rows, "per_example": per_rows, "budget": budget_rows,
+            HANDOFF: Handoff({"point": point})}
 
 
+BUDGET_POINT = ("attack", "shadow_models", "per_side", "auc", "tpr_at_1pct", "tpr_at_1pct_low",
+                "tpr_at_1pct_high")
 CHEN_SUMMARY = ("auc", "auc_low", "auc_high", "tpr_at_0_1pct", "epsilon_lb")
 TEXT_SUMMARY = ("calibration", "epsilon_estimator", "epsilon_sides", "intervals_over",
                 "epsilon_lb_direction", "design", "variant", "variance")

@@ -4,6 +4,8 @@
   method and seed;
 - ``per_example_roc.png``: log-log ROC per method, U-LiRA beside Chen et al.'s attack on the
   same (odd-numbered) pairs;
+- ``per_example_budget.png`` (design ``ulira``): TPR at 1 % FPR against the number of shadow
+  models, U-LiRA beside Chen et al. on the same target models (table ``budget``);
 - ``per_example_exposed.png`` (image data): the most exposed records of each method.
 """
 
@@ -60,6 +62,34 @@ def roc_figure(points: list[dict]) -> bytes:
     return _png(fig)
 
 
+def budget_figure(points: list[dict]) -> bytes:
+    """TPR at 1 % FPR (95 % interval) against the shadow models each attack used, one panel
+    per method and seed, every attack on the same target models."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, p in zip(axes[0], points):
+        by_attack: dict[str, list[dict]] = {}
+        for row in p["budget"]:
+            by_attack.setdefault(row["attack"], []).append(row)
+        for attack, rows in by_attack.items():
+            rows = sorted(rows, key=lambda r: r["shadow_models"])
+            x = [r["shadow_models"] for r in rows]
+            ax.errorbar(x, [r["tpr_at_1pct"] for r in rows], capsize=2, marker="o",
+                        markersize=3, label=attack,
+                        yerr=[[max(0.0, r["tpr_at_1pct"] - r["tpr_at_1pct_low"]) for r in rows],
+                              [max(0.0, r["tpr_at_1pct_high"] - r["tpr_at_1pct"])
+                               for r in rows]])
+        ax.axhline(0.01, color="grey", linewidth=0.6, linestyle=":")  # chance at 1 % FPR
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("shadow models per record")
+        ax.set_ylabel("TPR at 1 % FPR")
+        ax.set_title(f"{p['dataset']}: {p['method']} (seed {p['seed']})", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def exposed_figure(points: list[dict], x: np.ndarray) -> bytes:
     """Rows: methods; columns: their most exposed records, epsilon above each."""
     plt = pyplot()
@@ -88,6 +118,9 @@ def pe_figures(params: dict, ctx: TaskContext, inputs: UnitInputs) -> Rows:
     if points:
         figures["per_example_epsilon"] = epsilon_figure(points)
         figures["per_example_roc"] = roc_figure(points)
+        with_budget = [p for p in points if p.get("budget")]
+        if with_budget:
+            figures["per_example_budget"] = budget_figure(with_budget)
         dataset = spec.dataset.load(ctx.data_root)
         if dataset.kind == "image":
             figures["per_example_exposed"] = exposed_figure(points, dataset.x_train)
