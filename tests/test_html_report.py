@@ -224,4 +224,8 @@ def test_budget_sentences_say_what_a_number_of_shadow_models_buys():
                     "of it with 16.")
     assert null.startswith("retrain: U-LiRA (online) with 32 shadow models a record finds "
                            "nothing above chance")
+    # A point above 1 % whose interval reaches it is no leak either.
+    board["tpr_at_1pct_low"] = board["tpr_at_1pct"] - 0.005
+    board.loc[board["unlearning_method"] == "retrain", "tpr_at_1pct"] = 0.0104
+    assert "nothing above chance" in budget_sentences(board)[1]
     assert budget_sentences(None) == [] and budget_sentences(pd.DataFrame()) == []

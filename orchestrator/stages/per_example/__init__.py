@@ -11,8 +11,10 @@ confidence. Units:
   shared by every method with the same training recipe.
 - ``pe_unlearn`` (kind unlearn): a chunk of unlearned members.
 - ``pe_score`` (kind attack): the (models x records) pipeline, Parquet in the artifact store.
-- ``pe_analyse`` (kind attack): tables ``ulira`` and ``per_example``.
-- ``pe_figures``: epsilon distribution, log-log ROC beside Chen et al., most exposed records.
+- ``pe_analyse`` (kind attack): tables ``ulira``, ``per_example`` and ``budget`` (what a
+  shadow budget buys).
+- ``pe_figures``: epsilon distribution, log-log ROC beside Chen et al., TPR against the
+  shadow budget, most exposed records.
 - ``pe_leaderboard``: table ``leaderboard``, methods ranked by leak with utility and cost.
 
 Designs and settings: :mod:`.params`; the statistics: :mod:`tasks.analysis.per_example` and
