@@ -157,6 +157,16 @@ class AnalyticFirstLayer(Attack):
         return ThreatModel(white_box=True, knowledge=config.knowledge, data_kind="image",
                            model_family="torch")
 
+    def unfit_model(self, config: AnalyticConfig, model: nn.Module,
+                    input_shape: tuple[int, ...]) -> str:
+        try:
+            first_layer(model, input_shape)
+        except AttackConfigError as err:
+            return str(err)
+        except Exception as err:  # noqa: BLE001  a model that cannot be probed one record at a time
+            return f"the analytic attack cannot probe this model ({type(err).__name__}: {err})"
+        return ""
+
     def run(self, cases: Sequence[Case], config: AnalyticConfig, *,
             seeds: Sequence[int] | None = None, callback=None, prepared=None
             ) -> RecoveryResult:

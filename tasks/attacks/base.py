@@ -88,6 +88,11 @@ class Attack(abc.ABC):
     def threat_model(self, config: Any) -> ThreatModel:
         """What a case must hold for this configuration."""
 
+    def unfit_model(self, config: Any, model: Any, input_shape: tuple[int, ...]) -> str:
+        """Why this attack cannot run on ``model``'s architecture ("" when it can). Checked
+        before any work: on an untrained model of the spec, or on a user's theta."""
+        return ""
+
     def prepare(self, case: Case, config: Any, seed: int) -> dict[str, np.ndarray] | None:
         """Optional work against the original model alone (``case`` holds no theta_u), done
         once per original and reused for every unlearned model: arrays, or None."""

@@ -175,3 +175,17 @@ def test_the_generic_attacks_stage_runs_it_end_to_end(tmp_path, local_ray):
     assert by_method.min()["gradient_ascent"] >= 40.0
     assert by_method.max()["retrain"] < 30.0
     assert (rows["psnr"] > rows["psnr_mean_image"]).sum() >= 3
+
+
+def test_a_spec_naming_it_for_a_convolutional_model_is_refused_before_any_work(tmp_path):
+    import yaml
+
+    from tests.bad_inputs.harness import refused
+
+    spec = {"experiment": "analytic-cnn", "dataset": {"name": "digits"},
+            "model": {"name": "simple_cnn"}, "unlearning": [{"method": "gradient_ascent"}],
+            "attacks": {"exact": {"attack": "analytic"}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    refused(["run", "spec.yaml", "--results", "R", "--dry-run"], tmp_path,
+            ("attacks.exact: attack 'analytic' cannot attack model 'simple_cnn'",
+             "fully connected first layer"))

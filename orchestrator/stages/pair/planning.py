@@ -71,7 +71,7 @@ def chosen_attacks(params: PairParams, pair, dataset) -> list[tuple[str, PairAtt
     if params.attacks is not None:
         out = []
         for i, entry in enumerate(params.attacks):
-            why = fits(entry.threat_model(), pair, dataset)
+            why = fits(entry.threat_model(), pair, dataset) or unfit(entry, pair, dataset)
             if why:
                 raise ParamError(f"pair.attacks[{i}]", f"{entry.attack!r} cannot run on this "
                                                        f"pair: {why}")
@@ -84,9 +84,19 @@ def chosen_attacks(params: PairParams, pair, dataset) -> list[tuple[str, PairAtt
             entry = PairAttack(name)
         except ValueError:  # an attack whose defaults need more than a pair gives
             continue
-        if not fits(entry.threat_model(), pair, dataset):
+        if not fits(entry.threat_model(), pair, dataset) and not unfit(entry, pair, dataset):
             out.append((name, entry))
     return out
+
+
+def unfit(entry: PairAttack, pair, dataset) -> str:
+    """Why the attack cannot attack the pair's architecture ("" when it can, or when the pair
+    gives no parameters to look at)."""
+    if not pair.white_box:
+        return ""
+    attack = ATTACKS.get(entry.attack)()
+    return attack.unfit_model(entry.typed_config(), pair.original.module,
+                              tuple(dataset.input_shape))
 
 
 def _repeated(params: PairParams, entry: PairAttack) -> bool:

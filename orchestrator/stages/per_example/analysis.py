@@ -132,6 +132,8 @@ def _budget_rows(settings: PerExampleParams, phi: np.ndarray, member_in: np.ndar
     order = np.random.default_rng([seed, 59]).permutation(int(shadow.sum()))
     p, q = softmax(logits_o), softmax(logits_u)
     n, r, c = p.shape
+    features = {f: build_features(f, p.reshape(n * r, c), q.reshape(n * r, c)).reshape(n, r, -1)
+                for f in settings.chen_features}
     out = []
     for per_side in per_side_budgets(member_in[shadow]):
         found: list[tuple[str, int, np.ndarray]] = [
@@ -141,9 +143,7 @@ def _budget_rows(settings: PerExampleParams, phi: np.ndarray, member_in: np.ndar
             for variant in ("offline", "online")]
         models = min(2 * per_side, len(order))  # Chen et al.: whole shadow pairs
         fit_on = np.flatnonzero(shadow)[order[:models]]
-        for feature in settings.chen_features:
-            x = build_features(feature, p.reshape(n * r, c), q.reshape(n * r, c)).reshape(
-                n, r, -1)
+        for feature, x in features.items():
             fitted = fit_and_score(x[fit_on].reshape(-1, x.shape[-1]),
                                    member_in[fit_on].ravel(),
                                    x[~shadow].reshape(-1, x.shape[-1]),
