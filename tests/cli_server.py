@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,12 +57,28 @@ class CliServer:
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(num_cpus)], cwd=REPO,
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
+        # Its output, line by line ("" at its end), read by a thread so that a wait can end.
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def run(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def run(self, argv: list[str], cwd: Path, timeout: float = 600) -> tuple[int, str, str]:
+        """One command; a server that gives no answer within ``timeout`` seconds is killed
+        and the test fails (a hung command must not hang the suite)."""
         self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd)}) + "\n")
         self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
         while True:  # skip whatever else reached the server's stdout (a library's notice)
-            line = self.proc.stdout.readline()
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.proc.kill()
+                raise TimeoutError(f"the CLI server gave no answer to {argv} in {timeout:g} s"
+                                   ) from None
             if not line:
                 raise RuntimeError(f"the CLI server exited ({self.proc.wait()}) during {argv}")
             if line.startswith("@reply "):
