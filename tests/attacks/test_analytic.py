@@ -4,9 +4,10 @@ where it stops being exact.
 The quickstart's digits MLP (hidden 64, 30 epochs of SGD with momentum), one record deleted
 by one gradient-ascent step: the record comes back at 40 dB PSNR or more, equal to an
 independent reading written here (one row of ΔW over its bias entry, un-normalised by hand).
-Several ascent steps on the one record stay exact; of two records in one request only the one
-with the larger gradient comes back; fine-tuning and weight decay break the ratio; a first
-layer without a bias, a convolutional one or one behind a non-affine map is refused.
+Several ascent steps on the one record stay exact, and so do descent steps with momentum;
+of two records in one request only the one with the larger gradient comes back; fine-tuning
+and weight decay break the ratio; a first layer without a bias, a convolutional one or one
+behind a non-affine map is refused.
 """
 
 from __future__ import annotations
@@ -90,6 +91,24 @@ def test_several_plain_ascent_steps_on_one_record_stay_exact(quickstart_state):
                            ForgetConfig(kind="single", count=2))
     for image, truth in zip(_attack(cases).images, truths):
         assert psnr(image, truth.x)[0] >= 40.0
+
+
+def test_descent_steps_with_momentum_on_one_record_stay_exact(quickstart_state, digits):
+    """The ratio cancels the sign and the steps' weights: three SGD steps with momentum 0.9
+    that fit one record (descent, not ascent) still give it back."""
+    request = make_requests(ForgetConfig(kind="single", count=1), quickstart_state.train_indices,
+                            digits.y_train, seed=1)[0]
+    i = request.indices[0]
+    model = copy.deepcopy(quickstart_state.original).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.from_numpy(digits.x_train[i:i + 1]), torch.tensor([int(digits.y_train[i])])
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    case, truth = build_case(dataset=digits, theta=quickstart_state.original,
+                             theta_u=model.eval(), request=request, knowledge="paper")
+    assert psnr(_attack([case]).images[0], truth.x)[0] >= 40.0
 
 
 def test_two_records_in_one_request_give_back_one_of_them_at_most(quickstart_state):

@@ -149,14 +149,15 @@ def check_entry(spec: Spec, name: str, entry: AttackEntry, core: CorePlan,
     if threat.data_kind != "any" and threat.data_kind != dataset_kind:
         raise ValueError(f"{path}: attack {entry.attack!r} needs {threat.data_kind} data, "
                          f"dataset {spec.dataset.name!r} is {dataset_kind}")
-    if spec.model.family == "torch":
+    attack = entry.attack_class()()
+    # Only an attack that says which architectures it cannot attack needs a model to look at.
+    if spec.model.family == "torch" and type(attack).unfit_model is not Attack.unfit_model:
         from tasks.models import build_torch_model
 
         data = core.dataset
         untrained = build_torch_model(spec.model, data.input_shape, data.num_classes, data.mean,
                                       data.std, seed=0)
-        why = entry.attack_class()().unfit_model(entry.typed_config(), untrained.eval(),
-                                                 tuple(data.input_shape))
+        why = attack.unfit_model(entry.typed_config(), untrained.eval(), tuple(data.input_shape))
         if why:
             raise ValueError(f"{path}: attack {entry.attack!r} cannot attack model "
                              f"{spec.model.name!r}: {why}")
